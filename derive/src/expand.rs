@@ -1,0 +1,441 @@
+//! Expansion: the `CachedEntity` impl and one `CachedOps` impl per backend.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use crate::valid::Model;
+
+/// The most elements put in one tuple of `.eq()`s; longer lists are nested in chunks so
+/// they stay within diesel's tuple impls.
+const CHUNK: usize = 16;
+
+/// The diesel backends the derive writes SQL for.
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+impl Backend {
+    /// The `__with_*` macro that keeps the impl only when diesel-l2 has the feature.
+    fn gate(self) -> TokenStream {
+        match self {
+            Backend::Sqlite => quote!(::diesel_l2::__with_sqlite),
+            Backend::Postgres => quote!(::diesel_l2::__with_postgres),
+            Backend::Mysql => quote!(::diesel_l2::__with_mysql),
+        }
+    }
+
+    fn connection(self) -> TokenStream {
+        match self {
+            Backend::Sqlite => quote!(::diesel_l2::__private::diesel::sqlite::SqliteConnection),
+            Backend::Postgres => quote!(::diesel_l2::__private::diesel::pg::PgConnection),
+            Backend::Mysql => quote!(::diesel_l2::__private::diesel::mysql::MysqlConnection),
+        }
+    }
+
+    fn backend(self) -> TokenStream {
+        match self {
+            Backend::Sqlite => quote!(::diesel_l2::__private::diesel::sqlite::Sqlite),
+            Backend::Postgres => quote!(::diesel_l2::__private::diesel::pg::Pg),
+            Backend::Mysql => quote!(::diesel_l2::__private::diesel::mysql::Mysql),
+        }
+    }
+
+    /// The last segment of the backend type's path, as `check_for_backend` names it.
+    fn type_name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "Sqlite",
+            Backend::Postgres => "Pg",
+            Backend::Mysql => "Mysql",
+        }
+    }
+
+    fn has_returning(self) -> bool {
+        !matches!(self, Backend::Mysql)
+    }
+}
+
+/// Wraps `items` in a tuple, nesting chunks of at most [`CHUNK`] when there are more.
+fn tuple(items: Vec<TokenStream>) -> TokenStream {
+    if items.len() <= CHUNK {
+        return quote!((#(#items,)*));
+    }
+    let chunks: Vec<TokenStream> = items
+        .chunks(CHUNK)
+        .map(|chunk| quote!((#(#chunk,)*)))
+        .collect();
+    tuple(chunks)
+}
+
+/// The whole expansion for a validated model.
+pub(crate) fn expand(model: &Model) -> TokenStream {
+    let entity = entity_impl(model);
+    let ops: Vec<TokenStream> = [Backend::Sqlite, Backend::Postgres, Backend::Mysql]
+        .into_iter()
+        // `check_for_backend` restricts a model to some backends (say, a PostgreSQL-only
+        // column type): SQL for the others would not type-check.
+        .filter(|b| {
+            model
+                .backends
+                .as_ref()
+                .is_none_or(|names| names.iter().any(|n| n == b.type_name()))
+        })
+        .map(|backend| {
+            let ops = ops_impl(model, backend);
+            let unique = unique_ops(model, backend);
+            quote!(#ops #unique)
+        })
+        .collect();
+    let unique_types = unique_types(model);
+    quote! {
+        #unique_types
+        #[allow(non_local_definitions, clippy::all)]
+        const _: () = {
+            #entity
+            #(#ops)*
+        };
+    }
+}
+
+fn duration(ms: u64) -> TokenStream {
+    quote!(::diesel_l2::__private::Duration::from_millis(#ms))
+}
+
+fn entity_impl(model: &Model) -> TokenStream {
+    let ident = &model.ident;
+    let table_name = &model.table_name;
+    let region = &model.region;
+    let id = model.id_field();
+    let id_member = &id.member;
+    let id_ty = &id.ty;
+    let version = model.version_field();
+    let v_member = &version.member;
+    let v_ty = &version.ty;
+    let unique_names: Vec<_> = model.unique_keys.iter().map(|k| &k.name).collect();
+
+    let some = quote!(::core::option::Option::Some);
+    let none = quote!(::core::option::Option::None);
+    let mut settings = Vec::new();
+    if let Some(ms) = model.ttl {
+        let d = duration(ms);
+        settings.push(quote!(c.ttl = #some(#d);));
+    }
+    if let Some(ms) = model.tti {
+        let d = duration(ms);
+        settings.push(quote!(c.tti = #some(#d);));
+    }
+    if let Some(n) = model.max_entries {
+        settings.push(quote!(c.max_entries = #some(#n); c.max_bytes = #none;));
+    }
+    if let Some(n) = model.max_bytes {
+        settings.push(quote!(c.max_bytes = #some(#n); c.max_entries = #none;));
+    }
+    match model.negative_ttl {
+        Some(Some(ms)) => {
+            let d = duration(ms);
+            settings.push(quote!(c.negative_ttl = #some(#d);));
+        }
+        Some(None) => settings.push(quote!(c.negative_ttl = #none;)),
+        None => {}
+    }
+    let config_binding = if settings.is_empty() {
+        quote!(let c)
+    } else {
+        quote!(let mut c)
+    };
+
+    let same: Vec<TokenStream> = model
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != model.version)
+        .map(|(_, f)| {
+            let m = &f.member;
+            quote_spanned!(f.ty.span()=> self.#m == other.#m)
+        })
+        .collect();
+    let heap: Vec<TokenStream> = model
+        .fields
+        .iter()
+        .filter(|f| f.shallow.is_none())
+        .map(|f| {
+            let m = &f.member;
+            quote_spanned!(f.ty.span()=> ::diesel_l2::__private::HeapSize::heap_size(&self.#m))
+        })
+        .collect();
+
+    quote! {
+        #[automatically_derived]
+        impl ::diesel_l2::__private::CachedEntity for #ident {
+            type Id = #id_ty;
+
+            const TABLE: &'static str = #table_name;
+
+            fn cache_config() -> ::diesel_l2::__private::RegionConfig {
+                #config_binding = ::diesel_l2::__private::RegionConfig::new(#region);
+                #(#settings)*
+                c
+            }
+
+            fn id(&self) -> &#id_ty {
+                &self.#id_member
+            }
+
+            fn version(&self) -> i64 {
+                ::core::convert::From::from(self.#v_member)
+            }
+
+            fn with_version(&self, version: i64) -> ::core::option::Option<Self> {
+                let mut next = ::core::clone::Clone::clone(self);
+                next.#v_member =
+                    <#v_ty as ::core::convert::TryFrom<i64>>::try_from(version).ok()?;
+                ::core::option::Option::Some(next)
+            }
+
+            fn same_content(&self, other: &Self) -> bool {
+                #(#same)&&*
+            }
+
+            fn approx_bytes(&self) -> usize {
+                ::core::mem::size_of::<Self>() #(+ #heap)*
+            }
+
+            fn parse_id(text: &str) -> ::core::option::Option<#id_ty> {
+                // Autoref specialization: `FromStr` when the id type has it, else `None`.
+                #[allow(unused_imports)]
+                use ::diesel_l2::__private::{ParseFallback as _, ParseViaFromStr as _};
+                (&&::diesel_l2::__private::IdParser::<#id_ty>::new()).parse_id(text)
+            }
+
+            fn unique_keys(keys: &mut ::diesel_l2::__private::UniqueKeys<Self>) {
+                #(keys.add::<#unique_names>();)*
+                let _ = keys;
+            }
+        }
+    }
+}
+
+/// The unique-key types (outside the `const _` block so users can name them) and their
+/// `UniqueKey` impls.
+fn unique_types(model: &Model) -> TokenStream {
+    let ident = &model.ident;
+    let vis = &model.vis;
+    let defs = model.unique_keys.iter().map(|k| {
+        let name = &k.name;
+        let tys = k.fields.iter().map(|&i| &model.fields[i].ty);
+        let members: Vec<_> = k.fields.iter().map(|&i| &model.fields[i].member).collect();
+        let cols: Vec<String> = k.fields.iter().map(|&i| model.fields[i].column.to_string()).collect();
+        let key_name = cols.join(", ");
+        let doc = format!(
+            "The unique key ({key_name}) of [`{ident}`], for `Db::find_by`. Generated by `#[derive(Cached)]`."
+        );
+        quote! {
+            #[doc = #doc]
+            #[derive(::core::clone::Clone, ::core::fmt::Debug, ::core::cmp::PartialEq, ::core::cmp::Eq, ::core::hash::Hash)]
+            #vis struct #name(#(pub #tys),*);
+
+            #[automatically_derived]
+            impl ::diesel_l2::__private::UniqueKey for #name {
+                type Entity = #ident;
+                const NAME: &'static str = #key_name;
+                fn of(row: &#ident) -> Self {
+                    #name(#(::core::clone::Clone::clone(&row.#members)),*)
+                }
+            }
+        }
+    });
+    quote!(#(#defs)*)
+}
+
+/// `UniqueOps` for each unique key on one backend.
+fn unique_ops(model: &Model, backend: Backend) -> TokenStream {
+    let table = &model.table;
+    let gate = backend.gate();
+    let conn = backend.connection();
+    let db = backend.backend();
+    let d = quote!(::diesel_l2::__private::diesel);
+    let ident = &model.ident;
+    let impls = model.unique_keys.iter().map(|k| {
+        let name = &k.name;
+        let filters = k.fields.iter().enumerate().map(|(pos, &i)| {
+            let col = &model.fields[i].column;
+            let pos = syn::Index::from(pos);
+            quote!(.filter(#table::#col.eq(&key.#pos)))
+        });
+        quote! {
+            #gate! {
+                #[automatically_derived]
+                impl ::diesel_l2::__private::UniqueOps<#conn> for #name {
+                    fn load_by(
+                        conn: &mut #conn,
+                        key: &Self,
+                    ) -> #d::QueryResult<::core::option::Option<#ident>> {
+                        #[allow(unused_imports)]
+                        use ::diesel_l2::__private::diesel::prelude::{
+                            ExpressionMethods as _, OptionalExtension as _, QueryDsl as _,
+                            RunQueryDsl as _,
+                        };
+                        #table::table
+                            #(#filters)*
+                            .select(<#ident as #d::SelectableHelper<#db>>::as_select())
+                            .first(conn)
+                            .optional()
+                    }
+                }
+            }
+        }
+    });
+    quote!(#(#impls)*)
+}
+
+fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
+    let ident = &model.ident;
+    let table = &model.table;
+    let id = model.id_field();
+    let id_ty = &id.ty;
+    let id_col = &id.column;
+    let id_member = &id.member;
+    let version = model.version_field();
+    let v_col = &version.column;
+    let v_member = &version.member;
+    let v_ty = &version.ty;
+
+    let gate = backend.gate();
+    let conn = backend.connection();
+    let db = backend.backend();
+    let d = quote!(::diesel_l2::__private::diesel);
+    let traits = quote! {
+        #[allow(unused_imports)]
+        use ::diesel_l2::__private::diesel::prelude::{
+            ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, RunQueryDsl as _,
+            SelectableHelper as _,
+        };
+    };
+    let select = quote!(<Self as #d::SelectableHelper<#db>>::as_select());
+    let returning = quote!(<Self as #d::SelectableHelper<#db>>::as_returning());
+    let ops = quote!(<Self as ::diesel_l2::__private::CachedOps<#conn>>);
+
+    let insert_values = tuple(
+        model
+            .fields
+            .iter()
+            .map(|f| {
+                let (c, m) = (&f.column, &f.member);
+                quote!(#table::#c.eq(&row.#m))
+            })
+            .collect(),
+    );
+    let mut changes = vec![quote!(#table::#v_col.eq(&next.#v_member))];
+    changes.extend(
+        model
+            .fields
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != model.id && i != model.version)
+            .map(|(_, f)| {
+                let (c, m) = (&f.column, &f.member);
+                quote!(#table::#c.eq(&next.#m))
+            }),
+    );
+    let changes = tuple(changes);
+
+    let insert = quote! {
+        #d::insert_into(#table::table).values(#insert_values)
+    };
+    let update = quote! {
+        #d::update(
+            #table::table
+                .filter(#table::#id_col.eq(&current.#id_member))
+                .filter(#table::#v_col.eq(&current.#v_member)),
+        )
+        .set(#changes)
+    };
+    let (insert_body, update_body) = if backend.has_returning() {
+        (
+            quote!(#insert.returning(#returning).get_result(conn)),
+            quote!(#update.returning(#returning).get_result(conn).optional()),
+        )
+    } else {
+        (
+            quote! {
+                #insert.execute(conn)?;
+                #ops::load_one(conn, &row.#id_member)?
+                    .ok_or(#d::result::Error::NotFound)
+            },
+            quote! {
+                let n = #update.execute(conn)?;
+                if n == 0 {
+                    ::core::result::Result::Ok(::core::option::Option::None)
+                } else {
+                    #ops::load_one(conn, &next.#id_member)
+                }
+            },
+        )
+    };
+
+    quote! {
+        #gate! {
+            #[automatically_derived]
+            impl ::diesel_l2::__private::CachedOps<#conn> for #ident {
+                fn load_one(
+                    conn: &mut #conn,
+                    id: &#id_ty,
+                ) -> #d::QueryResult<::core::option::Option<Self>> {
+                    #traits
+                    #table::table
+                        .filter(#table::#id_col.eq(id))
+                        .select(#select)
+                        .first(conn)
+                        .optional()
+                }
+
+                fn load_many(
+                    conn: &mut #conn,
+                    ids: &[#id_ty],
+                ) -> #d::QueryResult<::std::vec::Vec<Self>> {
+                    #traits
+                    #table::table
+                        .filter(#table::#id_col.eq_any(ids))
+                        .select(#select)
+                        .load(conn)
+                }
+
+                fn insert_row(conn: &mut #conn, row: &Self) -> #d::QueryResult<Self> {
+                    #traits
+                    #insert_body
+                }
+
+                fn update_row(
+                    conn: &mut #conn,
+                    current: &Self,
+                    next: &Self,
+                ) -> #d::QueryResult<::core::option::Option<Self>> {
+                    #traits
+                    #update_body
+                }
+
+                fn delete_row(
+                    conn: &mut #conn,
+                    id: &#id_ty,
+                    version: i64,
+                ) -> #d::QueryResult<usize> {
+                    #traits
+                    let ::core::option::Option::Some(version) =
+                        <#v_ty as ::core::convert::TryFrom<i64>>::try_from(version).ok()
+                    else {
+                        return ::core::result::Result::Ok(0);
+                    };
+                    #d::delete(
+                        #table::table
+                            .filter(#table::#id_col.eq(id))
+                            .filter(#table::#v_col.eq(version)),
+                    )
+                    .execute(conn)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Unit tests of the expansion and of the error messages.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use crate::derive_cached_inner;
+use crate::valid::{parse_bytes, parse_duration_ms};
+
+/// The expansion as a string with whitespace removed, for `contains` checks.
+fn expand(input: TokenStream) -> String {
+    let out = derive_cached_inner(input);
+    assert!(
+        !out.to_string().contains("compile_error"),
+        "unexpected error: {out}"
+    );
+    squash(&out.to_string())
+}
+
+fn squash(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// The error messages of an input that must fail.
+fn errors(input: TokenStream) -> Vec<String> {
+    let input: syn::DeriveInput = syn::parse2(input).expect("test input parses");
+    match crate::expand_input(&input) {
+        Ok(tokens) => panic!("expected errors, got {tokens}"),
+        Err(e) => e.into_iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn single_error(input: TokenStream) -> String {
+    let errors = errors(input);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    errors.into_iter().next().unwrap()
+}
+
+fn user(attrs: TokenStream) -> TokenStream {
+    quote! {
+        #[derive(Queryable, Selectable, Clone, Debug, Cached)]
+        #[diesel(table_name = users)]
+        #attrs
+        pub struct User { pub id: i64, pub version: i64, pub email: String, pub bio: Option<String> }
+    }
+}
+
+#[test]
+fn durations_and_sizes() {
+    assert_eq!(parse_duration_ms("500ms"), Some(500));
+    assert_eq!(parse_duration_ms("30s"), Some(30_000));
+    assert_eq!(parse_duration_ms("10m"), Some(600_000));
+    assert_eq!(parse_duration_ms("2h"), Some(7_200_000));
+    assert_eq!(parse_duration_ms("1d"), Some(86_400_000));
+    assert_eq!(parse_duration_ms("0s"), Some(0));
+    for bad in [
+        "10 minutes",
+        "10",
+        "m",
+        "",
+        "1.5s",
+        "-1s",
+        "10M",
+        "99999999999999999999s",
+    ] {
+        assert_eq!(parse_duration_ms(bad), None, "{bad}");
+    }
+    assert_eq!(parse_bytes("1000B"), Some(1000));
+    assert_eq!(parse_bytes("512KiB"), Some(512 * 1024));
+    assert_eq!(parse_bytes("64MiB"), Some(64 << 20));
+    assert_eq!(parse_bytes("1GiB"), Some(1 << 30));
+    for bad in ["64MB", "64", "MiB", "64 MiB"] {
+        assert_eq!(parse_bytes(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn expands_entity_with_defaults() {
+    let out = expand(user(quote!()));
+    for needle in [
+        "const_:()=",
+        "impl::diesel_l2::__private::CachedEntityforUser",
+        "typeId=i64;",
+        "constTABLE:&'staticstr=\"users\";",
+        "letc=::diesel_l2::__private::RegionConfig::new(\"users\");c",
+        "fnid(&self)->&i64{&self.id}",
+        "::core::convert::From::from(self.version)",
+        "<i64as::core::convert::TryFrom<i64>>::try_from(version).ok()?",
+        "self.id==other.id&&self.email==other.email&&self.bio==other.bio",
+        "::core::mem::size_of::<Self>()+::diesel_l2::__private::HeapSize::heap_size(&self.id)",
+        "::diesel_l2::__with_sqlite!",
+        "::diesel_l2::__with_postgres!",
+        "::diesel_l2::__with_mysql!",
+        "CachedOps<::diesel_l2::__private::diesel::sqlite::SqliteConnection>forUser",
+        "CachedOps<::diesel_l2::__private::diesel::pg::PgConnection>forUser",
+        "CachedOps<::diesel_l2::__private::diesel::mysql::MysqlConnection>forUser",
+        "users::table.filter(users::id.eq(id)).select(<Selfas::diesel_l2::__private::diesel::SelectableHelper<::diesel_l2::__private::diesel::sqlite::Sqlite>>::as_select()).first(conn).optional()",
+        "users::table.filter(users::id.eq_any(ids))",
+        "values((users::id.eq(&row.id),users::version.eq(&row.version),users::email.eq(&row.email),users::bio.eq(&row.bio),))",
+        ".set((users::version.eq(&next.version),users::email.eq(&next.email),users::bio.eq(&next.bio),))",
+        ".filter(users::id.eq(&current.id)).filter(users::version.eq(&current.version))",
+        "::diesel_l2::__private::diesel::delete(users::table.filter(users::id.eq(id)).filter(users::version.eq(version)),).execute(conn)",
+    ] {
+        assert!(out.contains(needle), "missing {needle} in\n{out}");
+    }
+    // same_content skips the version; the user's imports are never relied on.
+    assert!(!out.contains("self.version==other.version"));
+    // SQLite and PostgreSQL use RETURNING, MySQL reloads.
+    assert_eq!(out.matches(".returning(").count(), 4);
+    assert!(out.contains(".execute(conn)?;<Selfas::diesel_l2::__private::CachedOps<::diesel_l2::__private::diesel::mysql::MysqlConnection>>::load_one(conn,&row.id)?.ok_or(::diesel_l2::__private::diesel::result::Error::NotFound)"));
+}
+
+#[test]
+fn expands_all_settings() {
+    let out = expand(user(quote! {
+        #[cache(region = "people", ttl = "10m", tti = "5m", max_entries = 100_000, negative_ttl = "30s")]
+    }));
+    for needle in [
+        "letmutc=::diesel_l2::__private::RegionConfig::new(\"people\");",
+        "c.ttl=::core::option::Option::Some(::diesel_l2::__private::Duration::from_millis(600000u64));",
+        "c.tti=::core::option::Option::Some(::diesel_l2::__private::Duration::from_millis(300000u64));",
+        "c.max_entries=::core::option::Option::Some(100000u64);c.max_bytes=::core::option::Option::None;",
+        "c.negative_ttl=::core::option::Option::Some(::diesel_l2::__private::Duration::from_millis(30000u64));",
+    ] {
+        assert!(out.contains(needle), "missing {needle} in\n{out}");
+    }
+    let out = expand(user(quote! {
+        #[cache(max_bytes = "64MiB")]
+        #[cache(negative_ttl = "off")]
+    }));
+    assert!(out.contains(
+        "c.max_bytes=::core::option::Option::Some(67108864u64);c.max_entries=::core::option::Option::None;"
+    ));
+    assert!(out.contains("c.negative_ttl=::core::option::Option::None;"));
+    let out = expand(user(quote!(#[cache(max_bytes = 1000)])));
+    assert!(out.contains("c.max_bytes=::core::option::Option::Some(1000u64);"));
+}
+
+#[test]
+fn renamed_id_version_and_columns() {
+    let out = expand(quote! {
+        #[derive(Queryable, Selectable, Clone, Cached)]
+        #[diesel(table_name = crate::schema::accounts, primary_key(code), check_for_backend(diesel::sqlite::Sqlite))]
+        struct Account {
+            #[cache(id)]
+            #[diesel(column_name = account_code)]
+            code: String,
+            #[diesel(deserialize_as = HashMap<String, i32>, column_name = "rev")]
+            #[cache(version)]
+            revision: i32,
+            #[cache(shallow)]
+            blob: Vec<u8>,
+            r#type: String,
+        }
+    });
+    for needle in [
+        "typeId=String;",
+        "constTABLE:&'staticstr=\"accounts\";",
+        "RegionConfig::new(\"accounts\")",
+        "&self.code",
+        "From::from(self.revision)",
+        "<i32as::core::convert::TryFrom<i64>>::try_from(version).ok()?",
+        "crate::schema::accounts::table.filter(crate::schema::accounts::account_code.eq(id))",
+        "crate::schema::accounts::rev.eq(&next.revision)",
+        "crate::schema::accounts::r#type.eq(&next.r#type)",
+        "fnload_many(conn:&mut::diesel_l2::__private::diesel::sqlite::SqliteConnection,ids:&[String],)",
+    ] {
+        assert!(out.contains(needle), "missing {needle} in\n{out}");
+    }
+    assert!(!out.contains("heap_size(&self.blob)"));
+    assert!(out.contains("heap_size(&self.r#type)"));
+}
+
+#[test]
+fn nests_long_tuples() {
+    let extra: Vec<proc_macro2::Ident> = (0..20usize)
+        .map(|i| quote::format_ident!("c{}", i))
+        .collect();
+    let out = expand(quote! {
+        #[diesel(table_name = wide)]
+        struct Wide { id: i64, version: i64, #(#extra: i32,)* }
+    });
+    // 22 insert values: a chunk of 16 and one of 6.
+    assert!(out.contains("values(((wide::id.eq(&row.id),"), "{out}");
+    assert!(
+        out.contains("wide::c13.eq(&row.c13),),(wide::c14.eq(&row.c14),"),
+        "{out}"
+    );
+    // 21 changes: 16 + 5.
+    assert!(
+        out.contains(".set(((wide::version.eq(&next.version),"),
+        "{out}"
+    );
+}
+
+#[test]
+fn wrapper_turns_errors_into_compile_error() {
+    let out = derive_cached_inner(quote!(
+        enum E {
+            A,
+        }
+    ));
+    let out = out.to_string();
+    assert!(out.contains("compile_error"), "{out}");
+    assert!(out.contains("supports structs with named fields"), "{out}");
+}
+
+#[test]
+fn shape_errors() {
+    for input in [
+        quote!(
+            #[diesel(table_name = t)]
+            enum E {
+                A,
+            }
+        ),
+        quote!(
+            #[diesel(table_name = t)]
+            struct S(i64, i64);
+        ),
+        quote!(
+            #[diesel(table_name = t)]
+            struct S;
+        ),
+        quote!(#[diesel(table_name = t)] union U { a: i64 }),
+    ] {
+        let e = single_error(input);
+        assert!(
+            e.starts_with("#[derive(Cached)] supports structs with named fields"),
+            "{e}"
+        );
+    }
+    let e = single_error(quote! {
+        #[diesel(table_name = t)] struct S<T> { id: i64, version: i64, t: T }
+    });
+    assert!(e.contains("does not support generic parameters"), "{e}");
+}
+
+#[test]
+fn missing_pieces() {
+    let e = single_error(quote!(
+        struct User {
+            id: i64,
+            version: i64,
+        }
+    ));
+    assert!(
+        e.starts_with("missing `#[diesel(table_name = ...)]`: #[derive(Cached)] needs the diesel table this struct maps to"),
+        "{e}"
+    );
+    let e = single_error(quote!(
+        #[diesel(table_name = users)]
+        struct User {
+            id: i64,
+            v: i64,
+        }
+    ));
+    assert!(
+        e.starts_with("`#[derive(Cached)]` needs a version column: add a `version: i64` field or mark one with `#[cache(version)]`"),
+        "{e}"
+    );
+    let e = single_error(quote!(
+        #[diesel(table_name = users)]
+        struct User {
+            key: i64,
+            version: i64,
+        }
+    ));
+    assert!(e.contains("needs a primary key field"), "{e}");
+    // All three at once.
+    assert_eq!(
+        errors(quote!(
+            struct User {
+                key: i64,
+            }
+        ))
+        .len(),
+        3
+    );
+}
+
+#[test]
+fn attribute_errors() {
+    let e = single_error(user(quote!(#[cache(foo = 1)])));
+    assert_eq!(
+        e,
+        "unknown `cache` attribute `foo`; expected one of: region, ttl, tti, max_entries, max_bytes, negative_ttl, unique"
+    );
+    let e = single_error(user(quote!(#[cache(ttl = "10 minutes")])));
+    assert_eq!(
+        e,
+        "invalid duration \"10 minutes\": write an integer and a unit, like \"500ms\", \"30s\", \"10m\", \"2h\" or \"1d\""
+    );
+    let e = single_error(user(quote!(#[cache(ttl = "0s")])));
+    assert!(e.starts_with("`ttl` must be greater than 0"), "{e}");
+    let e = single_error(user(quote!(#[cache(ttl = 10)])));
+    assert!(e.contains("takes a string duration"), "{e}");
+    let e = single_error(user(quote!(#[cache(ttl)])));
+    assert!(e.starts_with("`ttl` needs a value"), "{e}");
+    let e = single_error(user(quote!(#[cache(max_entries = 0)])));
+    assert!(e.starts_with("`max_entries` must be greater than 0"), "{e}");
+    let e = single_error(user(quote!(#[cache(max_bytes = "64MB")])));
+    assert!(e.starts_with("invalid size \"64MB\""), "{e}");
+    let e = single_error(user(quote!(#[cache(max_bytes = 0)])));
+    assert!(e.starts_with("`max_bytes` must be greater than 0"), "{e}");
+    let e = single_error(user(quote!(#[cache(max_entries = 10, max_bytes = "1MiB")])));
+    assert!(
+        e.starts_with("`max_entries` and `max_bytes` cannot both be set"),
+        "{e}"
+    );
+    let e = single_error(user(quote!(#[cache(region = "")])));
+    assert!(e.starts_with("`region` must not be empty"), "{e}");
+    let e = single_error(user(quote!(#[cache(ttl = "1m")] #[cache(ttl = "2m")])));
+    assert_eq!(e, "duplicate `cache` attribute `ttl`: remove one of them");
+    let e = single_error(user(quote!(#[cache(id)])));
+    assert!(e.starts_with("`id` is a field attribute"), "{e}");
+    let e = single_error(user(quote!(#[cache(negative_ttl = "never")])));
+    assert!(e.contains("or \"off\""), "{e}");
+    // Several errors in one attribute are all reported.
+    let all = errors(user(quote!(#[cache(foo, ttl = "x", max_entries = 0)])));
+    assert_eq!(all.len(), 3, "{all:?}");
+}
+
+#[test]
+fn field_errors() {
+    let e = single_error(quote! {
+        #[diesel(table_name = users)] struct User { id: i64, version: String }
+    });
+    assert_eq!(
+        e,
+        "the version field must be `i32` or `i64`, found `String`; write `version: i64`"
+    );
+    let e = single_error(quote! {
+        #[diesel(table_name = users)] struct User { id: i64, version: Option<i64> }
+    });
+    assert!(e.contains("found `Option<i64>`"), "{e}");
+    let e = single_error(quote! {
+        #[diesel(table_name = users)]
+        struct User { #[cache(id, version)] key: i64, other: i64 }
+    });
+    assert!(
+        e.starts_with("a field cannot be both `#[cache(id)]` and `#[cache(version)]`"),
+        "{e}"
+    );
+    let e = single_error(quote! {
+        #[diesel(table_name = users)]
+        struct User { #[cache(id)] a: i64, #[cache(id)] b: i64, version: i64 }
+    });
+    assert_eq!(
+        e,
+        "two fields are marked `#[cache(id)]`: keep it only on `a`"
+    );
+    let e = single_error(quote! {
+        #[diesel(table_name = users)]
+        struct User { id: i64, #[cache(versoin)] version: i64 }
+    });
+    assert_eq!(
+        e,
+        "unknown `cache` field attribute `versoin`; expected one of: id, version, shallow, unique"
+    );
+    let e = single_error(quote! {
+        #[diesel(table_name = users)]
+        struct User { #[cache(id = true)] id: i64, version: i64 }
+    });
+    assert_eq!(e, "`id` takes no value: write `#[cache(id)]`");
+    let e = single_error(quote! {
+        #[diesel(table_name = users)]
+        struct User { id: i64, #[cache(ttl = "1m")] version: i64 }
+    });
+    assert!(e.starts_with("`ttl` is a struct attribute"), "{e}");
+    let e = single_error(quote! {
+        #[diesel(table_name = users)]
+        struct User { id: i64, version: i64, #[diesel(embed)] other: Other }
+    });
+    assert!(e.contains("does not support `#[diesel(embed)]`"), "{e}");
+}
+
+#[test]
+fn unique_keys_generate_named_key_types() {
+    let out = expand(quote! {
+        #[diesel(table_name = accounts)]
+        #[cache(unique(tenant_id, email))]
+        pub struct Account { id: i64, version: i64, tenant_id: i64, #[cache(unique)] login: String, email: String }
+    });
+    assert!(out.contains("pubstructAccountByLogin(pubString);"), "{out}");
+    assert!(
+        out.contains("pubstructAccountByTenantIdEmail(pubi64,pubString);"),
+        "{out}"
+    );
+    assert!(out.contains("keys.add::<AccountByLogin>();"), "{out}");
+    assert!(out.contains("accounts::tenant_id.eq(&key.0)"), "{out}");
+    assert!(out.contains("accounts::email.eq(&key.1)"), "{out}");
+}
+
+#[test]
+fn unique_key_errors() {
+    let e = single_error(quote! {
+        #[diesel(table_name = users)]
+        #[cache(unique(tenant, email))]
+        struct User { id: i64, version: i64, email: String }
+    });
+    assert_eq!(
+        e,
+        "no field `tenant` in `User`: `unique(...)` lists field names of this struct"
+    );
+    let e = single_error(quote! {
+        #[diesel(table_name = users)]
+        #[cache(unique)]
+        struct User { id: i64, version: i64, email: String }
+    });
+    assert!(
+        e.starts_with("on the struct, `unique` lists the fields of a composite key"),
+        "{e}"
+    );
+}

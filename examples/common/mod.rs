@@ -1,0 +1,355 @@
+//! Shared by the examples (not an example itself: cargo only builds `examples/*.rs` and
+//! `examples/*/main.rs`): picks the database from the environment and gives every run
+//! fresh tables that are removed afterwards.
+//!
+//! - default: a SQLite file in a new temp directory;
+//! - `DIESEL_L2_EXAMPLE_BACKEND=postgres` (build with `--features postgres`): a new schema
+//!   `l2ex_<pid>_<random>` in the database of `DIESEL_L2_PG_URL`;
+//! - `DIESEL_L2_EXAMPLE_BACKEND=mysql` (build with `--features mysql`): a new database
+//!   `l2ex_<pid>_<random>` on the server of `DIESEL_L2_MYSQL_URL`.
+//!
+//! An example writes its body once, generic over the connection type, and calls it through
+//! [`on_selected_backend!`].
+
+// Each example uses a different part of this module.
+#![allow(dead_code, unused_macros)]
+
+use std::error::Error;
+use std::fmt;
+use std::time::Duration;
+
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, R2D2Connection};
+use diesel_l2::DbPool;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/sqlite");
+#[cfg(feature = "postgres")]
+const POSTGRES_MIGRATIONS: EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/postgres");
+#[cfg(feature = "mysql")]
+const MYSQL_MIGRATIONS: EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/mysql");
+
+/// The error type of the examples' `main`: anything, with a message.
+pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
+
+/// `main`'s exit status: the error's message (not its `Debug` form) and a failure code.
+pub fn exit_code(result: Result<(), BoxError>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Selects the backend: `sqlite` (default), `postgres` or `mysql`.
+pub const BACKEND_ENV: &str = "DIESEL_L2_EXAMPLE_BACKEND";
+/// PostgreSQL URL, e.g. `postgres://postgres@127.0.0.1:5432/test` (as for the tests).
+pub const PG_URL_ENV: &str = "DIESEL_L2_PG_URL";
+/// MariaDB/MySQL URL, e.g. `mysql://root@127.0.0.1:3306/test` (as for the tests).
+pub const MYSQL_URL_ENV: &str = "DIESEL_L2_MYSQL_URL";
+
+/// Calls `$run(db, args...)` with an [`ExampleDb`] of the backend [`selected`] names: `$run` is a
+/// generic fn over the connection type, monomorphised here once per compiled-in backend.
+/// Expands to a `?` on errors, so use it in a fn returning `Result<_, BoxError>`.
+macro_rules! on_selected_backend {
+    ($label:expr, $max_size:expr, $run:path $(, $arg:expr)*) => {
+        match common::selected()? {
+            common::Backend::Sqlite => $run(common::ExampleDb::<
+                diesel::sqlite::SqliteConnection,
+            >::open($label, $max_size)? $(, $arg)*),
+            #[cfg(feature = "postgres")]
+            common::Backend::Postgres => $run(common::ExampleDb::<diesel::pg::PgConnection>::open(
+                $label, $max_size,
+            )? $(, $arg)*),
+            #[cfg(feature = "mysql")]
+            common::Backend::Mysql => $run(common::ExampleDb::<
+                diesel::mysql::MysqlConnection,
+            >::open($label, $max_size)? $(, $arg)*),
+        }
+    };
+}
+
+/// A backend this build can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Bundled SQLite (the examples require the default `sqlite` feature).
+    Sqlite,
+    /// PostgreSQL, with `--features postgres`.
+    #[cfg(feature = "postgres")]
+    Postgres,
+    /// MariaDB/MySQL, with `--features mysql`.
+    #[cfg(feature = "mysql")]
+    Mysql,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "sqlite",
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => "postgres",
+            #[cfg(feature = "mysql")]
+            Backend::Mysql => "mysql",
+        })
+    }
+}
+
+/// The backend `DIESEL_L2_EXAMPLE_BACKEND` names; SQLite when it is unset or empty.
+pub fn selected() -> Result<Backend, BoxError> {
+    let wanted = std::env::var(BACKEND_ENV).unwrap_or_default();
+    let feature = match wanted.trim().to_ascii_lowercase().as_str() {
+        "" | "sqlite" => return Ok(Backend::Sqlite),
+        "postgres" | "postgresql" | "pg" => "postgres",
+        "mysql" | "mariadb" => "mysql",
+        _ => {
+            return Err(
+                format!("{BACKEND_ENV}={wanted}: expected sqlite, postgres or mysql").into(),
+            )
+        }
+    };
+    match feature {
+        #[cfg(feature = "postgres")]
+        "postgres" => Ok(Backend::Postgres),
+        #[cfg(feature = "mysql")]
+        "mysql" => Ok(Backend::Mysql),
+        _ => Err(format!(
+            "{BACKEND_ENV}={wanted} but this build lacks that backend: run with `--features {feature}`"
+        )
+        .into()),
+    }
+}
+
+/// A pool on a database nobody else uses, with the project's schema migrated in; the
+/// database (file, schema) is removed on drop.
+pub struct ExampleDb<C: R2D2Connection + 'static> {
+    /// The pool to build a `diesel_l2::Db` on.
+    pub pool: DbPool<C>,
+    /// Which backend this is.
+    pub backend: Backend,
+    /// Where the data lives, for the example's first line of output.
+    pub location: String,
+    /// The URL of this database (with the database name on MariaDB), for a change
+    /// listener or a second pool.
+    pub url: String,
+    /// The PostgreSQL schema the example runs in.
+    pub schema: Option<String>,
+    /// The SQL each pooled connection runs first.
+    init_sql: String,
+    // Last, so the pool's connections are closed before the database is dropped.
+    _cleanup: Cleanup,
+}
+
+/// The connection types an [`ExampleDb`] can be opened for.
+pub trait ExampleBackend: R2D2Connection + MigrationHarness<Self::Backend> + 'static {
+    /// A fresh database for the example called `label`, with a pool of `max_size`.
+    fn open(label: &str, max_size: u32) -> Result<ExampleDb<Self>, BoxError>;
+}
+
+impl<C: ExampleBackend> ExampleDb<C> {
+    /// See [`ExampleBackend::open`].
+    pub fn open(label: &str, max_size: u32) -> Result<Self, BoxError> {
+        C::open(label, max_size)
+    }
+
+    /// Another pool on the same database, as a second instance of the application has.
+    pub fn second_pool(&self, max_size: u32) -> Result<DbPool<C>, BoxError> {
+        Ok(Pool::builder()
+            .max_size(max_size)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(10))
+            .connection_customizer(Box::new(InitSql(self.init_sql.clone())))
+            .build(ConnectionManager::<C>::new(self.url.clone()))?)
+    }
+}
+
+impl ExampleBackend for diesel::sqlite::SqliteConnection {
+    fn open(label: &str, max_size: u32) -> Result<ExampleDb<Self>, BoxError> {
+        // A directory rather than a file, so the WAL and SHM files go with it.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("diesel-l2-{label}-"))
+            .tempdir()?;
+        let path = dir.path().join(format!("{label}.db"));
+        let url = path
+            .to_str()
+            .ok_or("temp dir path is not UTF-8")?
+            .to_owned();
+        // busy_timeout first: concurrent connections switching the file to WAL then wait
+        // instead of failing; WAL lets readers run beside the one writer.
+        let init_sql = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+        let pool = build_pool(&url, init_sql, max_size, SQLITE_MIGRATIONS)?;
+        Ok(ExampleDb {
+            pool,
+            backend: Backend::Sqlite,
+            location: format!("SQLite file {url}"),
+            url,
+            schema: None,
+            init_sql: init_sql.to_owned(),
+            _cleanup: Cleanup::Sqlite(dir),
+        })
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl ExampleBackend for diesel::pg::PgConnection {
+    fn open(_label: &str, max_size: u32) -> Result<ExampleDb<Self>, BoxError> {
+        use diesel::connection::{Connection, SimpleConnection};
+        let url = env_url(PG_URL_ENV)?;
+        let schema = unique_name();
+        diesel::pg::PgConnection::establish(&url)?
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))?;
+        // Owned from here on, so a failure below still drops the schema.
+        let cleanup = Cleanup::Postgres {
+            url: url.clone(),
+            schema: schema.clone(),
+        };
+        let init_sql = format!("SET search_path TO {schema}");
+        let pool = build_pool(&url, &init_sql, max_size, POSTGRES_MIGRATIONS)?;
+        Ok(ExampleDb {
+            pool,
+            backend: Backend::Postgres,
+            location: format!("PostgreSQL schema {schema} ({PG_URL_ENV})"),
+            url,
+            schema: Some(schema),
+            init_sql,
+            _cleanup: cleanup,
+        })
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl ExampleBackend for diesel::mysql::MysqlConnection {
+    fn open(_label: &str, max_size: u32) -> Result<ExampleDb<Self>, BoxError> {
+        use diesel::connection::{Connection, SimpleConnection};
+        let url = env_url(MYSQL_URL_ENV)?;
+        let database = unique_name();
+        diesel::mysql::MysqlConnection::establish(&url)?.batch_execute(&format!(
+            "CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+        ))?;
+        let cleanup = Cleanup::Mysql {
+            url: url.clone(),
+            database: database.clone(),
+        };
+        let db_url = with_database(&url, &database);
+        let pool = build_pool(&db_url, "", max_size, MYSQL_MIGRATIONS)?;
+        Ok(ExampleDb {
+            pool,
+            backend: Backend::Mysql,
+            location: format!("MariaDB/MySQL database {database} ({MYSQL_URL_ENV})"),
+            url: db_url,
+            schema: None,
+            init_sql: String::new(),
+            _cleanup: cleanup,
+        })
+    }
+}
+
+/// Builds the pool (every connection runs `init_sql` first) and migrates the schema.
+fn build_pool<C>(
+    url: &str,
+    init_sql: &str,
+    max_size: u32,
+    migrations: EmbeddedMigrations,
+) -> Result<DbPool<C>, BoxError>
+where
+    C: R2D2Connection + MigrationHarness<C::Backend> + 'static,
+{
+    let pool = Pool::builder()
+        .max_size(max_size)
+        // Connections are opened on demand, not `max_size` of them up front.
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(10))
+        .connection_customizer(Box::new(InitSql(init_sql.to_owned())))
+        .build(ConnectionManager::<C>::new(url))?;
+    let mut conn = pool.get()?;
+    let conn: &mut C = &mut conn;
+    conn.run_pending_migrations(migrations)?;
+    Ok(pool)
+}
+
+#[derive(Debug)]
+struct InitSql(String);
+
+impl<C: R2D2Connection> CustomizeConnection<C, diesel::r2d2::Error> for InitSql {
+    fn on_acquire(&self, conn: &mut C) -> Result<(), diesel::r2d2::Error> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        conn.batch_execute(&self.0)
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// Removes what an [`ExampleDb`] created, best effort: a failure is printed, not raised,
+/// because it happens in `drop`.
+enum Cleanup {
+    /// `TempDir`'s own drop deletes the directory and the database files in it.
+    Sqlite(tempfile::TempDir),
+    #[cfg(feature = "postgres")]
+    Postgres { url: String, schema: String },
+    #[cfg(feature = "mysql")]
+    Mysql { url: String, database: String },
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let result: Result<(), BoxError> = match self {
+            Cleanup::Sqlite(_) => Ok(()),
+            // The lock timeouts keep a connection still held somewhere from hanging the exit.
+            #[cfg(feature = "postgres")]
+            Cleanup::Postgres { url, schema } => (|| {
+                use diesel::connection::{Connection, SimpleConnection};
+                diesel::pg::PgConnection::establish(url)?.batch_execute(&format!(
+                    "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {schema} CASCADE"
+                ))?;
+                Ok(())
+            })(),
+            #[cfg(feature = "mysql")]
+            Cleanup::Mysql { url, database } => (|| {
+                use diesel::connection::{Connection, SimpleConnection};
+                diesel::mysql::MysqlConnection::establish(url)?.batch_execute(&format!(
+                    "SET SESSION lock_wait_timeout = 10; DROP DATABASE IF EXISTS `{database}`"
+                ))?;
+                Ok(())
+            })(),
+        };
+        if let Err(e) = result {
+            eprintln!("warning: removing the example's database failed: {e}");
+        }
+    }
+}
+
+/// The URL in `var`, or an error that says how to set it.
+fn env_url(var: &str) -> Result<String, BoxError> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Ok(url),
+        _ => Err(format!(
+            "{BACKEND_ENV} selects a server backend but {var} is not set; \
+             e.g. {PG_URL_ENV}=postgres://postgres@127.0.0.1:5432/test or \
+             {MYSQL_URL_ENV}=mysql://root@127.0.0.1:3306/test"
+        )
+        .into()),
+    }
+}
+
+/// `l2ex_<pid>_<random>`: unique across concurrent runs and leftovers of crashed ones;
+/// lower-case ASCII, so it needs no quoting.
+fn unique_name() -> String {
+    format!("l2ex_{}_{}", std::process::id(), fastrand::u32(..))
+}
+
+/// `mysql://user@host:port/olddb?opts` -> `mysql://user@host:port/<db>?opts`.
+#[cfg(feature = "mysql")]
+fn with_database(url: &str, database: &str) -> String {
+    let (head, query) = url.split_at(url.find('?').unwrap_or(url.len()));
+    let authority_start = head.find("://").map_or(0, |i| i + 3);
+    let base = match head[authority_start..].find('/') {
+        Some(slash) => &head[..authority_start + slash],
+        None => head,
+    };
+    format!("{base}/{database}{query}")
+}

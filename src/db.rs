@@ -1,0 +1,683 @@
+//! `Db` and its builder: the pool, the regions, reads outside transactions.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
+
+use crate::config::RegionConfig;
+use crate::entity::{CachedEntity, CachedOps};
+use crate::error::{Error, Result};
+use crate::hooks::Hook;
+use crate::invalidation::{ChangeFeed, ListenConfig, Listener};
+use crate::region::{AnyRegion, FillMode, Lookup, Region};
+use crate::stats::{Counters, Stats};
+use crate::unique::{IndexSlot, UniqueOps};
+
+/// The r2d2 pool type `Db` is built from.
+pub type DbPool<C> = Pool<ConnectionManager<C>>;
+
+/// Largest number of ids one `find_many` query carries; longer lists run one query per
+/// chunk (SQLite and MySQL cap the number of bound parameters).
+pub(crate) const MAX_IDS_PER_QUERY: usize = 10_000;
+
+/// A pool of diesel connections with a second-level cache in front of it.
+///
+/// Cheap to clone: clones share the pool and the regions. See the crate docs for the
+/// consistency contract.
+pub struct Db<C: R2D2Connection + 'static> {
+    pub(crate) inner: Arc<Inner<C>>,
+}
+
+impl<C: R2D2Connection + 'static> Clone for Db<C> {
+    fn clone(&self) -> Self {
+        Db {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<C: R2D2Connection + 'static> fmt::Debug for Db<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db")
+            .field(
+                "regions",
+                &self
+                    .inner
+                    .order
+                    .iter()
+                    .map(|r| r.name())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner<C: R2D2Connection + 'static> {
+    pub(crate) pool: DbPool<C>,
+    pub(crate) hook: Option<Hook>,
+    regions: HashMap<TypeId, Arc<dyn AnyRegion>, TypeIdHasher>,
+    order: Vec<Arc<dyn AnyRegion>>,
+    /// The cross-process change listener; dropped (stopped and joined) with the `Db`.
+    listener: Option<Listener>,
+}
+
+impl<C: R2D2Connection + 'static> Inner<C> {
+    #[inline]
+    pub(crate) fn region<E: CachedEntity>(&self) -> Result<&Region<E>> {
+        self.regions
+            .get(&TypeId::of::<E>())
+            .and_then(|r| r.as_any().downcast_ref::<Region<E>>())
+            .ok_or_else(|| Error::UnknownEntity {
+                type_name: std::any::type_name::<E>(),
+            })
+    }
+
+    pub(crate) fn region_arc<E: CachedEntity>(&self) -> Result<Arc<dyn AnyRegion>> {
+        self.regions
+            .get(&TypeId::of::<E>())
+            .cloned()
+            .ok_or_else(|| Error::UnknownEntity {
+                type_name: std::any::type_name::<E>(),
+            })
+    }
+
+    pub(crate) fn checkout(&self) -> Result<PooledConnection<ConnectionManager<C>>> {
+        self.pool.get().map_err(|source| Error::Pool {
+            timeout: self.pool.connection_timeout(),
+            source,
+        })
+    }
+}
+
+/// Hashes `TypeId`s, which are already uniformly distributed hashes, without SipHash: the
+/// region lookup is on the hit path.
+#[derive(Clone, Copy, Default)]
+struct TypeIdHasher;
+
+impl std::hash::BuildHasher for TypeIdHasher {
+    type Hasher = FoldHasher;
+    fn build_hasher(&self) -> FoldHasher {
+        FoldHasher(0)
+    }
+}
+
+/// Folds whatever `TypeId::hash` writes into one `u64`.
+struct FoldHasher(u64);
+
+impl std::hash::Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_ne_bytes(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Registers cached entities and settings, then [`build`](DbBuilder::build)s a [`Db`].
+#[must_use = "a builder does nothing until `build()` is called"]
+pub struct DbBuilder<C: R2D2Connection + 'static> {
+    pool: DbPool<C>,
+    entries: Vec<Registration>,
+    hook: Option<Hook>,
+    listen: Option<(ListenConfig, StartListener)>,
+}
+
+type StartListener = fn(ListenConfig, &[Arc<dyn AnyRegion>]) -> Result<Listener>;
+
+struct Registration {
+    type_id: TypeId,
+    type_name: &'static str,
+    config: RegionConfig,
+    make: fn(RegionConfig, Option<Hook>) -> Arc<dyn AnyRegion>,
+}
+
+fn make_region<E: CachedEntity>(config: RegionConfig, hook: Option<Hook>) -> Arc<dyn AnyRegion> {
+    Arc::new(Region::<E>::with_hook(config, hook))
+}
+
+impl<C: R2D2Connection + 'static> DbBuilder<C> {
+    /// Caches `E` with the settings of its `#[cache(...)]` attributes.
+    pub fn cache<E: CachedOps<C>>(self) -> Self {
+        self.cache_with::<E>(|c| c)
+    }
+
+    /// Caches `E` with settings changed at run time, for example from configuration:
+    /// `.cache_with::<User>(|c| c.ttl(Duration::from_secs(60)).max_entries(1_000))`.
+    pub fn cache_with<E: CachedOps<C>>(
+        mut self,
+        configure: impl FnOnce(RegionConfig) -> RegionConfig,
+    ) -> Self {
+        self.entries.push(Registration {
+            type_id: TypeId::of::<E>(),
+            type_name: std::any::type_name::<E>(),
+            config: configure(E::cache_config()),
+            make: make_region::<E>,
+        });
+        self
+    }
+
+    /// Installs a test-only pause-point callback (feature `test-hooks`; not a stable API).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_hook(mut self, hook: crate::hooks::Hook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// Invalidates entries when other processes (or any SQL client) commit changes to the
+    /// cached tables (C7): PostgreSQL through `LISTEN`, MariaDB/MySQL and SQLite by polling
+    /// the change table. Install the triggers first (see [`crate::invalidation`]).
+    ///
+    /// The listener has its own connection and thread, stopped when the last clone of the
+    /// `Db` is dropped. `build()` waits up to `connect_timeout` for it to connect; until it
+    /// is connected, and whenever it loses its connection, the regions are not served from
+    /// memory (reads go to the database) and are cleared on reconnection.
+    pub fn listen(mut self, config: ListenConfig) -> Self
+    where
+        C: ChangeFeed,
+    {
+        self.listen = Some((config, Listener::start::<C>));
+        self
+    }
+
+    /// Validates every region's settings and builds the `Db`.
+    ///
+    /// Fails with [`Error::Config`] on a zero capacity, a zero duration, no bound at all,
+    /// an empty or duplicate region name, or an entity registered twice.
+    pub fn build(self) -> Result<Db<C>> {
+        let mut regions = HashMap::with_hasher(TypeIdHasher);
+        let mut order = Vec::new();
+        let mut names = HashMap::new();
+        for reg in self.entries {
+            validate(&reg.config, reg.type_name)?;
+            if let Some(other) = names.insert(reg.config.name.clone(), reg.type_name) {
+                return Err(Error::Config(if other == reg.type_name {
+                    format!(
+                        "`{}` is registered twice; call `.cache::<{}>()` once",
+                        reg.type_name, reg.type_name
+                    )
+                } else {
+                    format!(
+                        "region `{}` is used by both `{other}` and `{}`; give one of them another name with #[cache(region = \"...\")] or `cache_with`",
+                        reg.config.name, reg.type_name
+                    )
+                }));
+            }
+            if regions.contains_key(&reg.type_id) {
+                return Err(Error::Config(format!(
+                    "`{}` is registered twice; call `.cache::<{}>()` once",
+                    reg.type_name, reg.type_name
+                )));
+            }
+            let region = (reg.make)(reg.config, self.hook.clone());
+            order.push(Arc::clone(&region));
+            regions.insert(reg.type_id, region);
+        }
+        let listener = match self.listen {
+            Some((config, start)) => Some(start(config, &order)?),
+            None => None,
+        };
+        Ok(Db {
+            inner: Arc::new(Inner {
+                listener,
+                pool: self.pool,
+                hook: self.hook,
+                regions,
+                order,
+            }),
+        })
+    }
+}
+
+fn validate(c: &RegionConfig, type_name: &str) -> Result<()> {
+    let fail = |what: String| {
+        Err(Error::Config(format!(
+            "region `{}` ({type_name}): {what}",
+            c.name
+        )))
+    };
+    if c.name.trim().is_empty() {
+        return fail("the region name is empty; name it with #[cache(region = \"...\")]".into());
+    }
+    let zero = |d: Option<Duration>| d.is_some_and(|d| d.is_zero());
+    if zero(c.ttl) {
+        return fail("ttl is zero; give a positive ttl, or None for no expiry".into());
+    }
+    if zero(c.tti) {
+        return fail("tti is zero; give a positive tti, or None for no idle expiry".into());
+    }
+    if zero(c.negative_ttl) {
+        return fail(
+            "negative_ttl is zero; give a positive duration, or None to turn negative caching off"
+                .into(),
+        );
+    }
+    match (c.max_entries, c.max_bytes) {
+        (Some(0), _) => fail("max_entries is 0; a region needs room for at least one entry".into()),
+        (_, Some(0)) => fail("max_bytes is 0; give a byte budget of at least a few KiB".into()),
+        (None, None) => fail("no bound: set max_entries or max_bytes".into()),
+        (Some(_), Some(_)) => fail("both max_entries and max_bytes are set; choose one".into()),
+        _ => Ok(()),
+    }
+}
+
+impl<C: R2D2Connection + 'static> Db<C> {
+    /// Starts a builder over an r2d2 pool of diesel connections.
+    pub fn builder(pool: DbPool<C>) -> DbBuilder<C> {
+        DbBuilder {
+            pool,
+            entries: Vec::new(),
+            hook: None,
+            listen: None,
+        }
+    }
+
+    /// The pool, for work that does not go through the cache.
+    pub fn pool(&self) -> &DbPool<C> {
+        &self.inner.pool
+    }
+
+    /// Reads one row through the cache: a hit runs no SQL; concurrent misses of one key
+    /// run one query; a miss fills the cache unless a write raced with it (C3, C4).
+    /// Absent rows are remembered for the region's `negative_ttl`.
+    #[inline]
+    pub fn find<E: CachedOps<C>>(&self, id: E::Id) -> Result<Option<Arc<E>>> {
+        let region = self.inner.region::<E>()?;
+        match region.lookup(&id) {
+            Lookup::Hit(e) => Ok(Some(e)),
+            Lookup::NegativeHit => Ok(None),
+            Lookup::Miss => self.load_one(region, id, FillMode::Fill),
+        }
+    }
+
+    /// Like [`find`](Db::find), but a missing row is [`Error::NotFound`].
+    pub fn get<E: CachedOps<C>>(&self, id: E::Id) -> Result<Arc<E>> {
+        self.read(CacheMode::Normal).get(id)
+    }
+
+    /// Reads many rows: hits from the cache, every miss in one `IN` (`= ANY` on
+    /// PostgreSQL) query, filled under the same fence as `find`.
+    ///
+    /// The result has one element per input id, in input order: a duplicated id yields
+    /// the same row twice, a missing id yields `None`. Lists longer than 10,000 misses
+    /// run one query per 10,000 ids.
+    pub fn find_many<E: CachedOps<C>>(&self, ids: &[E::Id]) -> Result<Vec<Option<Arc<E>>>> {
+        self.read(CacheMode::Normal).find_many(ids)
+    }
+
+    /// Reads the row whose unique key is `key` (a type generated by `#[cache(unique)]`,
+    /// like `UserByEmail("ada@example.com".into())`): a cached key → id mapping and a
+    /// cached row answer without SQL; otherwise one `SELECT … WHERE email = ?` fills both.
+    /// A key no row has is negatively cached until a write gives a row that key.
+    pub fn find_by<K>(&self, key: K) -> Result<Option<Arc<K::Entity>>>
+    where
+        K: UniqueOps<C>,
+        K::Entity: CachedOps<C>,
+    {
+        self.read(CacheMode::Normal).find_by(key)
+    }
+
+    /// Reads with a per-call [`CacheMode`]: `db.read(CacheMode::Refresh).find::<User>(1)`.
+    /// The shorthands [`no_fill`](Db::no_fill), [`refresh`](Db::refresh) and
+    /// [`bypass`](Db::bypass) read more naturally.
+    pub fn read(&self, mode: CacheMode) -> Reader<'_, C> {
+        Reader { db: self, mode }
+    }
+
+    /// Reads from the cache, but a miss is loaded without filling it: for one-off scans
+    /// that should not push hot rows out.
+    pub fn no_fill(&self) -> Reader<'_, C> {
+        self.read(CacheMode::NoFill)
+    }
+
+    /// Always loads from the database and puts the result in the cache (fenced like any
+    /// fill): for rows known to have changed outside this process.
+    pub fn refresh(&self) -> Reader<'_, C> {
+        self.read(CacheMode::Refresh)
+    }
+
+    /// Ignores the cache entirely: reads the database, touches nothing.
+    pub fn bypass(&self) -> Reader<'_, C> {
+        self.read(CacheMode::Bypass)
+    }
+
+    fn load_one<E: CachedOps<C>>(
+        &self,
+        region: &Region<E>,
+        id: E::Id,
+        mode: FillMode,
+    ) -> Result<Option<Arc<E>>> {
+        let _span =
+            tracing::debug_span!("diesel_l2.load", region = %region.config().name, id = ?id, ?mode)
+                .entered();
+        region.load_through(&id, mode, || {
+            let mut conn = self.inner.checkout()?;
+            E::load_one(&mut conn, &id).map_err(Error::from)
+        })
+    }
+
+    fn load_batch<E: CachedOps<C>>(&self, ids: &[E::Id]) -> Result<HashMap<E::Id, Arc<E>>> {
+        let mut conn = self.inner.checkout()?;
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IDS_PER_QUERY) {
+            for row in E::load_many(&mut conn, chunk)? {
+                found.insert(row.id().clone(), Arc::new(row));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Drops one cached row (this process only) and fences loads in flight for it.
+    pub fn evict<E: CachedEntity>(&self, id: &E::Id) -> Result<()> {
+        let region = self.inner.region::<E>()?;
+        Counters::bump(&region.counters.evict_requests);
+        tracing::debug!(region = %region.config().name, id = ?id, "evict");
+        region.invalidate(id);
+        Ok(())
+    }
+
+    /// Drops the cached rows of `ids` and fences loads in flight for them.
+    pub fn evict_many<E: CachedEntity>(&self, ids: &[E::Id]) -> Result<()> {
+        let region = self.inner.region::<E>()?;
+        Counters::bump(&region.counters.evict_requests);
+        tracing::debug!(region = %region.config().name, count = ids.len(), "evict many");
+        for id in ids {
+            region.invalidate(id);
+        }
+        Ok(())
+    }
+
+    /// Drops every cached row of `E`'s region and fences every load in flight.
+    pub fn evict_all<E: CachedEntity>(&self) -> Result<()> {
+        let region = self.inner.region_arc::<E>()?;
+        region.evict_requested();
+        tracing::debug!(region = %region.name(), "evict region");
+        region.clear();
+        Ok(())
+    }
+
+    /// Drops every cached row of every region.
+    pub fn evict_everything(&self) {
+        tracing::debug!(regions = self.inner.order.len(), "evict everything");
+        for region in &self.inner.order {
+            region.evict_requested();
+            region.clear();
+        }
+    }
+
+    /// Preloads `E`'s region with the rows `query` returns, for example the most recent
+    /// N rows: `db.warm_up::<User>(|c| users::table.order(users::id.desc()).limit(1000)
+    /// .select(User::as_select()).load(c))`.
+    ///
+    /// Fills are fenced like any other (C3): if a write touched the region while the
+    /// query ran, the rows not yet filled are refused and the query is run again, up to
+    /// three times. Progress is reported through `tracing` (target `diesel_l2`).
+    pub fn warm_up<E: CachedOps<C>>(
+        &self,
+        mut query: impl FnMut(&mut C) -> diesel::QueryResult<Vec<E>>,
+    ) -> Result<WarmUp> {
+        let region = self.inner.region::<E>()?;
+        let _span =
+            tracing::info_span!("diesel_l2.warm_up", region = %region.config().name).entered();
+        let mut report = WarmUp::default();
+        for attempt in 1..=3 {
+            let seq = region.write_seq();
+            let rows = {
+                let mut conn = self.inner.checkout()?;
+                let started = std::time::Instant::now();
+                let rows = query(&mut conn)?;
+                region.counters.add_load(started.elapsed());
+                rows
+            };
+            report.queries += 1;
+            report.loaded += rows.len();
+            let (filled, refused) = region.warm(rows, seq);
+            report.filled += filled;
+            region
+                .counters
+                .warmed
+                .fetch_add(filled as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(attempt, filled, refused, "warm-up query filled the region");
+            report.refused = refused;
+            if refused == 0 {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The settings `E`'s region runs with.
+    pub fn region_config<E: CachedEntity>(&self) -> Result<RegionConfig> {
+        Ok(self.inner.region::<E>()?.config().clone())
+    }
+
+    /// A snapshot of every region's counters, and of the change listener's.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            regions: self.inner.order.iter().map(|r| r.stats()).collect(),
+            listener: self.inner.listener.as_ref().map(|l| l.shared.snapshot()),
+        }
+    }
+
+    /// The cached row for `id`, without loading it or counting a read: `Some(row)` only
+    /// when the cache would answer with that row now. For tests and diagnostics.
+    pub fn peek<E: CachedEntity>(&self, id: &E::Id) -> Result<Option<Arc<E>>> {
+        Ok(self.inner.region::<E>()?.peek(id))
+    }
+}
+
+/// How one read uses the cache, like Hibernate's `CacheMode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CacheMode {
+    /// Read the cache; on a miss load and fill (fenced).
+    #[default]
+    Normal,
+    /// Read the cache; on a miss load without filling.
+    NoFill,
+    /// Always load from the database and put the result in the cache (fenced).
+    Refresh,
+    /// Ignore the cache: read the database and touch nothing.
+    Bypass,
+}
+
+/// Reads with one [`CacheMode`], from [`Db::read`] and its shorthands.
+#[derive(Clone, Copy)]
+pub struct Reader<'a, C: R2D2Connection + 'static> {
+    db: &'a Db<C>,
+    mode: CacheMode,
+}
+
+impl<C: R2D2Connection + 'static> Reader<'_, C> {
+    /// Reads one row in this mode.
+    pub fn find<E: CachedOps<C>>(&self, id: E::Id) -> Result<Option<Arc<E>>> {
+        let region = self.db.inner.region::<E>()?;
+        let mode = match self.mode {
+            CacheMode::Normal => return self.db.find(id),
+            CacheMode::Bypass => {
+                let mut conn = self.db.inner.checkout()?;
+                return Ok(E::load_one(&mut conn, &id)?.map(Arc::new));
+            }
+            CacheMode::NoFill => match region.lookup(&id) {
+                Lookup::Hit(e) => return Ok(Some(e)),
+                Lookup::NegativeHit => return Ok(None),
+                Lookup::Miss => FillMode::NoFill,
+            },
+            CacheMode::Refresh => FillMode::Refresh,
+        };
+        self.db.load_one(region, id, mode)
+    }
+
+    /// Like [`find`](Reader::find), but a missing row is [`Error::NotFound`].
+    pub fn get<E: CachedOps<C>>(&self, id: E::Id) -> Result<Arc<E>> {
+        let missing = format!("{id:?}");
+        self.find::<E>(id)?.ok_or(Error::NotFound {
+            table: E::TABLE,
+            id: missing,
+        })
+    }
+
+    /// Reads by unique key in this mode (see [`Db::find_by`]).
+    pub fn find_by<K>(&self, key: K) -> Result<Option<Arc<K::Entity>>>
+    where
+        K: UniqueOps<C>,
+        K::Entity: CachedOps<C>,
+    {
+        let region = self.db.inner.region::<K::Entity>()?;
+        if self.mode == CacheMode::Bypass {
+            let mut conn = self.db.inner.checkout()?;
+            return Ok(K::load_by(&mut conn, &key)?.map(Arc::new));
+        }
+        let index = region.index::<K>().ok_or_else(|| {
+            Error::Config(format!(
+                "`{}` is not a registered unique key of `{}`; declare it with #[cache(unique)]",
+                std::any::type_name::<K>(),
+                K::Entity::TABLE
+            ))
+        })?;
+        if self.mode != CacheMode::Refresh {
+            match index.lookup(&key) {
+                Some(IndexSlot::Id(id)) => {
+                    // The mapping is a hint: use it only if the row still has the key.
+                    if let Some(row) = self.find::<K::Entity>(id)? {
+                        if K::of(&row) == key {
+                            Counters::bump(&region.counters.key_hits);
+                            return Ok(Some(row));
+                        }
+                    }
+                }
+                Some(IndexSlot::Absent) => {
+                    Counters::bump(&region.counters.key_hits);
+                    return Ok(None);
+                }
+                None => {}
+            }
+        }
+        Counters::bump(&region.counters.key_misses);
+        let _span = tracing::debug_span!("diesel_l2.load_by", region = %region.config().name, key = K::NAME).entered();
+        let ticket = index.begin_load();
+        let seq = region.write_seq();
+        let started = std::time::Instant::now();
+        let row = {
+            let mut conn = self.db.inner.checkout()?;
+            K::load_by(&mut conn, &key)?
+        };
+        region.counters.add_load(started.elapsed());
+        let fill = self.mode != CacheMode::NoFill;
+        match row {
+            Some(row) => {
+                let row = Arc::new(row);
+                if fill {
+                    index.fill_id(key, row.id().clone());
+                    region.fill_if_unchanged(&row, seq);
+                }
+                Ok(Some(row))
+            }
+            None => {
+                if fill && !index.fill_absent(key, &ticket) {
+                    Counters::bump(&region.counters.rejected_stale_fills);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads many rows in this mode, in input order (see [`Db::find_many`]).
+    pub fn find_many<E: CachedOps<C>>(&self, ids: &[E::Id]) -> Result<Vec<Option<Arc<E>>>> {
+        let region = self.db.inner.region::<E>()?;
+        if self.mode == CacheMode::Bypass {
+            let found = self.db.load_batch::<E>(ids)?;
+            return Ok(ids.iter().map(|id| found.get(id).cloned()).collect());
+        }
+        let fill = match self.mode {
+            CacheMode::Refresh => FillMode::Refresh,
+            CacheMode::NoFill => FillMode::NoFill,
+            _ => FillMode::Fill,
+        };
+        let mut out: Vec<Option<Arc<E>>> = Vec::with_capacity(ids.len());
+        let mut missing: HashMap<&E::Id, Vec<usize>> = HashMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            let lookup = if fill == FillMode::Refresh {
+                Lookup::Miss
+            } else {
+                region.lookup(id)
+            };
+            match lookup {
+                Lookup::Hit(e) => out.push(Some(e)),
+                Lookup::NegativeHit => out.push(None),
+                Lookup::Miss => {
+                    out.push(None);
+                    missing.entry(id).or_default().push(i);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let _span = tracing::debug_span!("diesel_l2.load_many", region = %region.config().name, misses = missing.len()).entered();
+        let mut tickets = Vec::with_capacity(missing.len());
+        for (id, slots) in &missing {
+            match region.begin_load(id, fill) {
+                Ok(ticket) => tickets.push((*id, ticket)),
+                Err(Lookup::Hit(e)) => slots.iter().for_each(|&i| out[i] = Some(Arc::clone(&e))),
+                Err(_) => {}
+            }
+        }
+        let keys: Vec<E::Id> = tickets.iter().map(|(id, _)| (*id).clone()).collect();
+        let started = std::time::Instant::now();
+        let loaded = self.db.load_batch::<E>(&keys);
+        region.counters.add_load(started.elapsed());
+        tracing::debug!(
+            region = %region.config().name,
+            ids = keys.len(),
+            found = loaded.as_ref().map_or(0, HashMap::len),
+            took_us = started.elapsed().as_micros() as u64,
+            "batch loaded from the database"
+        );
+        match loaded {
+            Ok(found) => {
+                for (id, ticket) in &tickets {
+                    let row = found.get(*id).cloned();
+                    region.finish_load(id, ticket, Some(&row), None);
+                    for &i in &missing[id] {
+                        out[i] = row.clone();
+                    }
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                for (id, ticket) in &tickets {
+                    region.finish_load(id, ticket, None, None);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// What [`Db::warm_up`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct WarmUp {
+    /// Queries run (more than one when a write raced with the first).
+    pub queries: usize,
+    /// Rows the queries returned, in total.
+    pub loaded: usize,
+    /// Rows put in the cache.
+    pub filled: usize,
+    /// Rows refused by the fence in the last attempt.
+    pub refused: usize,
+}

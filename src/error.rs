@@ -1,0 +1,120 @@
+//! The one error type, with messages that say what to do.
+
+use std::time::Duration;
+
+/// `Result` with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in diesel-l2.
+///
+/// Marked `#[non_exhaustive]`: match the variants you handle and keep a `_` arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A row that must exist does not.
+    #[error("no row with id {id} in `{table}`: check the id, or use `find` to get an Option")]
+    NotFound {
+        /// The table.
+        table: &'static str,
+        /// The id, formatted with `Debug`.
+        id: String,
+    },
+
+    /// A versioned write found another version than the one it carried (C6).
+    #[error(
+        "version conflict on `{table}` id {id}: you wrote from version {expected}, the row is {}; \
+         reload the row and apply the change again (`Db::retry` does this for you)",
+        match found { Some(v) => format!("at version {v}"), None => "gone".to_string() }
+    )]
+    Conflict {
+        /// The table.
+        table: &'static str,
+        /// The id, formatted with `Debug`.
+        id: String,
+        /// The version the write carried.
+        expected: i64,
+        /// The version in the database, `None` when the row no longer exists.
+        found: Option<i64>,
+    },
+
+    /// The database rolled the transaction back before COMMIT (a statement error your code
+    /// handled aborted it on PostgreSQL, or a deadlock rolled it back on MariaDB/MySQL):
+    /// nothing was committed, and nothing was cached.
+    #[error(
+        "the database rolled this transaction back before COMMIT (an error inside it was \
+         handled and the transaction carried on); nothing was committed: retry the whole \
+         transaction (`Db::retry` does), or let such errors end it"
+    )]
+    RolledBack,
+
+    /// `Db::retry` gave up.
+    #[error("gave up after {attempts} attempts, the last one failed with: {last}; raise RetryPolicy::max_attempts or reduce contention on these rows")]
+    RetriesExhausted {
+        /// How many attempts ran.
+        attempts: u32,
+        /// The error of the last attempt.
+        last: Box<Error>,
+    },
+
+    /// The database returned an error.
+    #[error("database error: {0}")]
+    Database(#[from] diesel::result::Error),
+
+    /// No connection could be checked out of the pool.
+    #[error(
+        "could not check a connection out of the pool within {timeout:?}: {source}; \
+         raise the pool's max_size or connection_timeout, or find what holds connections (long transactions)"
+    )]
+    Pool {
+        /// The pool's checkout timeout.
+        timeout: Duration,
+        /// The pool's error.
+        #[source]
+        source: r2d2::Error,
+    },
+
+    /// Invalid settings, rejected by `DbBuilder::build` or at first use.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// The entity type was not registered with the `Db`.
+    #[error("`{type_name}` has no cache region: register it with `Db::builder(pool).cache::<{type_name}>()`")]
+    UnknownEntity {
+        /// The Rust type name.
+        type_name: &'static str,
+    },
+
+    /// A version would not fit its column.
+    #[error("version of `{table}` id {id} would overflow its column type; widen the version column to BIGINT / i64")]
+    VersionOverflow {
+        /// The table.
+        table: &'static str,
+        /// The id, formatted with `Debug`.
+        id: String,
+    },
+
+    /// A user error returned from a transaction closure, boxed.
+    #[error("{0}")]
+    Other(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl Error {
+    /// True for errors that re-running the transaction may cure: version conflicts,
+    /// serialization failures and deadlocks.
+    pub fn is_retryable(&self) -> bool {
+        use diesel::result::DatabaseErrorKind as K;
+        match self {
+            Error::Conflict { .. } | Error::RolledBack => true,
+            Error::Database(diesel::result::Error::DatabaseError(K::SerializationFailure, _)) => {
+                true
+            }
+            Error::Database(diesel::result::Error::DatabaseError(_, info)) => {
+                let m = info.message().to_ascii_lowercase();
+                m.contains("deadlock")
+                    || m.contains("database is locked")
+                    || m.contains("lock wait timeout")
+            }
+            _ => false,
+        }
+    }
+}

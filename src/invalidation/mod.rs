@@ -1,0 +1,419 @@
+//! Cross-process invalidation (C7): every committed write to a cached table, made by any
+//! process or SQL client, invalidates the entry in every process that listens.
+//!
+//! - **PostgreSQL**: statement-level triggers `pg_notify` the table, id and version of
+//!   each changed row (one region-wide flush above a row threshold). NOTIFY is delivered
+//!   only at commit, so rolled-back writes never invalidate. The `Db` owns a dedicated
+//!   connection that `LISTEN`s on a background thread.
+//! - **MariaDB/MySQL and SQLite**: row triggers append to the `diesel_l2_changes` table (an
+//!   outbox) which the `Db`'s background thread polls by sequence number, with gap
+//!   detection; old rows are pruned.
+//!
+//! A notification drops the cached entry only if it is older than the notified version,
+//! so this process's own applied writes stay cached. When the listener loses its
+//! connection, the regions it covers stop serving and filling (reads go to the database)
+//! until it has reconnected and cleared them.
+//!
+//! Install the triggers with [`postgres_triggers_sql`], [`mysql_triggers_sql`] or
+//! [`sqlite_triggers_sql`] (in a migration), then call
+//! [`DbBuilder::listen`](crate::DbBuilder::listen).
+
+mod outbox;
+mod postgres;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use outbox::{
+    mysql_changes_table_sql, mysql_table_triggers_sql, mysql_triggers_sql,
+    sqlite_changes_table_sql, sqlite_table_triggers_sql, sqlite_triggers_sql, CHANGES_TABLE,
+};
+pub use postgres::{
+    postgres_notify_function_sql, postgres_table_triggers_sql, postgres_triggers_sql, CHANNEL,
+};
+
+use crate::error::{Error, Result};
+use crate::region::AnyRegion;
+
+/// How the `Db` listens for changes made by other processes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenConfig {
+    /// The database URL of the listener's own connection (not taken from the pool).
+    pub url: String,
+    /// PostgreSQL: only changes to tables in this schema are applied (several
+    /// applications or test schemas may share one database). `None`: every schema.
+    pub schema: Option<String>,
+    /// How often the connection is checked for notifications (PostgreSQL) or the change
+    /// table is read (MariaDB, SQLite).
+    pub poll_interval: Duration,
+    /// Outbox: a sequence gap older than this is taken as a lost change, and the regions
+    /// are cleared. Must exceed your longest transaction that writes cached tables.
+    pub gap_timeout: Duration,
+    /// Outbox: change rows older than this are deleted.
+    pub retention: Duration,
+    /// First and largest wait between reconnection attempts.
+    pub reconnect_backoff: (Duration, Duration),
+    /// How long `build()` waits for the first connection before returning with the
+    /// regions untrusted (reads then go to the database until it connects).
+    pub connect_timeout: Duration,
+}
+
+impl ListenConfig {
+    /// Listen through a dedicated connection to `url`, with the defaults: poll every
+    /// 2 ms, gap timeout 5 s, retention 10 minutes, reconnect backoff 50 ms to 2 s.
+    pub fn new(url: impl Into<String>) -> Self {
+        ListenConfig {
+            url: url.into(),
+            schema: None,
+            poll_interval: Duration::from_millis(2),
+            gap_timeout: Duration::from_secs(5),
+            retention: Duration::from_secs(600),
+            reconnect_backoff: (Duration::from_millis(50), Duration::from_secs(2)),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Apply only changes of tables in `schema` (PostgreSQL).
+    #[must_use]
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// Set the poll interval.
+    #[must_use]
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    /// Set the outbox gap timeout.
+    #[must_use]
+    pub fn gap_timeout(mut self, timeout: Duration) -> Self {
+        self.gap_timeout = timeout;
+        self
+    }
+
+    /// Set the outbox retention.
+    #[must_use]
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.url.trim().is_empty() {
+            return Err(Error::Config(
+                "listen: the URL is empty; pass the database URL the listener connects to".into(),
+            ));
+        }
+        if self.poll_interval.is_zero() || self.gap_timeout.is_zero() || self.retention.is_zero() {
+            return Err(Error::Config(
+                "listen: poll_interval, gap_timeout and retention must be greater than zero".into(),
+            ));
+        }
+        if self.retention <= self.gap_timeout {
+            return Err(Error::Config(
+                "listen: retention must exceed gap_timeout, or change rows could be pruned before they are read".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A connection type that can feed changes from other processes to a `Db`.
+pub trait ChangeFeed: diesel::r2d2::R2D2Connection + 'static {
+    /// Runs the listener loop until `shared.stop` is set.
+    #[doc(hidden)]
+    fn run_listener(config: ListenConfig, shared: Arc<Shared>);
+}
+
+/// What the listener thread and the `Db` share.
+#[doc(hidden)]
+pub struct Shared {
+    pub(crate) regions: HashMap<&'static str, Vec<Arc<dyn AnyRegion>>>,
+    pub(crate) stop: AtomicBool,
+    pub(crate) connected: AtomicBool,
+    pub(crate) counters: ListenerCounters,
+    pub(crate) last_error: Mutex<Option<String>>,
+}
+
+#[derive(Default)]
+pub(crate) struct ListenerCounters {
+    pub(crate) changes: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) disconnects: AtomicU64,
+    pub(crate) connects: AtomicU64,
+    pub(crate) gaps: AtomicU64,
+    pub(crate) ignored: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(regions: &[Arc<dyn AnyRegion>]) -> Self {
+        let mut by_table: HashMap<&'static str, Vec<Arc<dyn AnyRegion>>> = HashMap::new();
+        for r in regions {
+            by_table.entry(r.table()).or_default().push(Arc::clone(r));
+        }
+        Shared {
+            regions: by_table,
+            stop: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            counters: ListenerCounters::default(),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<dyn AnyRegion>> {
+        self.regions.values().flatten()
+    }
+
+    /// Connected (again): drop everything cached before, then serve again.
+    pub(crate) fn on_connected(&self) {
+        for r in self.all() {
+            r.set_trusted(true);
+        }
+        self.connected.store(true, Relaxed);
+        self.counters.connects.fetch_add(1, Relaxed);
+        tracing::info!("change listener connected; regions cleared and trusted");
+    }
+
+    /// Connection lost: stop serving until reconnected.
+    pub(crate) fn on_lost(&self, error: &str) {
+        for r in self.all() {
+            r.set_trusted(false);
+        }
+        if self.connected.swap(false, Relaxed) {
+            self.counters.disconnects.fetch_add(1, Relaxed);
+        }
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+        tracing::warn!(
+            error,
+            "change listener lost its connection; regions untrusted until it reconnects"
+        );
+    }
+
+    /// One changed row.
+    pub(crate) fn on_change(&self, table: &str, id: &str, version: i64) {
+        self.counters.changes.fetch_add(1, Relaxed);
+        match self.regions.get(table) {
+            Some(regions) => {
+                tracing::trace!(table, id, version, "remote change");
+                for r in regions {
+                    r.remote_change(id, version);
+                }
+            }
+            None => {
+                self.counters.ignored.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Many changed rows, or changes that may have been missed: clear.
+    pub(crate) fn on_flush(&self, table: Option<&str>) {
+        self.counters.flushes.fetch_add(1, Relaxed);
+        tracing::debug!(table, "remote flush");
+        match table {
+            Some(t) => {
+                for r in self.regions.get(t).into_iter().flatten() {
+                    r.remote_flush();
+                }
+            }
+            None => {
+                for r in self.all() {
+                    r.remote_flush();
+                }
+            }
+        }
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
+
+    /// Sleeps up to `d`, waking early when asked to stop.
+    pub(crate) fn nap(&self, d: Duration) {
+        let step = Duration::from_millis(20);
+        let mut left = d;
+        while !left.is_zero() && !self.stopping() {
+            let s = left.min(step);
+            std::thread::sleep(s);
+            left = left.saturating_sub(s);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> ListenerStats {
+        let c = &self.counters;
+        ListenerStats {
+            connected: self.connected.load(Relaxed),
+            changes: c.changes.load(Relaxed),
+            flushes: c.flushes.load(Relaxed),
+            connects: c.connects.load(Relaxed),
+            disconnects: c.disconnects.load(Relaxed),
+            gaps: c.gaps.load(Relaxed),
+            ignored: c.ignored.load(Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+}
+
+/// The listener's counters, in [`Stats::listener`](crate::Stats::listener).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ListenerStats {
+    /// Whether the listener's connection is up (regions are trusted).
+    pub connected: bool,
+    /// Changed rows received.
+    pub changes: u64,
+    /// Region clears received or decided (many-row statements, gaps).
+    pub flushes: u64,
+    /// Successful (re)connections.
+    pub connects: u64,
+    /// Lost connections.
+    pub disconnects: u64,
+    /// Outbox sequence gaps that timed out (taken as lost changes).
+    pub gaps: u64,
+    /// Changes of tables with no region here.
+    pub ignored: u64,
+    /// The last connection error.
+    pub last_error: Option<String>,
+}
+
+/// Owns the listener thread; stops and joins it when dropped (with the last `Db` clone).
+pub(crate) struct Listener {
+    pub(crate) shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    pub(crate) fn start<C: ChangeFeed>(
+        config: ListenConfig,
+        regions: &[Arc<dyn AnyRegion>],
+    ) -> Result<Self> {
+        config.validate()?;
+        let shared = Arc::new(Shared::new(regions));
+        // Untrusted until the first connection has been made and the regions cleared.
+        for r in shared.all() {
+            r.set_trusted(false);
+        }
+        let connect_timeout = config.connect_timeout;
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("diesel-l2-listener".into())
+            .spawn(move || C::run_listener(config, thread_shared))
+            .map_err(|e| Error::Config(format!("could not start the listener thread: {e}")))?;
+        let started = std::time::Instant::now();
+        while !shared.connected.load(Relaxed) && started.elapsed() < connect_timeout {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if !shared.connected.load(Relaxed) {
+            tracing::warn!(
+                "change listener not connected yet; reads go to the database until it is"
+            );
+        }
+        Ok(Listener {
+            shared,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One notification payload: `v1|schema|table|version|id` or `v1|schema|table|*`.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) enum Payload<'a> {
+    Row {
+        schema: &'a str,
+        table: &'a str,
+        version: i64,
+        id: &'a str,
+    },
+    Flush {
+        schema: &'a str,
+        table: &'a str,
+    },
+}
+
+/// Parses one notification payload.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) fn parse_payload(p: &str) -> Option<Payload<'_>> {
+    let mut parts = p.splitn(5, '|');
+    if parts.next()? != "v1" {
+        return None;
+    }
+    let schema = parts.next()?;
+    let table = parts.next()?;
+    let version = parts.next()?;
+    if version == "*" {
+        return Some(Payload::Flush { schema, table });
+    }
+    Some(Payload::Row {
+        schema,
+        table,
+        version: version.parse().ok()?,
+        id: parts.next()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_parse() {
+        assert!(matches!(
+            parse_payload("v1|public|users|3|42"),
+            Some(Payload::Row {
+                schema: "public",
+                table: "users",
+                version: 3,
+                id: "42"
+            })
+        ));
+        assert!(matches!(
+            parse_payload("v1|s|tags|2|a|b"),
+            Some(Payload::Row { id: "a|b", .. })
+        ));
+        assert!(matches!(
+            parse_payload("v1|s|users|*"),
+            Some(Payload::Flush { table: "users", .. })
+        ));
+        assert!(parse_payload("v2|s|users|1|1").is_none());
+        assert!(parse_payload("v1|s|users|x|1").is_none());
+        assert!(parse_payload("garbage").is_none());
+    }
+
+    #[test]
+    fn config_is_validated() {
+        assert!(ListenConfig::new("").validate().is_err());
+        assert!(ListenConfig::new("x")
+            .gap_timeout(Duration::ZERO)
+            .validate()
+            .is_err());
+        assert!(ListenConfig::new("x")
+            .retention(Duration::from_secs(1))
+            .validate()
+            .is_err());
+        assert!(ListenConfig::new("x").validate().is_ok());
+    }
+}

@@ -1,0 +1,918 @@
+//! One cache region per entity type: slots, fenced fills, soft locks and single-flight loads.
+//!
+//! Two structures per region:
+//!
+//! - `cache`, a moka cache of [`Slot`]s. The hit path reads only this: one lock-free
+//!   lookup and an `Arc` clone.
+//! - `keys`, sharded maps of [`KeyState`] for keys with activity in flight: pending loads,
+//!   soft locks held by transactions, and the per-key epoch that fences fills. An entry
+//!   lives exactly as long as someone holds a lock or runs a load on the key, so it is
+//!   never evicted while it matters (C3: the fence survives the eviction of the value).
+//!
+//! Every change to a key's slot by a load or a commit happens with the key's shard locked,
+//! after checking the key's epoch, so a load that raced with a write cannot land (C3), and
+//! a key locked by a transaction is neither served nor filled (C4).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+
+use crate::config::RegionConfig;
+use crate::entity::CachedEntity;
+use crate::hooks::{self, Hook, Point};
+use crate::stats::{Counters, RegionStats};
+use crate::unique::{AnyIndex, Index, UniqueKey, UniqueKeys};
+
+/// What the cache holds for one key.
+pub(crate) enum Slot<E> {
+    /// The committed row.
+    Present(Arc<E>),
+    /// Read-through found no row (negative cache).
+    Absent,
+    /// This process committed a delete of the row at this version (exclusive upper bound).
+    Tombstone(i64),
+    /// A transaction holds the key (C4): read past the cache. Writing this marker is
+    /// cheaper in moka than removing the entry; it is never served and any fill or commit
+    /// replaces it.
+    Locked,
+}
+
+impl<E> Clone for Slot<E> {
+    #[inline]
+    fn clone(&self) -> Self {
+        match self {
+            Slot::Present(e) => Slot::Present(Arc::clone(e)),
+            Slot::Absent => Slot::Absent,
+            Slot::Tombstone(v) => Slot::Tombstone(*v),
+            Slot::Locked => Slot::Locked,
+        }
+    }
+}
+
+/// The outcome of a cache lookup.
+pub(crate) enum Lookup<E> {
+    /// A cached row.
+    Hit(Arc<E>),
+    /// A cached "no such row".
+    NegativeHit,
+    /// Nothing cached.
+    Miss,
+}
+
+/// Activity on one key: only exists while a lock or a load is outstanding.
+struct KeyState<E> {
+    /// Transactions holding a pending write on the key (C4 soft lock).
+    locks: u32,
+    /// Loads in flight for the key.
+    loads: u32,
+    /// Bumped by every lock, commit, release and invalidation: a load may fill only if
+    /// the epoch it saw at its start is still current (C3).
+    epoch: u64,
+    /// The single-flight load others may join.
+    flight: Option<Arc<Flight<E>>>,
+    /// The highest version another process was notified to have committed while a local
+    /// transaction held the key: that transaction's commit may not put anything older.
+    remote_floor: i64,
+}
+
+impl<E> Default for KeyState<E> {
+    fn default() -> Self {
+        KeyState {
+            locks: 0,
+            loads: 0,
+            epoch: 0,
+            flight: None,
+            remote_floor: i64::MIN,
+        }
+    }
+}
+
+impl<E> KeyState<E> {
+    fn idle(&self) -> bool {
+        self.locks == 0 && self.loads == 0
+    }
+}
+
+/// A load in flight that concurrent misses of the same key wait for.
+pub(crate) struct Flight<E> {
+    epoch: u64,
+    generation: u64,
+    done: Mutex<Option<FlightResult<E>>>,
+    ready: Condvar,
+}
+
+#[derive(Clone)]
+enum FlightResult<E> {
+    Loaded(Option<Arc<E>>),
+    /// The leader's load failed: each waiter loads for itself.
+    Failed,
+}
+
+impl<E> Flight<E> {
+    fn finish(&self, result: FlightResult<E>) {
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+        self.ready.notify_all();
+    }
+
+    fn wait(&self) -> FlightResult<E>
+    where
+        E: Clone,
+    {
+        let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(r) = done.as_ref() {
+                return r.clone();
+            }
+            done = self
+                .ready
+                .wait(done)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// What a read-through load does with the row it read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FillMode {
+    /// Fill an empty slot (or replace an older version), fenced.
+    Fill,
+    /// Read the cache, but on a miss load without filling.
+    NoFill,
+    /// Skip the cache, always load, and put the result over whatever is cached, fenced.
+    Refresh,
+}
+
+/// What a load is allowed to do with its result, decided under the shard lock at its start.
+pub(crate) struct LoadTicket {
+    epoch: u64,
+    generation: u64,
+    /// False when the key was soft-locked at the start: read from the database, never fill.
+    may_fill: bool,
+    /// Refresh: put over whatever the slot holds (the fence still applies).
+    force: bool,
+}
+
+/// A transaction's hold on one key, returned by [`Region::lock`].
+pub(crate) struct KeyLock {
+    /// The key's epoch right after this lock was taken.
+    epoch: u64,
+}
+
+/// The final effect of a committed transaction on one key.
+pub(crate) enum FinalWrite<E> {
+    Put(Arc<E>),
+    Delete { version: i64 },
+    Invalidate,
+}
+
+const SHARDS: usize = 64;
+
+/// One shard of the per-key activity map.
+type KeyShard<E> = Mutex<HashMap<<E as CachedEntity>::Id, KeyState<E>>>;
+
+/// The cache region of entity type `E`.
+pub(crate) struct Region<E: CachedEntity> {
+    config: RegionConfig,
+    cache: Cache<E::Id, Slot<E>>,
+    keys: Box<[KeyShard<E>]>,
+    hasher: RandomState,
+    /// Bumped by `clear`: a load that started before a clear never fills.
+    generation: AtomicU64,
+    /// Bumped (under the key's shard lock) by every lock, commit, release and
+    /// invalidation in the region, and by `clear`: warm-up fills check it per key.
+    write_seq: AtomicU64,
+    pub(crate) counters: Arc<Counters>,
+    /// Test-only pause points (feature `test-hooks`); `None` otherwise.
+    hook: Option<Hook>,
+    /// The entity's unique-key indexes (`#[cache(unique)]`).
+    indexes: Vec<Box<dyn AnyIndex<E>>>,
+    /// False while the cross-process listener covering this region is disconnected (C7):
+    /// reads then go to the database and nothing is filled.
+    trusted: AtomicBool,
+}
+
+/// Per-entry expiry: rows live `ttl` (and `tti` when idle), negative entries and
+/// tombstones live `negative_ttl`.
+struct SlotExpiry {
+    ttl: Option<Duration>,
+    tti: Option<Duration>,
+    negative_ttl: Option<Duration>,
+}
+
+impl SlotExpiry {
+    fn lifetime<E>(&self, slot: &Slot<E>) -> Option<Duration> {
+        match slot {
+            Slot::Present(_) => match (self.ttl, self.tti) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            Slot::Absent | Slot::Tombstone(_) => self.negative_ttl,
+            Slot::Locked => None,
+        }
+    }
+}
+
+impl<K, E> moka::Expiry<K, Slot<E>> for SlotExpiry {
+    fn expire_after_create(&self, _: &K, slot: &Slot<E>, _: Instant) -> Option<Duration> {
+        self.lifetime(slot)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &K,
+        slot: &Slot<E>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.lifetime(slot)
+    }
+
+    fn expire_after_read(
+        &self,
+        _: &K,
+        slot: &Slot<E>,
+        read_at: Instant,
+        until_expiry: Option<Duration>,
+        last_modified_at: Instant,
+    ) -> Option<Duration> {
+        let (Some(tti), Slot::Present(_)) = (self.tti, slot) else {
+            return until_expiry;
+        };
+        match self.ttl {
+            Some(ttl) => {
+                let age = read_at.saturating_duration_since(last_modified_at);
+                Some(tti.min(ttl.saturating_sub(age)))
+            }
+            None => Some(tti),
+        }
+    }
+}
+
+/// Weight of a non-row slot in a byte-budgeted region.
+const MARKER_BYTES: u32 = 64;
+
+impl<E: CachedEntity> Region<E> {
+    /// A region with already validated settings.
+    #[cfg(test)]
+    pub(crate) fn new(config: RegionConfig) -> Self {
+        Self::with_hook(config, None)
+    }
+
+    /// A region with already validated settings and an optional test hook.
+    pub(crate) fn with_hook(config: RegionConfig, hook: Option<Hook>) -> Self {
+        let expiry = SlotExpiry {
+            ttl: config.ttl,
+            tti: config.tti,
+            negative_ttl: config.negative_ttl,
+        };
+        let counters = Arc::new(Counters::default());
+        let listener_counters = Arc::clone(&counters);
+        let region_name = config.name.clone();
+        let mut builder = Cache::builder().name(&config.name).expire_after(expiry);
+        if config.track_evictions {
+            builder = builder.eviction_listener(move |id: Arc<E::Id>, _slot: Slot<E>, cause| {
+                let c = &listener_counters;
+                let counter = match cause {
+                    RemovalCause::Size => &c.evicted_size,
+                    RemovalCause::Expired => &c.expired,
+                    RemovalCause::Explicit => &c.invalidated,
+                    RemovalCause::Replaced => return,
+                };
+                Counters::bump(counter);
+                tracing::trace!(region = %region_name, id = ?id, ?cause, "cache entry removed");
+            });
+        }
+        builder = match (config.max_bytes, config.max_entries) {
+            (Some(bytes), _) => {
+                builder
+                    .max_capacity(bytes)
+                    .weigher(|id: &E::Id, slot: &Slot<E>| {
+                        let key = std::mem::size_of_val(id) as u64;
+                        let value = match slot {
+                            Slot::Present(e) => e.approx_bytes() as u64,
+                            Slot::Absent | Slot::Tombstone(_) | Slot::Locked => {
+                                u64::from(MARKER_BYTES)
+                            }
+                        };
+                        u32::try_from(key + value).unwrap_or(u32::MAX)
+                    })
+            }
+            (None, Some(n)) => builder.max_capacity(n),
+            (None, None) => builder,
+        };
+        let mut unique = UniqueKeys {
+            config: config.clone(),
+            indexes: Vec::new(),
+        };
+        E::unique_keys(&mut unique);
+        Region {
+            trusted: AtomicBool::new(true),
+            indexes: unique.indexes,
+            cache: builder.build(),
+            keys: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            generation: AtomicU64::new(0),
+            write_seq: AtomicU64::new(0),
+            counters,
+            config,
+            hook,
+        }
+    }
+
+    pub(crate) fn config(&self) -> &RegionConfig {
+        &self.config
+    }
+
+    /// Every shard lock, in order: for region-wide changes (clear, loss of trust).
+    fn lock_all_shards(&self) -> Vec<MutexGuard<'_, HashMap<E::Id, KeyState<E>>>> {
+        self.keys
+            .iter()
+            .map(|k| k.lock().unwrap_or_else(PoisonError::into_inner))
+            .collect()
+    }
+
+    fn shard(&self, id: &E::Id) -> MutexGuard<'_, HashMap<E::Id, KeyState<E>>> {
+        let i = (self.hasher.hash_one(id) as usize) % SHARDS;
+        // A poisoned shard only means a panic happened while it was held; the maps stay
+        // consistent because every mutation completes before anything can panic.
+        self.keys[i].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The hit path: one moka lookup, no lock, no allocation beyond the `Arc` clone.
+    #[inline]
+    pub(crate) fn lookup(&self, id: &E::Id) -> Lookup<E> {
+        if !self.trusted.load(Ordering::Acquire) {
+            Counters::bump(&self.counters.untrusted_reads);
+            return Lookup::Miss;
+        }
+        match self.cache.get(id) {
+            Some(Slot::Present(e)) => {
+                self.counters.hits.bump();
+                Lookup::Hit(e)
+            }
+            Some(Slot::Absent | Slot::Tombstone(_)) => {
+                self.counters.negative_hits.bump();
+                Lookup::NegativeHit
+            }
+            Some(Slot::Locked) | None => Lookup::Miss,
+        }
+    }
+
+    /// The cached row, if the cache would serve one now; counts nothing.
+    pub(crate) fn peek(&self, id: &E::Id) -> Option<Arc<E>> {
+        if !self.trusted.load(Ordering::Acquire) {
+            return None;
+        }
+        match self.cache.get(id) {
+            Some(Slot::Present(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Read-through for one key after a miss: joins a load in flight or runs `load`,
+    /// then fills if the fence allows it.
+    pub(crate) fn load_through<Err>(
+        &self,
+        id: &E::Id,
+        mode: FillMode,
+        load: impl FnOnce() -> Result<Option<E>, Err>,
+    ) -> Result<Option<Arc<E>>, Err> {
+        Counters::bump(&self.counters.misses);
+        if mode == FillMode::NoFill || !self.trusted.load(Ordering::Acquire) {
+            return self.load_untracked(load);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let (ticket, flight) = {
+            let mut keys = self.shard(id);
+            // A fill or commit may have landed between the caller's lookup and this lock.
+            if mode == FillMode::Fill {
+                match self.cache.get(id) {
+                    Some(Slot::Present(e)) => return Ok(Some(e)),
+                    Some(Slot::Absent | Slot::Tombstone(_)) => return Ok(None),
+                    Some(Slot::Locked) | None => {}
+                }
+            }
+            let st = keys.entry(id.clone()).or_default();
+            if st.locks > 0 {
+                Counters::bump(&self.counters.lock_bypasses);
+                (
+                    LoadTicket {
+                        epoch: st.epoch,
+                        generation,
+                        may_fill: false,
+                        force: false,
+                    },
+                    None,
+                )
+            } else {
+                if let (FillMode::Fill, Some(f)) = (mode, &st.flight) {
+                    // Join only a flight that no write has overtaken: its result is then
+                    // at least as new as anything committed before this read started (C4).
+                    if f.epoch == st.epoch && f.generation == generation {
+                        let f = Arc::clone(f);
+                        drop(keys);
+                        if let FlightResult::Loaded(v) = f.wait() {
+                            return Ok(v);
+                        }
+                        // The leader failed: load without filling.
+                        return self.load_untracked(load);
+                    }
+                }
+                let f = Arc::new(Flight {
+                    epoch: st.epoch,
+                    generation,
+                    done: Mutex::new(None),
+                    ready: Condvar::new(),
+                });
+                st.flight = Some(Arc::clone(&f));
+                st.loads += 1;
+                (
+                    LoadTicket {
+                        epoch: st.epoch,
+                        generation,
+                        may_fill: true,
+                        force: mode == FillMode::Refresh,
+                    },
+                    Some(f),
+                )
+            }
+        };
+        let Some(flight) = flight else {
+            // Soft-locked: the state entry belongs to the lock holders; read past the cache.
+            return self.load_untracked(load);
+        };
+        // Finish the flight and the load count even if `load` panics.
+        let mut guard = LoadGuard {
+            region: self,
+            id,
+            flight: &flight,
+            ticket: Some(ticket),
+        };
+        hooks::reach(&self.hook, || Point::BeforeLoad {
+            region: self.config.name.clone(),
+            id: format!("{id:?}"),
+        });
+        let started = Instant::now();
+        let loaded = load();
+        let took = started.elapsed();
+        self.counters.add_load(took);
+        tracing::debug!(
+            region = %self.config.name,
+            id = ?id,
+            took_us = took.as_micros() as u64,
+            found = matches!(loaded, Ok(Some(_))),
+            failed = loaded.is_err(),
+            "loaded from the database"
+        );
+        hooks::reach(&self.hook, || Point::AfterLoad {
+            region: self.config.name.clone(),
+            id: format!("{id:?}"),
+        });
+        let Some(ticket) = guard.ticket.take() else {
+            unreachable!("the ticket is taken once")
+        };
+        drop(guard);
+        match loaded {
+            Ok(row) => {
+                let row = row.map(Arc::new);
+                self.finish_load(id, &ticket, Some(&row), Some(&flight));
+                flight.finish(FlightResult::Loaded(row.clone()));
+                Ok(row)
+            }
+            Err(e) => {
+                self.finish_load(id, &ticket, None, Some(&flight));
+                flight.finish(FlightResult::Failed);
+                Err(e)
+            }
+        }
+    }
+
+    fn load_untracked<Err>(
+        &self,
+        load: impl FnOnce() -> Result<Option<E>, Err>,
+    ) -> Result<Option<Arc<E>>, Err> {
+        let started = Instant::now();
+        let loaded = load();
+        self.counters.add_load(started.elapsed());
+        loaded.map(|row| row.map(Arc::new))
+    }
+
+    /// Registers one key of a batch load: `Err` carries the cache's answer if one landed
+    /// meanwhile. Batch loads do not join or lead single flights.
+    pub(crate) fn begin_load(&self, id: &E::Id, mode: FillMode) -> Result<LoadTicket, Lookup<E>> {
+        Counters::bump(&self.counters.misses);
+        let generation = self.generation.load(Ordering::Acquire);
+        // No second cache lookup here: a row filled since the caller's lookup is loaded
+        // again, harmlessly (fills are version-checked).
+        let mut keys = self.shard(id);
+        let st = keys.entry(id.clone()).or_default();
+        let may_fill =
+            st.locks == 0 && mode != FillMode::NoFill && self.trusted.load(Ordering::Acquire);
+        if may_fill {
+            st.loads += 1;
+        } else if st.locks > 0 {
+            Counters::bump(&self.counters.lock_bypasses);
+        }
+        let ticket = LoadTicket {
+            epoch: st.epoch,
+            generation,
+            may_fill,
+            force: mode == FillMode::Refresh,
+        };
+        if st.idle() {
+            keys.remove(id);
+        }
+        Ok(ticket)
+    }
+
+    /// Ends a load registered by `begin_load` or `load_through`: fills with `row` (an
+    /// `Option<Arc<E>>`, `None` = no row) if the fence allows, or only ends the load when
+    /// `row` is `None` (the load failed).
+    pub(crate) fn finish_load(
+        &self,
+        id: &E::Id,
+        ticket: &LoadTicket,
+        row: Option<&Option<Arc<E>>>,
+        flight: Option<&Arc<Flight<E>>>,
+    ) {
+        if !ticket.may_fill {
+            return;
+        }
+        let mut keys = self.shard(id);
+        let Some(st) = keys.get_mut(id) else {
+            return;
+        };
+        st.loads = st.loads.saturating_sub(1);
+        if let (Some(mine), Some(f)) = (flight, &st.flight) {
+            if Arc::ptr_eq(mine, f) {
+                st.flight = None;
+            }
+        }
+        if let Some(row) = row {
+            let current = st.epoch == ticket.epoch
+                && st.locks == 0
+                && self.trusted.load(Ordering::Acquire)
+                && self.generation.load(Ordering::Acquire) == ticket.generation;
+            if current && ticket.force {
+                self.put_fresh(id, row);
+            } else if current {
+                self.fill(id, row);
+            } else {
+                Counters::bump(&self.counters.rejected_stale_fills);
+                tracing::debug!(region = %self.config.name, id = ?id, "rejected a stale fill (C3)");
+            }
+        }
+        if st.idle() {
+            keys.remove(id);
+        }
+    }
+
+    /// The one version-checked update used by every fill: never replaces a slot holding
+    /// the same or a newer version, a tombstone or a negative entry. Callers hold the key's
+    /// shard lock, as does every other writer of the slot (locks, commits, releases,
+    /// invalidations, and `clear`, which takes them all), so the check and the insert are
+    /// atomic without moka's per-key compute.
+    fn fill(&self, id: &E::Id, row: &Option<Arc<E>>) {
+        let slot = match row {
+            Some(e) => Slot::Present(Arc::clone(e)),
+            None if self.config.negative_ttl.is_some() => Slot::Absent,
+            None => return,
+        };
+        let put = match (self.cache.get(id), &slot) {
+            (None | Some(Slot::Locked), _) => true,
+            (Some(Slot::Present(old)), Slot::Present(new)) if old.version() < new.version() => true,
+            (Some(Slot::Present(old)), Slot::Present(new)) if old.version() > new.version() => {
+                Counters::bump(&self.counters.rejected_stale_fills);
+                false
+            }
+            _ => false,
+        };
+        if put {
+            self.cache.insert(id.clone(), slot);
+        }
+    }
+
+    /// A refresh: the fence proved `row` is the latest committed state, so it replaces
+    /// whatever the slot holds.
+    fn put_fresh(&self, id: &E::Id, row: &Option<Arc<E>>) {
+        match row {
+            Some(e) => self.cache.insert(id.clone(), Slot::Present(Arc::clone(e))),
+            None if self.config.negative_ttl.is_some() => {
+                self.cache.insert(id.clone(), Slot::Absent)
+            }
+            None => self.cache.invalidate(id),
+        }
+    }
+
+    /// The index of unique key `K`.
+    pub(crate) fn index<K: UniqueKey<Entity = E>>(&self) -> Option<&Index<K>> {
+        self.indexes
+            .iter()
+            .find_map(|i| i.as_any().downcast_ref::<Index<K>>())
+    }
+
+    /// Whether the entity has unique keys (whose values writes must track).
+    pub(crate) fn has_indexes(&self) -> bool {
+        !self.indexes.is_empty()
+    }
+
+    /// A transaction wrote (or will write) `row`: its unique-key values are invalidated.
+    pub(crate) fn touch_keys(&self, row: &E) {
+        for index in &self.indexes {
+            index.touch(row);
+        }
+    }
+
+    /// A transaction that touched `rows` ended (committed or not).
+    pub(crate) fn end_key_writes(&self, rows: &[&E], unknown: bool) {
+        for index in &self.indexes {
+            index.end_write(rows, unknown);
+        }
+    }
+
+    /// Fills one row read by a unique-key lookup that started at write sequence `seq`.
+    pub(crate) fn fill_if_unchanged(&self, row: &Arc<E>, seq: u64) -> bool {
+        let id = row.id();
+        let keys = self.shard(id);
+        let locked = keys.get(id).is_some_and(|st| st.locks > 0);
+        if locked
+            || !self.trusted.load(Ordering::Acquire)
+            || self.write_seq.load(Ordering::Acquire) != seq
+        {
+            Counters::bump(&self.counters.rejected_stale_fills);
+            return false;
+        }
+        self.fill(id, &Some(Arc::clone(row)));
+        drop(keys);
+        true
+    }
+
+    /// The current write sequence, read before a warm-up query.
+    pub(crate) fn write_seq(&self) -> u64 {
+        self.write_seq.load(Ordering::Acquire)
+    }
+
+    /// Fills rows read by a warm-up query that started at write sequence `seq`. A row is
+    /// filled only if no write touched the region since (checked under the row's shard
+    /// lock, where every write bumps the sequence), so a warm-up that raced with a write
+    /// never lands a stale row (C3). Returns (filled, refused).
+    pub(crate) fn warm(&self, rows: Vec<E>, seq: u64) -> (usize, usize) {
+        let total = rows.len();
+        // `clear` bumps the write sequence too, so one check covers it.
+        let filled = rows
+            .into_iter()
+            .map(Arc::new)
+            .filter(|row| self.fill_if_unchanged(row, seq))
+            .count();
+        (filled, total - filled)
+    }
+
+    /// Takes a transaction's soft lock on `id` (C4): bumps the epoch so loads in flight
+    /// cannot fill, and drops the cached value so readers go to the database.
+    pub(crate) fn lock(&self, id: &E::Id) -> (KeyLock, Option<Arc<E>>) {
+        let mut keys = self.shard(id);
+        // The row as cached before the write: its unique-key values are invalidated too.
+        let previous = if self.indexes.is_empty() {
+            None
+        } else {
+            match self.cache.get(id) {
+                Some(Slot::Present(e)) => Some(e),
+                _ => None,
+            }
+        };
+        // `previous` is read under the shard lock, before the marker replaces it.
+        let st = keys.entry(id.clone()).or_default();
+        st.locks += 1;
+        st.epoch += 1;
+        let epoch = st.epoch;
+        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        self.cache.insert(id.clone(), Slot::Locked);
+        drop(keys);
+        for index in &self.indexes {
+            index.begin_write();
+            if let Some(old) = &previous {
+                index.touch(old);
+            }
+        }
+        hooks::reach(&self.hook, || Point::AfterLock {
+            region: self.config.name.clone(),
+            id: format!("{id:?}"),
+        });
+        (KeyLock { epoch }, previous)
+    }
+
+    /// Applies a committed transaction's final write on `id` and releases its lock (C1, C2).
+    ///
+    /// The value is put only when this transaction was the key's sole writer for the whole
+    /// time it held the lock; otherwise another transaction's commit may be newer, so the
+    /// key is invalidated and the next read loads the truth.
+    pub(crate) fn commit(&self, id: &E::Id, lock: &KeyLock, write: FinalWrite<E>) {
+        let mut keys = self.shard(id);
+        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        let written = match &write {
+            FinalWrite::Put(e) => e.version(),
+            FinalWrite::Delete { version } => *version,
+            FinalWrite::Invalidate => i64::MIN,
+        };
+        let sole = match keys.get_mut(id) {
+            Some(st) => {
+                let sole = st.locks == 1 && st.epoch == lock.epoch && written >= st.remote_floor;
+                st.locks = st.locks.saturating_sub(1);
+                st.epoch += 1;
+                if st.idle() {
+                    keys.remove(id);
+                }
+                sole
+            }
+            None => false,
+        };
+        match (sole, write) {
+            (true, FinalWrite::Put(e)) => self.cache.insert(id.clone(), Slot::Present(e)),
+            (true, FinalWrite::Delete { version }) if self.config.negative_ttl.is_some() => {
+                self.cache.insert(id.clone(), Slot::Tombstone(version))
+            }
+            _ => self.cache.invalidate(id),
+        }
+        Counters::bump(&self.counters.commits_applied);
+    }
+
+    /// Releases a lock without applying anything (rollback, error, panic, failed commit):
+    /// the key is invalidated, never filled (C1).
+    pub(crate) fn release(&self, id: &E::Id) {
+        let mut keys = self.shard(id);
+        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        if let Some(st) = keys.get_mut(id) {
+            st.locks = st.locks.saturating_sub(1);
+            st.epoch += 1;
+            if st.idle() {
+                keys.remove(id);
+            }
+        }
+        self.cache.invalidate(id);
+        Counters::bump(&self.counters.writes_discarded);
+    }
+
+    /// Drops the cached entry for `id` and fences loads in flight.
+    pub(crate) fn invalidate(&self, id: &E::Id) {
+        let mut keys = self.shard(id);
+        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        if let Some(st) = keys.get_mut(id) {
+            st.epoch += 1;
+        }
+        self.cache.invalidate(id);
+    }
+
+    /// Another process committed `version` of row `id` (C7): drops the cached entry unless
+    /// it already holds that version or a newer one (this process's own applied write), and
+    /// fences loads in flight. While a local transaction holds the key, the version is
+    /// remembered so that transaction's commit cannot put anything older.
+    pub(crate) fn remote_invalidate(&self, id: &E::Id, version: i64) -> bool {
+        let mut keys = self.shard(id);
+        let cached = match self.cache.get(id) {
+            Some(Slot::Present(e)) => Some(e.version()),
+            Some(Slot::Tombstone(v)) => Some(v),
+            Some(Slot::Absent | Slot::Locked) | None => None,
+        };
+        if let Some(st) = keys.get_mut(id) {
+            st.remote_floor = st.remote_floor.max(version);
+            if st.locks > 0 {
+                // The slot is empty while locked; the commit compares with the floor.
+                return false;
+            }
+        }
+        if cached.is_some_and(|v| v >= version) {
+            return false;
+        }
+        if let Some(st) = keys.get_mut(id) {
+            st.epoch += 1;
+        }
+        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate(id);
+        drop(keys);
+        // The row's new key values are unknown: no negative key entry may outlive it.
+        for index in &self.indexes {
+            index.clear();
+        }
+        Counters::bump(&self.counters.remote_invalidations);
+        true
+    }
+
+    /// Stops (false) or resumes (true) serving and filling this region. Resuming clears
+    /// it first, so nothing cached before or during the outage is served (C7).
+    pub(crate) fn set_trusted(&self, trusted: bool) {
+        if trusted {
+            self.clear();
+            self.trusted.store(true, Ordering::Release);
+        } else {
+            let _all = self.lock_all_shards();
+            self.trusted.store(false, Ordering::Release);
+            // Fences loads that started while trusted.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Drops every entry and fences every load in flight.
+    pub(crate) fn clear(&self) {
+        // Every shard lock, so no fill that passed its fence check before the generation
+        // bump can insert after `invalidate_all`.
+        let _all = self.lock_all_shards();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
+        for index in &self.indexes {
+            index.clear();
+        }
+    }
+
+    pub(crate) fn snapshot(&self, table: &'static str) -> RegionStats {
+        self.cache.run_pending_tasks();
+        RegionStats::from_counters(
+            &self.config.name,
+            table,
+            &self.counters,
+            self.cache.entry_count(),
+        )
+    }
+}
+
+/// Ends a single-flight load if the loader unwinds.
+struct LoadGuard<'a, E: CachedEntity> {
+    region: &'a Region<E>,
+    id: &'a E::Id,
+    flight: &'a Arc<Flight<E>>,
+    ticket: Option<LoadTicket>,
+}
+
+impl<E: CachedEntity> Drop for LoadGuard<'_, E> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.region
+                .finish_load(self.id, &ticket, None, Some(self.flight));
+            self.flight.finish(FlightResult::Failed);
+        }
+    }
+}
+
+/// Type-erased view of a region, for the `Db`'s registry.
+pub(crate) trait AnyRegion: Send + Sync + 'static {
+    fn as_any(&self) -> &dyn Any;
+    fn name(&self) -> &str;
+    fn stats(&self) -> RegionStats;
+    fn clear(&self);
+    fn evict_requested(&self);
+    fn table(&self) -> &'static str;
+    /// A remote change of the row whose id is `id` as text; an id that cannot be parsed
+    /// clears the region (safe, counted).
+    fn remote_change(&self, id: &str, version: i64);
+    /// A remote change of many rows: clears the region.
+    fn remote_flush(&self);
+    fn set_trusted(&self, trusted: bool);
+}
+
+impl<E: CachedEntity> AnyRegion for Region<E> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+    fn stats(&self) -> RegionStats {
+        self.snapshot(E::TABLE)
+    }
+    fn clear(&self) {
+        Region::clear(self);
+    }
+    fn evict_requested(&self) {
+        Counters::bump(&self.counters.evict_requests);
+    }
+    fn table(&self) -> &'static str {
+        E::TABLE
+    }
+    fn remote_change(&self, id: &str, version: i64) {
+        match E::parse_id(id) {
+            Some(id) => {
+                self.remote_invalidate(&id, version);
+            }
+            None => {
+                tracing::warn!(region = %self.config.name, id, "cannot parse a notified id; clearing the region");
+                self.remote_flush();
+            }
+        }
+    }
+    fn remote_flush(&self) {
+        Counters::bump(&self.counters.remote_flushes);
+        Region::clear(self);
+    }
+    fn set_trusted(&self, trusted: bool) {
+        Region::set_trusted(self, trusted);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,405 @@
+//! Deterministic tests of the region's fill, fence and lock paths (C3, C4), without a
+//! database: loads are closures, interleavings are driven step by step.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use super::*;
+
+#[derive(Clone, Debug, PartialEq)]
+struct Row {
+    id: i64,
+    version: i64,
+    body: String,
+}
+
+impl CachedEntity for Row {
+    type Id = i64;
+    const TABLE: &'static str = "rows";
+    fn cache_config() -> RegionConfig {
+        RegionConfig::new("rows")
+    }
+    fn id(&self) -> &i64 {
+        &self.id
+    }
+    fn version(&self) -> i64 {
+        self.version
+    }
+    fn with_version(&self, version: i64) -> Option<Self> {
+        Some(Row {
+            version,
+            ..self.clone()
+        })
+    }
+    fn same_content(&self, other: &Self) -> bool {
+        self.id == other.id && self.body == other.body
+    }
+    fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.body.capacity()
+    }
+}
+
+fn row(id: i64, version: i64) -> Row {
+    Row {
+        id,
+        version,
+        body: format!("v{version}"),
+    }
+}
+
+fn region() -> Region<Row> {
+    Region::new(RegionConfig::new("rows"))
+}
+
+impl<E: CachedEntity> Region<E> {
+    fn tracked_keys(&self) -> usize {
+        self.keys.iter().map(|s| s.lock().unwrap().len()).sum()
+    }
+    fn cached_version(&self, id: &E::Id) -> Option<i64> {
+        match self.cache.get(id) {
+            Some(Slot::Present(e)) => Some(e.version()),
+            Some(Slot::Tombstone(v)) => Some(-v),
+            Some(Slot::Absent) => Some(0),
+            // A lock marker is never served: no version is cached.
+            Some(Slot::Locked) | None => None,
+        }
+    }
+}
+
+fn ok(r: Row) -> Result<Option<Row>, ()> {
+    Ok(Some(r))
+}
+
+#[test]
+fn miss_fills_and_next_read_hits() {
+    let r = region();
+    assert!(matches!(r.lookup(&1), Lookup::Miss));
+    let got = r
+        .load_through(&1, FillMode::Fill, || ok(row(1, 1)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.version, 1);
+    assert!(matches!(r.lookup(&1), Lookup::Hit(e) if e.version == 1));
+    assert_eq!(r.counters.loads.load(Ordering::Relaxed), 1);
+    assert_eq!(r.tracked_keys(), 0, "no key state outlives its load");
+}
+
+#[test]
+fn absent_row_is_negatively_cached_and_can_be_turned_off() {
+    let r = region();
+    assert!(r
+        .load_through(&7, FillMode::Fill, || Ok::<_, ()>(None))
+        .unwrap()
+        .is_none());
+    assert!(matches!(r.lookup(&7), Lookup::NegativeHit));
+
+    let off = Region::<Row>::new(RegionConfig::new("rows").negative_ttl(None));
+    off.load_through(&7, FillMode::Fill, || Ok::<_, ()>(None))
+        .unwrap();
+    assert!(matches!(off.lookup(&7), Lookup::Miss));
+}
+
+/// C3: a load that read v1 before v2 committed must not land over v2.
+#[test]
+fn fill_that_raced_with_a_commit_is_rejected() {
+    let r = region();
+    let ticket = r.begin_load(&1, FillMode::Fill).ok().unwrap();
+    // A transaction locks, commits v2 and applies it while the load is in flight.
+    let (lock, _) = r.lock(&1);
+    r.commit(&1, &lock, FinalWrite::Put(Arc::new(row(1, 2))));
+    r.finish_load(&1, &ticket, Some(&Some(Arc::new(row(1, 1)))), None);
+    assert_eq!(r.cached_version(&1), Some(2));
+    assert_eq!(r.counters.rejected_stale_fills.load(Ordering::Relaxed), 1);
+    assert_eq!(r.tracked_keys(), 0);
+}
+
+/// C3: the fence holds even when the newer entry was evicted before the late fill.
+#[test]
+fn late_fill_is_rejected_after_the_newer_entry_was_evicted() {
+    let r = region();
+    let ticket = r.begin_load(&1, FillMode::Fill).ok().unwrap();
+    let (lock, _) = r.lock(&1);
+    r.commit(&1, &lock, FinalWrite::Put(Arc::new(row(1, 2))));
+    // Size pressure evicts v2 (moka-level removal, no epoch change).
+    r.cache.invalidate(&1);
+    assert_eq!(r.cached_version(&1), None);
+    r.finish_load(&1, &ticket, Some(&Some(Arc::new(row(1, 1)))), None);
+    assert_eq!(r.cached_version(&1), None, "v1 must not come back");
+    assert_eq!(r.counters.rejected_stale_fills.load(Ordering::Relaxed), 1);
+}
+
+/// C3: a fill never replaces a newer version, even without a fence change.
+#[test]
+fn fill_never_replaces_a_newer_version() {
+    let r = region();
+    r.cache.insert(1, Slot::Present(Arc::new(row(1, 5))));
+    r.fill(&1, &Some(Arc::new(row(1, 4))));
+    assert_eq!(r.cached_version(&1), Some(5));
+    r.fill(&1, &Some(Arc::new(row(1, 6))));
+    assert_eq!(r.cached_version(&1), Some(6));
+}
+
+/// C3: a delete leaves a versioned tombstone that reads as "absent" and blocks fills.
+#[test]
+fn delete_leaves_a_tombstone_that_blocks_older_fills() {
+    let r = region();
+    let (lock, _) = r.lock(&1);
+    r.commit(&1, &lock, FinalWrite::Delete { version: 4 });
+    assert!(matches!(r.lookup(&1), Lookup::NegativeHit));
+    r.fill(&1, &Some(Arc::new(row(1, 3))));
+    assert_eq!(r.cached_version(&1), Some(-4));
+}
+
+/// C4: while a transaction holds the key, readers go to the database and do not fill.
+#[test]
+fn soft_locked_key_is_read_past_the_cache_and_not_filled() {
+    let r = region();
+    r.cache.insert(1, Slot::Present(Arc::new(row(1, 1))));
+    let (lock, _) = r.lock(&1);
+    assert!(
+        matches!(r.lookup(&1), Lookup::Miss),
+        "locking drops the cached value"
+    );
+    let got = r
+        .load_through(&1, FillMode::Fill, || ok(row(1, 1)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.version, 1);
+    assert_eq!(r.cached_version(&1), None, "no fill while locked");
+    assert_eq!(r.counters.lock_bypasses.load(Ordering::Relaxed), 1);
+    r.commit(&1, &lock, FinalWrite::Put(Arc::new(row(1, 2))));
+    assert_eq!(r.cached_version(&1), Some(2));
+    assert_eq!(r.tracked_keys(), 0);
+}
+
+/// C1: a rollback releases the lock and invalidates; nothing is put.
+#[test]
+fn release_unlocks_and_invalidates() {
+    let r = region();
+    r.cache.insert(1, Slot::Present(Arc::new(row(1, 1))));
+    let _lock = r.lock(&1);
+    r.release(&1);
+    assert_eq!(r.cached_version(&1), None);
+    assert_eq!(r.tracked_keys(), 0);
+    r.load_through(&1, FillMode::Fill, || ok(row(1, 1)))
+        .unwrap();
+    assert_eq!(
+        r.cached_version(&1),
+        Some(1),
+        "fills work again after release"
+    );
+}
+
+/// Two transactions writing one key at once: neither may put, since the order of their
+/// applies need not be the order of their commits.
+#[test]
+fn concurrent_writers_invalidate_instead_of_putting() {
+    let r = region();
+    let (a, _) = r.lock(&1);
+    let (b, _) = r.lock(&1);
+    r.commit(&1, &b, FinalWrite::Put(Arc::new(row(1, 3))));
+    assert_eq!(r.cached_version(&1), None);
+    r.commit(&1, &a, FinalWrite::Put(Arc::new(row(1, 2))));
+    assert_eq!(
+        r.cached_version(&1),
+        None,
+        "the older commit must not land last"
+    );
+    assert_eq!(r.tracked_keys(), 0);
+}
+
+/// A writer that locked after another one applied is the newest: it may put, even over
+/// a tombstone with a higher version (a re-insert after a delete).
+#[test]
+fn sequential_writers_put() {
+    let r = region();
+    let (a, _) = r.lock(&1);
+    r.commit(&1, &a, FinalWrite::Delete { version: 9 });
+    let (b, _) = r.lock(&1);
+    r.commit(&1, &b, FinalWrite::Put(Arc::new(row(1, 1))));
+    assert_eq!(r.cached_version(&1), Some(1));
+}
+
+#[test]
+fn clear_fences_loads_in_flight() {
+    let r = region();
+    let ticket = r.begin_load(&1, FillMode::Fill).ok().unwrap();
+    r.clear();
+    r.finish_load(&1, &ticket, Some(&Some(Arc::new(row(1, 1)))), None);
+    assert_eq!(r.cached_version(&1), None);
+    assert_eq!(r.counters.rejected_stale_fills.load(Ordering::Relaxed), 1);
+}
+
+fn flight_waiters(r: &Region<Row>, id: i64) -> usize {
+    let keys = r.shard(&id);
+    keys.get(&id)
+        .and_then(|st| st.flight.as_ref())
+        .map_or(0, Arc::strong_count)
+}
+
+/// N concurrent misses of one key run one load; the others wait for its result.
+#[test]
+fn concurrent_misses_run_one_load() {
+    const N: usize = 16;
+    let r = Arc::new(region());
+    let loads = Arc::new(AtomicUsize::new(0));
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(release_rx));
+    let start = Arc::new(Barrier::new(N));
+    let handles: Vec<_> = (0..N)
+        .map(|_| {
+            let (r, loads, rx, start) =
+                (r.clone(), loads.clone(), release_rx.clone(), start.clone());
+            thread::spawn(move || {
+                start.wait();
+                r.load_through(&1, FillMode::Fill, || {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    rx.lock().unwrap().recv().unwrap();
+                    ok(row(1, 1))
+                })
+                .unwrap()
+                .unwrap()
+                .version
+            })
+        })
+        .collect();
+    // The flight is referenced by the key state, the leader and each waiter.
+    while flight_waiters(&r, 1) < N + 1 {
+        thread::sleep(Duration::from_millis(1));
+    }
+    release_tx.send(()).unwrap();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 1);
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    assert_eq!(r.tracked_keys(), 0);
+}
+
+/// C4: a read that starts after a write committed must not join a load that started
+/// before it: that load may return the old row.
+#[test]
+fn a_read_after_a_commit_does_not_join_an_older_flight() {
+    let r = Arc::new(region());
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let leader = {
+        let r = r.clone();
+        thread::spawn(move || {
+            r.load_through(&1, FillMode::Fill, || {
+                release_rx.recv().unwrap();
+                ok(row(1, 1)) // read before the commit below
+            })
+            .unwrap()
+            .unwrap()
+            .version
+        })
+    };
+    while flight_waiters(&r, 1) < 2 {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let (lock, _) = r.lock(&1);
+    r.commit(&1, &lock, FinalWrite::Invalidate);
+    // This read starts after the commit: it loads on its own and sees v2.
+    let mine = r
+        .load_through(&1, FillMode::Fill, || ok(row(1, 2)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(mine.version, 2);
+    release_tx.send(()).unwrap();
+    assert_eq!(leader.join().unwrap(), 1);
+    assert_eq!(
+        r.cached_version(&1),
+        Some(2),
+        "the leader's v1 fill was fenced"
+    );
+}
+
+#[test]
+fn failed_leader_lets_waiters_load_themselves_and_cleans_up() {
+    let r = Arc::new(region());
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let leader = {
+        let r = r.clone();
+        thread::spawn(move || {
+            r.load_through(&1, FillMode::Fill, || {
+                release_rx.recv().unwrap();
+                Err::<Option<Row>, &str>("connection lost")
+            })
+        })
+    };
+    while flight_waiters(&r, 1) < 2 {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let waiter = {
+        let r = r.clone();
+        thread::spawn(move || r.load_through(&1, FillMode::Fill, || Ok::<_, &str>(Some(row(1, 1)))))
+    };
+    while flight_waiters(&r, 1) < 3 {
+        thread::sleep(Duration::from_millis(1));
+    }
+    release_tx.send(()).unwrap();
+    assert_eq!(leader.join().unwrap(), Err("connection lost"));
+    assert_eq!(waiter.join().unwrap().unwrap().unwrap().version, 1);
+    assert_eq!(r.tracked_keys(), 0);
+}
+
+#[test]
+fn panicking_loader_leaves_no_state_behind() {
+    let r = region();
+    let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let _ = r.load_through(&1, FillMode::Fill, || -> Result<Option<Row>, ()> {
+            panic!("loader bug")
+        });
+    }));
+    assert!(caught.is_err());
+    assert_eq!(r.tracked_keys(), 0);
+    assert!(r
+        .load_through(&1, FillMode::Fill, || ok(row(1, 1)))
+        .unwrap()
+        .is_some());
+}
+
+/// Why every fill goes through the fenced, version-checked path: moka's `get_with` on its
+/// own puts the value its loader read even when a newer one was inserted meanwhile.
+#[test]
+fn moka_get_with_alone_can_put_an_older_value_over_a_newer_one() {
+    let cache: Cache<i64, i64> = Cache::new(100);
+    let (loaded_tx, loaded_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let filler = {
+        let cache = cache.clone();
+        thread::spawn(move || {
+            cache.get_with(1, || {
+                let v1 = 1; // read from the database before the write below commits
+                loaded_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                v1
+            })
+        })
+    };
+    loaded_rx.recv().unwrap();
+    cache.insert(1, 2); // the write of v2 lands in the cache
+    go_tx.send(()).unwrap();
+    filler.join().unwrap();
+    assert_eq!(cache.get(&1), Some(1), "moka kept the stale v1 over v2");
+}
+
+use std::panic::AssertUnwindSafe;
+
+#[test]
+fn expired_entries_are_counted() {
+    let r = Region::<Row>::new(RegionConfig::new("rows").ttl(Duration::from_millis(50)));
+    r.load_through(&1, FillMode::Fill, || ok(row(1, 1)))
+        .unwrap();
+    thread::sleep(Duration::from_millis(120));
+    assert!(
+        matches!(r.lookup(&1), Lookup::Miss),
+        "expired entries are never served"
+    );
+    // moka's timer wheel removes (and reports) expired entries with a granularity of
+    // about one second.
+    thread::sleep(Duration::from_millis(1_200));
+    let s = r.snapshot("rows");
+    assert_eq!((s.expired, s.entries), (1, 0), "{s:?}");
+}

@@ -1,0 +1,650 @@
+//! Transactions: versioned writes, the write buffer, savepoints, commit hooks, retry.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::r2d2::R2D2Connection;
+
+use crate::db::{Db, Inner};
+use crate::entity::{CachedEntity, CachedOps};
+use crate::error::{Error, Result};
+use crate::hooks::{self, Point};
+use crate::region::{FinalWrite, KeyLock, Region};
+use crate::stats::Counters;
+
+/// A transaction in progress, handed to the closure of [`Db::transaction`].
+///
+/// Reads go to the database through the transaction's connection and see its own writes;
+/// they never fill the shared cache (C5). Writes soft-lock their keys (C4) and buffer the
+/// cache change, which is applied only after `COMMIT` returned Ok (C1).
+pub struct Tx<'a, C: R2D2Connection + 'static> {
+    conn: &'a mut C,
+    state: &'a mut TxState,
+    db: &'a Inner<C>,
+}
+
+/// The result of a versioned write: the stored value, and whether this exact write had
+/// already committed before (a retried write; C6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written<T> {
+    value: T,
+    already_applied: bool,
+}
+
+impl<T> Written<T> {
+    /// True when the database already held this write (same id, same target version,
+    /// same content): nothing was written twice.
+    pub fn already_applied(&self) -> bool {
+        self.already_applied
+    }
+
+    /// The stored value.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
+
+impl<T> Deref for Written<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
+    /// The transaction's connection, for plain diesel. Rows of cached tables written this
+    /// way must be announced with [`invalidate`](Tx::invalidate).
+    pub fn conn(&mut self) -> &mut C {
+        // Plain SQL may fail and have its error handled by the caller, which can leave the
+        // transaction aborted (PostgreSQL) or rolled back (a MariaDB deadlock) unseen.
+        self.state.needs_probe = true;
+        self.conn
+    }
+
+    /// Reads one row from the database inside the transaction (sees its own writes,
+    /// never fills the cache: C5).
+    pub fn find<E: CachedOps<C>>(&mut self, id: E::Id) -> Result<Option<Arc<E>>> {
+        self.db.region::<E>()?;
+        Ok(self.state.watch(E::load_one(self.conn, &id))?.map(Arc::new))
+    }
+
+    /// Like [`find`](Tx::find), but a missing row is [`Error::NotFound`].
+    pub fn get<E: CachedOps<C>>(&mut self, id: E::Id) -> Result<Arc<E>> {
+        let missing = format!("{id:?}");
+        self.find::<E>(id)?.ok_or(Error::NotFound {
+            table: E::TABLE,
+            id: missing,
+        })
+    }
+
+    /// Inserts `row` (its id and version as given) and returns the stored row, which the
+    /// cache receives when the transaction commits.
+    pub fn insert<E: CachedOps<C>>(&mut self, row: &E) -> Result<E> {
+        let slot = self.state.lock::<C, E>(self.db, row.id())?;
+        self.state.touch(slot, row);
+        let stored = self.state.watch(E::insert_row(self.conn, row))?;
+        self.state.touch(slot, &stored);
+        self.state
+            .push(slot, PendingWrite::<E>::Put(Arc::new(stored.clone())));
+        Ok(stored)
+    }
+
+    /// Versioned update (C6): writes every column of `row` where the id matches and the
+    /// version is `row`'s, bumping the version in the same statement. Returns the stored
+    /// row at the new version.
+    ///
+    /// A different version in the database is [`Error::Conflict`], unless the database
+    /// already holds exactly this write (the row is at `row.version + 1` with the same
+    /// content): then the result says [`already_applied`](Written::already_applied).
+    ///
+    /// Replay detection compares content, so two *different* operations that start from
+    /// the same version and produce the same row look alike: for relative changes
+    /// ("take 3 from stock") use [`update_strict`](Tx::update_strict) or your own
+    /// message ids.
+    pub fn update<E: CachedOps<C>>(&mut self, row: &E) -> Result<Written<E>> {
+        self.update_inner(row, true)
+    }
+
+    /// Versioned update without replay detection: any other version in the database is
+    /// [`Error::Conflict`], even when the row already holds this exact content.
+    pub fn update_strict<E: CachedOps<C>>(&mut self, row: &E) -> Result<E> {
+        self.update_inner(row, false).map(Written::into_inner)
+    }
+
+    fn update_inner<E: CachedOps<C>>(
+        &mut self,
+        row: &E,
+        accept_replay: bool,
+    ) -> Result<Written<E>> {
+        let overflow = || Error::VersionOverflow {
+            table: E::TABLE,
+            id: format!("{:?}", row.id()),
+        };
+        let target = row.version().checked_add(1).ok_or_else(overflow)?;
+        let next = row.with_version(target).ok_or_else(overflow)?;
+        let slot = self.state.lock::<C, E>(self.db, row.id())?;
+        self.state.touch(slot, &next);
+        if let Some(stored) = self.state.watch(E::update_row(self.conn, row, &next))? {
+            self.state.touch(slot, &stored);
+            self.state
+                .push(slot, PendingWrite::<E>::Put(Arc::new(stored.clone())));
+            tracing::trace!(table = E::TABLE, id = ?row.id(), version = target, "updated");
+            return Ok(Written {
+                value: stored,
+                already_applied: false,
+            });
+        }
+        let current = self.state.watch(E::load_one(self.conn, row.id()))?;
+        match current {
+            Some(cur) if accept_replay && cur.version() == target && cur.same_content(&next) => {
+                // Invalidate rather than put: under REPEATABLE READ (MariaDB's default) this
+                // read may come from the transaction's snapshot, older than the latest
+                // committed row.
+                self.state.push(slot, PendingWrite::<E>::Invalidate);
+                tracing::debug!(table = E::TABLE, id = ?row.id(), version = target, "update already applied");
+                Ok(Written {
+                    value: cur,
+                    already_applied: true,
+                })
+            }
+            other => Err(self.conflict::<E>(row, other.map(|c| c.version()))),
+        }
+    }
+
+    /// Versioned delete (C6): deletes the row if it is still at `row`'s version.
+    ///
+    /// Another version in the database is [`Error::Conflict`]. A row that is already gone
+    /// is reported as [`already_applied`](Written::already_applied): the state the caller
+    /// asked for holds. The cache keeps a versioned tombstone after commit (C3).
+    pub fn delete<E: CachedOps<C>>(&mut self, row: &E) -> Result<Written<()>> {
+        let slot = self.state.lock::<C, E>(self.db, row.id())?;
+        self.state.touch(slot, row);
+        if self
+            .state
+            .watch(E::delete_row(self.conn, row.id(), row.version()))?
+            > 0
+        {
+            let version = row.version().saturating_add(1);
+            self.state.push(slot, PendingWrite::<E>::Delete { version });
+            return Ok(Written {
+                value: (),
+                already_applied: false,
+            });
+        }
+        match self.state.watch(E::load_one(self.conn, row.id()))? {
+            None => {
+                self.state.push(slot, PendingWrite::<E>::Invalidate);
+                Ok(Written {
+                    value: (),
+                    already_applied: true,
+                })
+            }
+            Some(cur) => Err(self.conflict::<E>(row, Some(cur.version()))),
+        }
+    }
+
+    /// Announces that the row `id` of `E` was written through [`conn`](Tx::conn): the key is
+    /// soft-locked now and invalidated when the transaction ends, whatever its outcome.
+    pub fn invalidate<E: CachedOps<C>>(&mut self, id: E::Id) -> Result<()> {
+        let slot = self.state.lock::<C, E>(self.db, &id)?;
+        self.state.touch_unknown::<E>(slot);
+        self.state.push(slot, PendingWrite::<E>::Invalidate);
+        Ok(())
+    }
+
+    /// Runs `f` in a savepoint, nested to any depth. Its cache changes join the enclosing
+    /// transaction's buffer when it succeeds and are dropped when it fails (the keys stay
+    /// locked until the transaction ends, then are invalidated).
+    pub fn savepoint<T, E, F>(&mut self, f: F) -> std::result::Result<T, E>
+    where
+        E: From<Error>,
+        F: FnOnce(&mut Tx<'_, C>) -> std::result::Result<T, E>,
+    {
+        let mark = self.state.writes.len();
+        let db = self.db;
+        let state = &mut *self.state;
+        let mut panicked = None;
+        let result = self.conn.transaction::<T, Failure<E>, _>(|conn| {
+            let mut sp = Tx {
+                conn,
+                state: &mut *state,
+                db,
+            };
+            caught(&mut panicked, || f(&mut sp))
+        });
+        if result.is_err() {
+            self.state.writes.truncate(mark);
+            // Whatever failed in there may have ended the transaction on the server.
+            self.state.needs_probe = true;
+        }
+        if let Some(payload) = panicked {
+            panic::resume_unwind(payload);
+        }
+        result.map_err(|e| e.into_user())
+    }
+
+    fn conflict<E: CachedEntity>(&self, row: &E, found: Option<i64>) -> Error {
+        if let Ok(region) = self.db.region::<E>() {
+            Counters::bump(&region.counters.conflicts);
+        }
+        tracing::debug!(table = E::TABLE, id = ?row.id(), expected = row.version(), ?found, "version conflict");
+        Error::Conflict {
+            table: E::TABLE,
+            id: format!("{:?}", row.id()),
+            expected: row.version(),
+            found,
+        }
+    }
+}
+
+/// Runs a transaction closure inside diesel's transaction, turning a panic into an error
+/// (so diesel rolls back and the connection stays usable) and keeping its payload for the
+/// caller to resume once the rollback is done.
+fn caught<T, E>(
+    panicked: &mut Option<Box<dyn Any + Send>>,
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, Failure<E>> {
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(Failure::User),
+        Err(payload) => {
+            *panicked = Some(payload);
+            Err(Failure::Panicked)
+        }
+    }
+}
+
+/// Why a diesel transaction closure failed.
+enum Failure<E> {
+    User(E),
+    Diesel(diesel::result::Error),
+    /// The pre-commit probe found the transaction already rolled back.
+    RolledBack,
+    Panicked,
+}
+
+impl<E> Failure<E> {
+    fn from_probe(e: Error) -> Self {
+        match e {
+            // PostgreSQL refuses statements in an aborted transaction (SQLSTATE 25P02).
+            Error::Database(diesel::result::Error::DatabaseError(_, ref info))
+                if info.message().contains("current transaction is aborted") =>
+            {
+                Failure::RolledBack
+            }
+            // Anything else (a lost connection, say) keeps its own type.
+            Error::Database(d) => Failure::Diesel(d),
+            // MariaDB/MySQL: no transaction open any more.
+            _ => Failure::RolledBack,
+        }
+    }
+}
+
+/// Checks, before COMMIT, that the database still has this transaction open: PostgreSQL
+/// refuses any statement in an aborted transaction (and would turn COMMIT into a silent
+/// ROLLBACK); MariaDB/MySQL roll a deadlock victim's whole transaction back and carry on in
+/// autocommit mode. SQLite needs no probe: its automatic rollbacks come with errors that
+/// also fail COMMIT.
+fn probe_still_open<C: R2D2Connection + 'static>(conn: &mut C) -> Result<()> {
+    #[cfg(feature = "postgres")]
+    if std::any::TypeId::of::<C>() == std::any::TypeId::of::<diesel::pg::PgConnection>() {
+        return conn.batch_execute("SELECT 1").map_err(Error::from);
+    }
+    #[cfg(feature = "mysql")]
+    if let Some(my) =
+        (conn as &mut dyn std::any::Any).downcast_mut::<diesel::mysql::MysqlConnection>()
+    {
+        use diesel::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Open {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            open: i64,
+        }
+        let row: Open =
+            diesel::sql_query("SELECT CAST(@@in_transaction AS SIGNED) AS open").get_result(my)?;
+        return if row.open == 1 {
+            Ok(())
+        } else {
+            Err(Error::RolledBack)
+        };
+    }
+    let _ = conn;
+    Ok(())
+}
+
+impl<E> From<diesel::result::Error> for Failure<E> {
+    fn from(e: diesel::result::Error) -> Self {
+        Failure::Diesel(e)
+    }
+}
+
+impl<E: From<Error>> Failure<E> {
+    fn into_user(self) -> E {
+        match self {
+            Failure::User(e) => e,
+            Failure::Diesel(e) => E::from(Error::Database(e)),
+            Failure::RolledBack => E::from(Error::RolledBack),
+            // Unreachable in practice: the caller resumes the panic first.
+            Failure::Panicked => E::from(Error::Config("transaction closure panicked".into())),
+        }
+    }
+}
+
+/// A pending cache change for one key of type `E`.
+enum PendingWrite<E: CachedEntity> {
+    Put(Arc<E>),
+    Delete { version: i64 },
+    Invalidate,
+}
+
+/// A key this transaction holds a soft lock on.
+trait HeldKey: Send {
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Applies the final pending write (or invalidates when there is none) and unlocks.
+    fn commit(&self, last: Option<Box<dyn Any + Send>>);
+    /// Unlocks and invalidates without applying.
+    fn release(&self);
+}
+
+struct Held<E: CachedEntity> {
+    region: Arc<dyn crate::region::AnyRegion>,
+    id: E::Id,
+    lock: KeyLock,
+    /// Every content of the row this transaction saw or wrote: their unique-key values
+    /// are invalidated when it ends.
+    touched: Vec<Arc<E>>,
+    /// Written with plain SQL (`Tx::invalidate`): its unique-key values are unknown.
+    unknown: bool,
+}
+
+impl<E: CachedEntity> Held<E> {
+    fn region(&self) -> &Region<E> {
+        self.region
+            .as_any()
+            .downcast_ref::<Region<E>>()
+            .expect("a held key's region has the key's entity type")
+    }
+}
+
+impl<E: CachedEntity> Held<E> {
+    fn end_key_writes(&self) {
+        let rows: Vec<&E> = self.touched.iter().map(|r| &**r).collect();
+        self.region().end_key_writes(&rows, self.unknown);
+    }
+}
+
+impl<E: CachedEntity> HeldKey for Held<E> {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn commit(&self, last: Option<Box<dyn Any + Send>>) {
+        let write = match last.and_then(|b| b.downcast::<PendingWrite<E>>().ok()) {
+            Some(w) => match *w {
+                PendingWrite::Put(e) => FinalWrite::Put(e),
+                PendingWrite::Delete { version } => FinalWrite::Delete { version },
+                PendingWrite::Invalidate => FinalWrite::Invalidate,
+            },
+            None => FinalWrite::Invalidate,
+        };
+        self.region().commit(&self.id, &self.lock, write);
+        self.end_key_writes();
+    }
+
+    fn release(&self) {
+        self.region().release(&self.id);
+        self.end_key_writes();
+    }
+}
+
+/// The write buffer and the soft locks of one transaction.
+#[derive(Default)]
+pub(crate) struct TxState {
+    held: Vec<Box<dyn HeldKey>>,
+    /// Set when the database may have aborted or rolled back the transaction without the
+    /// closure failing: a statement of ours failed, or plain SQL ran through `Tx::conn`.
+    /// Such a transaction is probed before COMMIT.
+    needs_probe: bool,
+    /// Per entity type, a `HashMap<E::Id, usize>` from key to index in `held`.
+    index: HashMap<TypeId, Box<dyn Any + Send>>,
+    /// Pending writes in order: (index in `held`, `PendingWrite<E>`).
+    writes: Vec<(usize, Box<dyn Any + Send>)>,
+}
+
+impl TxState {
+    /// Soft-locks `id` once per transaction; returns its index in `held`.
+    fn lock<C: R2D2Connection + 'static, E: CachedEntity>(
+        &mut self,
+        db: &Inner<C>,
+        id: &E::Id,
+    ) -> Result<usize> {
+        let index = self
+            .index
+            .entry(TypeId::of::<E>())
+            .or_insert_with(|| Box::new(HashMap::<E::Id, usize>::new()))
+            .downcast_mut::<HashMap<E::Id, usize>>()
+            .expect("index entry has the entity's id type");
+        if let Some(&i) = index.get(id) {
+            return Ok(i);
+        }
+        let region = db.region_arc::<E>()?;
+        let (lock, previous) = region
+            .as_any()
+            .downcast_ref::<Region<E>>()
+            .expect("region registered under its entity's TypeId")
+            .lock(id);
+        let i = self.held.len();
+        self.held.push(Box::new(Held::<E> {
+            region,
+            id: id.clone(),
+            lock,
+            touched: previous.into_iter().collect(),
+            unknown: false,
+        }));
+        index.insert(id.clone(), i);
+        Ok(i)
+    }
+
+    /// Passes a statement's result through, remembering a database error (the caller may
+    /// handle it and carry on; see `needs_probe`).
+    fn watch<T>(&mut self, r: diesel::QueryResult<T>) -> diesel::QueryResult<T> {
+        if r.is_err() {
+            self.needs_probe = true;
+        }
+        r
+    }
+
+    fn held_mut<E: CachedEntity>(&mut self, slot: usize) -> &mut Held<E> {
+        self.held[slot]
+            .as_any_mut()
+            .downcast_mut::<Held<E>>()
+            .expect("a held slot keeps its entity type")
+    }
+
+    /// Records that the transaction writes `row` under the held key `slot`, and drops its
+    /// unique-key values from the indexes now (they are dropped again when it ends). Free
+    /// for entities without unique keys.
+    fn touch<E: CachedEntity>(&mut self, slot: usize, row: &E) {
+        let held = self.held_mut::<E>(slot);
+        if held.region().has_indexes() {
+            held.region().touch_keys(row);
+            held.touched.push(Arc::new(row.clone()));
+        }
+    }
+
+    /// Marks the held key `slot` as written with plain SQL.
+    fn touch_unknown<E: CachedEntity>(&mut self, slot: usize) {
+        self.held_mut::<E>(slot).unknown = true;
+    }
+
+    fn push<E: CachedEntity>(&mut self, slot: usize, write: PendingWrite<E>) {
+        self.writes.push((slot, Box::new(write)));
+    }
+
+    /// After `COMMIT` returned Ok: applies each key's last write, unlocks every key.
+    fn apply(&mut self) {
+        let mut last: Vec<Option<Box<dyn Any + Send>>> = self.held.iter().map(|_| None).collect();
+        for (slot, write) in self.writes.drain(..) {
+            last[slot] = Some(write);
+        }
+        let keys = self.held.len();
+        for (held, write) in self.held.drain(..).zip(last) {
+            held.commit(write);
+        }
+        self.index.clear();
+        tracing::debug!(keys, "transaction committed, cache buffer applied");
+    }
+
+    /// After a rollback, an error or a panic: drops the buffer, unlocks and invalidates.
+    fn discard(&mut self) {
+        self.writes.clear();
+        let keys = self.held.len();
+        for held in self.held.drain(..) {
+            held.release();
+        }
+        self.index.clear();
+        if keys > 0 {
+            tracing::debug!(keys, "transaction did not commit, cache buffer discarded");
+        }
+    }
+}
+
+impl Drop for TxState {
+    fn drop(&mut self) {
+        // Whatever path got here without applying (an unwind included), no lock survives.
+        self.discard();
+    }
+}
+
+/// How [`Db::retry`] re-runs a transaction that failed with a retryable error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Attempts in total, the first one included (at least 1).
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles each time, with full jitter.
+    pub base_delay: Duration,
+    /// Upper bound of one backoff.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 5 attempts, 2 ms base delay, 100 ms cap.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(2),
+            max_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy with `n` attempts and the default delays.
+    pub fn attempts(n: u32) -> Self {
+        RetryPolicy {
+            max_attempts: n,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the base and maximum backoff.
+    #[must_use]
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.base_delay = base;
+        self.max_delay = max;
+        self
+    }
+
+    fn delay(&self, failed_attempts: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << failed_attempts.saturating_sub(1).min(20));
+        let cap = exp.min(self.max_delay);
+        cap.mul_f64(fastrand::f64())
+    }
+}
+
+impl<C: R2D2Connection + 'static> Db<C> {
+    /// Runs `f` in a database transaction. Cache changes are applied after `COMMIT`
+    /// returned Ok, in order (C1); when this returns Ok, this process reads the writes (C2).
+    ///
+    /// An `Err` from `f`, a failing `COMMIT` or a panic rolls back and leaves no trace in
+    /// the cache: the touched keys are invalidated. A panic propagates after the rollback,
+    /// and the connection goes back to the pool usable.
+    pub fn transaction<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        E: From<Error>,
+        F: FnOnce(&mut Tx<'_, C>) -> std::result::Result<T, E>,
+    {
+        let mut conn = self.inner.checkout().map_err(E::from)?;
+        let mut state = TxState::default();
+        let mut panicked = None;
+        let raw: &mut C = &mut conn;
+        let result = raw.transaction::<T, Failure<E>, _>(|c| {
+            let mut tx = Tx {
+                conn: c,
+                state: &mut state,
+                db: &self.inner,
+            };
+            let v = caught(&mut panicked, || f(&mut tx))?;
+            if tx.state.needs_probe && !tx.state.held.is_empty() {
+                // Cache writes are pending and an error may have gone unseen: make sure the
+                // database has not already rolled this transaction back, or COMMIT would
+                // "succeed" and the buffer would publish rows that never committed (C1).
+                probe_still_open(tx.conn).map_err(Failure::from_probe)?;
+            }
+            hooks::reach(&self.inner.hook, || Point::BeforeCommit);
+            Ok(v)
+        });
+        match result {
+            Ok(v) => {
+                hooks::reach(&self.inner.hook, || Point::AfterCommit);
+                state.apply();
+                hooks::reach(&self.inner.hook, || Point::AfterApply);
+                Ok(v)
+            }
+            Err(e) => {
+                state.discard();
+                drop(conn);
+                if let Some(payload) = panicked {
+                    panic::resume_unwind(payload);
+                }
+                Err(e.into_user())
+            }
+        }
+    }
+
+    /// Runs `f` in a transaction, re-running it on a retryable error (a version conflict,
+    /// a serialization failure, a deadlock) with jittered exponential backoff.
+    ///
+    /// `f` must re-read what it writes: each attempt is a fresh transaction. When every
+    /// attempt fails, the error is [`Error::RetriesExhausted`] with the attempt count.
+    pub fn retry<T, F>(&self, policy: RetryPolicy, mut f: F) -> Result<T>
+    where
+        F: FnMut(&mut Tx<'_, C>) -> Result<T>,
+    {
+        let max = policy.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            match self.transaction(&mut f) {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && attempt < max => {
+                    tracing::debug!(attempt, error = %e, "retrying transaction");
+                    std::thread::sleep(policy.delay(attempt));
+                    attempt += 1;
+                }
+                Err(e) if e.is_retryable() => {
+                    return Err(Error::RetriesExhausted {
+                        attempts: attempt,
+                        last: Box::new(e),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

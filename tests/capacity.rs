@@ -1,0 +1,52 @@
+//! Regions stay within `max_entries` or their byte budget.
+
+mod common;
+
+use common::models::User;
+use diesel_l2::Db;
+
+fn seed<C: diesel::r2d2::R2D2Connection + 'static>(t: &common::TestDb<C>, n: i64) {
+    let values: Vec<String> = (1..=n)
+        .map(|id| format!("({id}, 1, 'u{id}@example.com', 'U{id}')"))
+        .collect();
+    for chunk in values.chunks(500) {
+        t.exec(&format!(
+            "INSERT INTO users (id, version, email, name) VALUES {}",
+            chunk.join(", ")
+        ));
+    }
+}
+
+backend_tests! {
+    fn max_entries_is_respected(t) {
+        seed(t, 2_000);
+        let db = Db::builder(t.pool.clone()).cache_with::<User>(|c| c.max_entries(100)).build().unwrap();
+        let ids: Vec<i64> = (1..=2_000).collect();
+        for chunk in ids.chunks(250) {
+            db.find_many::<User>(chunk).unwrap();
+        }
+        let entries = db.stats().region("users").unwrap().entries;
+        assert!(entries <= 100, "{entries} entries in a region of 100");
+        assert!(entries > 0);
+        // Every row is still served correctly, from the cache or the database.
+        for id in [1, 777, 2_000] {
+            assert_eq!(db.find::<User>(id).unwrap().unwrap().id, id);
+        }
+    }
+
+    fn byte_budget_is_respected(t) {
+        seed(t, 2_000);
+        let budget = 16 * 1024;
+        let db = Db::builder(t.pool.clone()).cache_with::<User>(|c| c.max_bytes(budget)).build().unwrap();
+        let ids: Vec<i64> = (1..=2_000).collect();
+        db.find_many::<User>(&ids).unwrap();
+        let entries = db.stats().region("users").unwrap().entries;
+        let one = {
+            use diesel_l2::CachedEntity;
+            db.find::<User>(1).unwrap().unwrap().approx_bytes() as u64
+        };
+        assert!(one > std::mem::size_of::<User>() as u64, "heap bytes are counted");
+        assert!(entries * one <= budget + one, "{entries} entries of ~{one} bytes in a {budget}-byte budget");
+        assert!(entries > 0);
+    }
+}

@@ -1,0 +1,165 @@
+//! The cached models the integration tests use, one per key and version shape.
+
+use diesel::prelude::*;
+use diesel_l2::Cached;
+
+use super::schema::{accounts, documents_text, posts, products, tags, users};
+
+/// `i64` id and version, a nullable column, a unique column.
+#[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
+#[diesel(table_name = users)]
+#[cache(max_entries = 10_000)]
+pub struct User {
+    pub id: i64,
+    pub version: i64,
+    #[cache(unique)]
+    pub email: String,
+    pub name: String,
+    pub bio: Option<String>,
+}
+
+impl User {
+    pub fn new(id: i64, name: &str) -> Self {
+        User {
+            id,
+            version: 1,
+            email: format!("{}-{id}@example.com", name.to_lowercase()),
+            name: name.to_string(),
+            bio: None,
+        }
+    }
+}
+
+/// `i32` id and `i32` version.
+#[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
+#[diesel(table_name = products)]
+pub struct Product {
+    pub id: i32,
+    pub version: i32,
+    pub sku: String,
+    pub stock: i32,
+}
+
+/// `String` id, with the id and version found by attribute and a renamed column.
+#[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
+#[diesel(table_name = tags)]
+pub struct Tag {
+    #[cache(id)]
+    #[diesel(column_name = id)]
+    pub name: String,
+    #[cache(version)]
+    #[diesel(column_name = version)]
+    pub rev: i64,
+    pub label: String,
+}
+
+/// A composite unique key: `AccountByTenantIdEmail(tenant_id, email)`.
+#[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
+#[diesel(table_name = accounts)]
+#[cache(unique(tenant_id, email))]
+pub struct Account {
+    pub id: i64,
+    pub version: i64,
+    pub tenant_id: i64,
+    pub email: String,
+    pub plan: String,
+}
+
+/// Child rows whose foreign key is deferred on PostgreSQL.
+#[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
+#[diesel(table_name = posts)]
+pub struct Post {
+    pub id: i64,
+    pub version: i64,
+    pub user_id: i64,
+    pub title: String,
+}
+
+/// Native `UUID` key (PostgreSQL only).
+#[cfg(feature = "postgres")]
+#[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
+#[diesel(table_name = super::schema::documents)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct Document {
+    pub id: uuid::Uuid,
+    pub version: i64,
+    pub title: String,
+}
+
+/// UUID key stored as text (SQLite, MariaDB), through a newtype of the application's.
+#[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
+#[diesel(table_name = documents_text)]
+#[cfg_attr(
+    feature = "mysql",
+    diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::mysql::Mysql))
+)]
+#[cfg_attr(
+    not(feature = "mysql"),
+    diesel(check_for_backend(diesel::sqlite::Sqlite))
+)]
+pub struct TextDocument {
+    pub id: UuidText,
+    pub version: i64,
+    pub title: String,
+}
+
+/// A UUID mapped to a text column, as applications do on backends without a UUID type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, diesel::AsExpression, diesel::FromSqlRow)]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub struct UuidText(pub uuid::Uuid);
+
+impl diesel_l2::HeapSize for UuidText {
+    fn heap_size(&self) -> usize {
+        0
+    }
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite_uuid {
+    use diesel::deserialize::{self, FromSql};
+    use diesel::serialize::{self, IsNull, Output, ToSql};
+    use diesel::sql_types::Text;
+    use diesel::sqlite::{Sqlite, SqliteValue};
+
+    use super::UuidText;
+
+    impl ToSql<Text, Sqlite> for UuidText {
+        fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> serialize::Result {
+            out.set_value(self.0.hyphenated().to_string());
+            Ok(IsNull::No)
+        }
+    }
+
+    impl FromSql<Text, Sqlite> for UuidText {
+        fn from_sql(bytes: SqliteValue<'_, '_, '_>) -> deserialize::Result<Self> {
+            let s = <String as FromSql<Text, Sqlite>>::from_sql(bytes)?;
+            Ok(UuidText(uuid::Uuid::parse_str(&s)?))
+        }
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql_uuid {
+    use std::io::Write;
+
+    use diesel::deserialize::{self, FromSql};
+    use diesel::mysql::{Mysql, MysqlValue};
+    use diesel::serialize::{self, IsNull, Output, ToSql};
+    use diesel::sql_types::Text;
+
+    use super::UuidText;
+
+    impl ToSql<Text, Mysql> for UuidText {
+        fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Mysql>) -> serialize::Result {
+            out.write_all(self.0.hyphenated().to_string().as_bytes())?;
+            Ok(IsNull::No)
+        }
+    }
+
+    impl FromSql<Text, Mysql> for UuidText {
+        fn from_sql(bytes: MysqlValue<'_>) -> deserialize::Result<Self> {
+            let s = <String as FromSql<Text, Mysql>>::from_sql(bytes)?;
+            Ok(UuidText(uuid::Uuid::parse_str(&s)?))
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! `diesel::table!` declarations matching `migrations/<backend>/`.
+//!
+//! Written by hand (not `diesel print-schema`) because one file has to serve
+//! all three backends: the only type that differs is `documents.id`, so that
+//! table is declared twice under two Rust names.
+
+diesel::table! {
+    /// `i64` key, nullable column, unique `email`.
+    users (id) {
+        id -> BigInt,
+        version -> BigInt,
+        #[max_length = 255]
+        email -> Varchar,
+        #[max_length = 255]
+        name -> Varchar,
+        bio -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    /// `i32` key and `i32` version.
+    products (id) {
+        id -> Integer,
+        version -> Integer,
+        #[max_length = 64]
+        sku -> Varchar,
+        stock -> Integer,
+    }
+}
+
+diesel::table! {
+    /// String key.
+    tags (id) {
+        #[max_length = 64]
+        id -> Varchar,
+        version -> BigInt,
+        label -> Text,
+    }
+}
+
+// Native UUID column: only PostgreSQL has one, and diesel's `Uuid` SQL type
+// only exists with diesel's `uuid` feature (enabled by our `postgres` feature).
+#[cfg(feature = "postgres")]
+diesel::table! {
+    /// The `documents` table as PostgreSQL sees it (`UUID` key).
+    documents (id) {
+        id -> Uuid,
+        version -> BigInt,
+        title -> Text,
+    }
+}
+
+diesel::table! {
+    /// The same `documents` table as SQLite (`TEXT`) and MariaDB (`CHAR(36)`)
+    /// see it: the key is the hyphenated UUID string.
+    #[sql_name = "documents"]
+    documents_text (id) {
+        id -> Text,
+        version -> BigInt,
+        title -> Text,
+    }
+}
+
+diesel::table! {
+    /// Child of `users`; the FK is DEFERRABLE INITIALLY DEFERRED on PostgreSQL.
+    posts (id) {
+        id -> BigInt,
+        version -> BigInt,
+        user_id -> BigInt,
+        title -> Text,
+    }
+}
+
+diesel::joinable!(posts -> users (user_id));
+diesel::allow_tables_to_appear_in_same_query!(users, posts);
+
+diesel::table! {
+    /// Composite unique key (tenant_id, email).
+    accounts (id) {
+        id -> BigInt,
+        version -> BigInt,
+        tenant_id -> BigInt,
+        #[max_length = 255]
+        email -> Varchar,
+        plan -> Text,
+    }
+}

@@ -1,0 +1,70 @@
+//! The builder: runtime overrides of each region's settings, and `build()` rejecting
+//! invalid settings with a typed error that says what to fix.
+
+mod common;
+
+use std::time::Duration;
+
+use common::models::{Product, User};
+use diesel_l2::{Db, Error, RegionConfig};
+
+fn config_error<C: diesel::r2d2::R2D2Connection + 'static>(r: Result<Db<C>, Error>) -> String {
+    match r {
+        Err(Error::Config(msg)) => msg,
+        Err(other) => panic!("expected Error::Config, got {other:?}"),
+        Ok(_) => panic!("expected build() to fail"),
+    }
+}
+
+backend_tests! {
+    fn attribute_settings_are_the_defaults_and_can_be_overridden(t) {
+        let db = Db::builder(t.pool.clone())
+            .cache::<Product>()
+            .cache_with::<User>(|c| c.ttl(Duration::from_secs(60)).tti(Duration::from_secs(5)).max_entries(50).name("people"))
+            .build()
+            .unwrap();
+        let users = db.region_config::<User>().unwrap();
+        assert_eq!(users.name, "people");
+        assert_eq!((users.ttl, users.tti, users.max_entries), (Some(Duration::from_secs(60)), Some(Duration::from_secs(5)), Some(50)));
+        let products = db.region_config::<Product>().unwrap();
+        assert_eq!(products, RegionConfig::new("products"), "no attributes: the documented defaults");
+        assert!(db.stats().region("people").is_some());
+    }
+
+    fn build_rejects_zero_capacity(t) {
+        let msg = config_error(Db::builder(t.pool.clone()).cache_with::<User>(|c| c.max_entries(0)).build());
+        assert!(msg.contains("max_entries is 0"), "{msg}");
+        let msg = config_error(Db::builder(t.pool.clone()).cache_with::<User>(|c| c.max_bytes(0)).build());
+        assert!(msg.contains("max_bytes is 0"), "{msg}");
+    }
+
+    fn build_rejects_zero_durations(t) {
+        for (what, cfg) in [
+            ("ttl", RegionConfig::new("users").ttl(Duration::ZERO)),
+            ("tti", RegionConfig::new("users").tti(Duration::ZERO)),
+            ("negative_ttl", RegionConfig::new("users").negative_ttl(Some(Duration::ZERO))),
+        ] {
+            let msg = config_error(Db::builder(t.pool.clone()).cache_with::<User>(|_| cfg).build());
+            assert!(msg.contains(&format!("{what} is zero")), "{msg}");
+            assert!(msg.contains("region `users`"), "the message names the region: {msg}");
+        }
+    }
+
+    fn build_rejects_duplicate_regions_and_registrations(t) {
+        let msg = config_error(
+            Db::builder(t.pool.clone()).cache::<User>().cache_with::<Product>(|c| c.name("users")).build(),
+        );
+        assert!(msg.contains("region `users` is used by both"), "{msg}");
+        let msg = config_error(Db::builder(t.pool.clone()).cache::<User>().cache::<User>().build());
+        assert!(msg.contains("registered twice"), "{msg}");
+        let msg = config_error(Db::builder(t.pool.clone()).cache_with::<User>(|c| c.name(" ")).build());
+        assert!(msg.contains("name is empty"), "{msg}");
+    }
+
+    fn build_rejects_a_region_without_bound(t) {
+        let mut cfg = RegionConfig::new("users");
+        cfg.max_entries = None;
+        let msg = config_error(Db::builder(t.pool.clone()).cache_with::<User>(|_| cfg).build());
+        assert!(msg.contains("set max_entries or max_bytes"), "{msg}");
+    }
+}

@@ -1,0 +1,196 @@
+//! The rows the workload reads and writes, independent of the entity type, and the
+//! interface both cache implementations are driven through.
+
+use diesel_l2::{CachedOps, Error, Tx};
+
+use crate::common::models::{Tag, User};
+
+/// Which cached entity (and region) a key belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `users`: the capacity-bound region (evictions race with writes and fills).
+    User,
+    /// `tags`: the short-ttl region (expiry races with writes and fills).
+    Tag,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::User, Kind::Tag];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::User => "users",
+            Kind::Tag => "tags",
+        }
+    }
+}
+
+/// A row's identity: its entity and its numeric id (tags use the string `t<id>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub kind: Kind,
+    pub id: i64,
+}
+
+/// One row as the workload sees it: the version and the payload that identifies the write
+/// that produced it (every write uses a payload no other write uses).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub key: Key,
+    pub version: i64,
+    pub payload: String,
+}
+
+impl Row {
+    pub fn to_user(&self) -> User {
+        User {
+            id: self.key.id,
+            version: self.version,
+            // Constant per id: `email` is UNIQUE, and content is told apart by `name`.
+            email: format!("u{}@consistency.test", self.key.id),
+            name: self.payload.clone(),
+            bio: None,
+        }
+    }
+
+    pub fn from_user(u: &User) -> Row {
+        Row {
+            key: Key {
+                kind: Kind::User,
+                id: u.id,
+            },
+            version: u.version,
+            payload: u.name.clone(),
+        }
+    }
+
+    pub fn to_tag(&self) -> Tag {
+        Tag {
+            name: tag_id(self.key.id),
+            rev: self.version,
+            label: self.payload.clone(),
+        }
+    }
+
+    pub fn from_tag(t: &Tag) -> Row {
+        Row {
+            key: Key {
+                kind: Kind::Tag,
+                id: t.name[1..].parse().expect("tag ids are t<number>"),
+            },
+            version: t.rev,
+            payload: t.label.clone(),
+        }
+    }
+}
+
+pub fn tag_id(id: i64) -> String {
+    format!("t{id}")
+}
+
+/// The operations of one transaction, implemented by diesel-l2's `Tx` and by the naive
+/// cache-aside's plain-diesel transaction.
+pub trait TxOps {
+    /// Reads a row inside the transaction (from the database).
+    fn get(&mut self, key: Key) -> Result<Option<Row>, Error>;
+    /// Inserts `row` at its version.
+    fn insert(&mut self, row: &Row) -> Result<Row, Error>;
+    /// Versioned update from `row.version` with `row.payload`; returns the stored row and
+    /// whether it was already applied (C6).
+    fn update(&mut self, row: &Row) -> Result<(Row, bool), Error>;
+    /// Versioned delete of `row` (at `row.version`); returns whether it was already applied.
+    fn delete(&mut self, row: &Row) -> Result<bool, Error>;
+    /// Plain SQL on the transaction's connection (used to make COMMIT fail).
+    fn exec(&mut self, sql: &str) -> Result<(), Error>;
+    /// Runs `f` in a savepoint.
+    fn savepoint(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn TxOps) -> Result<(), Error>,
+    ) -> Result<(), Error>;
+}
+
+/// A cache implementation under test: reads through the cache, transactions through the
+/// database.
+pub trait Store: Sync {
+    fn name(&self) -> &'static str;
+    fn find(&self, key: Key) -> Result<Option<Row>, Error>;
+    /// Keys of one kind.
+    fn find_many(&self, keys: &[Key]) -> Result<Vec<Option<Row>>, Error>;
+    /// One transaction running `body`; `retry` re-runs it on retryable errors.
+    fn run(
+        &self,
+        retry: bool,
+        body: &mut dyn FnMut(&mut dyn TxOps) -> Result<(), Error>,
+    ) -> Result<(), Error>;
+    /// Drops one cached entry (an explicit eviction).
+    fn evict(&self, key: Key);
+    /// Drops every cached entry of a kind.
+    fn evict_all(&self, kind: Kind);
+    /// The row in the database, read past any cache.
+    fn db_row(&self, key: Key) -> Result<Option<Row>, Error>;
+    /// Stale fills the implementation rejected, expirations and size evictions, if known.
+    fn cache_figures(&self) -> Vec<(String, u64)>;
+}
+
+/// The C6 decision shared by the naive implementation: a versioned update that matched no
+/// row is "already applied" when the row is at the target version with the same content.
+pub fn conflict(key: Key, expected: i64, found: Option<i64>) -> Error {
+    Error::Conflict {
+        table: key.kind.name(),
+        id: format!("{}", key.id),
+        expected,
+        found,
+    }
+}
+
+impl<C> TxOps for Tx<'_, C>
+where
+    C: diesel::r2d2::R2D2Connection + 'static,
+    User: CachedOps<C>,
+    Tag: CachedOps<C>,
+{
+    fn get(&mut self, key: Key) -> Result<Option<Row>, Error> {
+        Ok(match key.kind {
+            Kind::User => self.find::<User>(key.id)?.map(|u| Row::from_user(&u)),
+            Kind::Tag => self.find::<Tag>(tag_id(key.id))?.map(|t| Row::from_tag(&t)),
+        })
+    }
+
+    fn insert(&mut self, row: &Row) -> Result<Row, Error> {
+        Ok(match row.key.kind {
+            Kind::User => Row::from_user(&Tx::insert(self, &row.to_user())?),
+            Kind::Tag => Row::from_tag(&Tx::insert(self, &row.to_tag())?),
+        })
+    }
+
+    fn update(&mut self, row: &Row) -> Result<(Row, bool), Error> {
+        Ok(match row.key.kind {
+            Kind::User => {
+                let w = Tx::update(self, &row.to_user())?;
+                (Row::from_user(&w), w.already_applied())
+            }
+            Kind::Tag => {
+                let w = Tx::update(self, &row.to_tag())?;
+                (Row::from_tag(&w), w.already_applied())
+            }
+        })
+    }
+
+    fn delete(&mut self, row: &Row) -> Result<bool, Error> {
+        Ok(match row.key.kind {
+            Kind::User => Tx::delete(self, &row.to_user())?.already_applied(),
+            Kind::Tag => Tx::delete(self, &row.to_tag())?.already_applied(),
+        })
+    }
+
+    fn exec(&mut self, sql: &str) -> Result<(), Error> {
+        self.conn().batch_execute(sql).map_err(Error::from)
+    }
+
+    fn savepoint(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn TxOps) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        Tx::savepoint(self, |sp| f(sp))
+    }
+}

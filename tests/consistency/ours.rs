@@ -1,0 +1,124 @@
+//! diesel-l2 behind the workload's [`Store`] interface.
+
+use diesel::r2d2::R2D2Connection;
+use diesel_l2::{CachedOps, Db, Error, RetryPolicy};
+
+use super::model::{tag_id, Key, Kind, Row, Store, TxOps};
+use crate::common::models::{Tag, User};
+
+pub struct Ours<C: R2D2Connection + 'static> {
+    pub db: Db<C>,
+}
+
+/// Attempts for `retry`: enough that contention on 8 hot keys rarely exhausts them.
+pub fn policy() -> RetryPolicy {
+    RetryPolicy::attempts(12).backoff(
+        std::time::Duration::from_micros(500),
+        std::time::Duration::from_millis(20),
+    )
+}
+
+impl<C> Store for Ours<C>
+where
+    C: R2D2Connection + 'static,
+    User: CachedOps<C>,
+    Tag: CachedOps<C>,
+{
+    fn name(&self) -> &'static str {
+        "diesel-l2"
+    }
+
+    fn find(&self, key: Key) -> Result<Option<Row>, Error> {
+        Ok(match key.kind {
+            Kind::User => self.db.find::<User>(key.id)?.map(|u| Row::from_user(&u)),
+            Kind::Tag => self
+                .db
+                .find::<Tag>(tag_id(key.id))?
+                .map(|t| Row::from_tag(&t)),
+        })
+    }
+
+    fn find_many(&self, keys: &[Key]) -> Result<Vec<Option<Row>>, Error> {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        assert!(keys.iter().all(|k| k.kind == first.kind));
+        Ok(match first.kind {
+            Kind::User => {
+                let ids: Vec<i64> = keys.iter().map(|k| k.id).collect();
+                self.db
+                    .find_many::<User>(&ids)?
+                    .into_iter()
+                    .map(|u| u.map(|u| Row::from_user(&u)))
+                    .collect()
+            }
+            Kind::Tag => {
+                let ids: Vec<String> = keys.iter().map(|k| tag_id(k.id)).collect();
+                self.db
+                    .find_many::<Tag>(&ids)?
+                    .into_iter()
+                    .map(|t| t.map(|t| Row::from_tag(&t)))
+                    .collect()
+            }
+        })
+    }
+
+    fn run(
+        &self,
+        retry: bool,
+        body: &mut dyn FnMut(&mut dyn TxOps) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        if retry {
+            self.db.retry(policy(), |tx| body(tx))
+        } else {
+            self.db.transaction(|tx| body(tx))
+        }
+    }
+
+    fn evict(&self, key: Key) {
+        match key.kind {
+            Kind::User => self.db.evict::<User>(&key.id),
+            Kind::Tag => self.db.evict::<Tag>(&tag_id(key.id)),
+        }
+        .expect("registered");
+    }
+
+    fn evict_all(&self, kind: Kind) {
+        match kind {
+            Kind::User => self.db.evict_all::<User>(),
+            Kind::Tag => self.db.evict_all::<Tag>(),
+        }
+        .expect("registered");
+    }
+
+    fn db_row(&self, key: Key) -> Result<Option<Row>, Error> {
+        let mut conn = self.db.pool().get().map_err(|e| Error::Pool {
+            timeout: self.db.pool().connection_timeout(),
+            source: e,
+        })?;
+        Ok(match key.kind {
+            Kind::User => User::load_one(&mut conn, &key.id)?.map(|u| Row::from_user(&u)),
+            Kind::Tag => Tag::load_one(&mut conn, &tag_id(key.id))?.map(|t| Row::from_tag(&t)),
+        })
+    }
+
+    fn cache_figures(&self) -> Vec<(String, u64)> {
+        let s = self.db.stats();
+        let mut out = Vec::new();
+        for r in &s.regions {
+            if r.region != "users" && r.region != "tags" {
+                continue;
+            }
+            out.push((
+                format!("{}.rejected_stale_fills", r.region),
+                r.rejected_stale_fills,
+            ));
+            out.push((format!("{}.lock_bypasses", r.region), r.lock_bypasses));
+            out.push((format!("{}.evicted_size", r.region), r.evicted_size));
+            out.push((format!("{}.expired", r.region), r.expired));
+            out.push((format!("{}.loads", r.region), r.loads));
+            out.push((format!("{}.hits", r.region), r.hits));
+        }
+        out
+    }
+}

@@ -1,0 +1,742 @@
+//! The randomized concurrent workload: threads over a small hot key set, in phases
+//! separated by quiescent checkpoints, logging every operation for the [`Checker`].
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use diesel_l2::Error;
+
+use super::checker::{Checker, Counts};
+use super::history::{Effect, Event, History, Outcome};
+use super::model::{Key, Kind, Row, Store};
+
+/// How big a run is.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub threads: usize,
+    /// Operations in total (all threads), stopped early by `max_time`.
+    pub ops: u64,
+    pub max_time: Duration,
+    /// Quiescent checkpoints (C3) between phases.
+    pub phases: u32,
+    /// Hot keys per kind (slots; each slot's id changes when it is re-inserted).
+    pub slots: i64,
+    pub seed: u64,
+}
+
+impl Config {
+    pub fn bounded(ops: u64, max_time: Duration) -> Self {
+        Config {
+            threads: 8,
+            ops,
+            max_time,
+            phases: 8,
+            slots: 8,
+            seed: std::env::var("DIESEL_L2_SEED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| fastrand::u64(..)),
+        }
+    }
+}
+
+/// How to make a transaction fail at (or right before) COMMIT on this backend.
+#[derive(Clone, Copy, Debug)]
+pub enum CommitFailure {
+    /// PostgreSQL: a row in `posts` whose deferred FK points nowhere; COMMIT fails.
+    PgDeferredFk,
+    /// SQLite: a row in `commit_guard` whose DEFERRABLE INITIALLY DEFERRED FK points
+    /// nowhere; COMMIT fails.
+    SqliteDeferredFk,
+    /// MariaDB (no deferred constraints): the last statement of the transaction violates
+    /// a CHECK constraint, so the transaction fails after all its cached writes.
+    MysqlCheck,
+}
+
+impl CommitFailure {
+    /// Setup SQL for the test's isolated database (no migration changes).
+    pub fn setup_sql(self) -> Option<&'static str> {
+        match self {
+            CommitFailure::PgDeferredFk => None,
+            CommitFailure::SqliteDeferredFk => Some(
+                "CREATE TABLE commit_guard (id BIGINT PRIMARY KEY NOT NULL, \
+                 user_ref BIGINT NOT NULL REFERENCES users (id) DEFERRABLE INITIALLY DEFERRED)",
+            ),
+            CommitFailure::MysqlCheck => Some(
+                "CREATE TABLE commit_guard (id BIGINT PRIMARY KEY, ok INT NOT NULL, \
+                 CONSTRAINT commit_guard_ok CHECK (ok = 1)) ENGINE=InnoDB",
+            ),
+        }
+    }
+
+    fn sql(self, n: u64) -> String {
+        match self {
+            CommitFailure::PgDeferredFk => format!(
+                "INSERT INTO posts (id, version, user_id, title) VALUES ({n}, 1, -1, 'doomed')"
+            ),
+            CommitFailure::SqliteDeferredFk => {
+                format!("INSERT INTO commit_guard (id, user_ref) VALUES ({n}, -1)")
+            }
+            CommitFailure::MysqlCheck => {
+                format!("INSERT INTO commit_guard (id, ok) VALUES ({n}, 0)")
+            }
+        }
+    }
+}
+
+/// Operation kinds, for the figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    Find,
+    FindMany,
+    Update,
+    Replay,
+    Insert,
+    Delete,
+    Multi,
+    SavepointRollback,
+    ClosureError,
+    Panic,
+    CommitFailure,
+    Evict,
+    EvictAll,
+}
+
+/// Faults injected, per kind (closure errors, panics, commit failures, savepoint
+/// rollbacks, explicit evictions), and operation counts.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    pub store: String,
+    pub ops: u64,
+    pub per_op: HashMap<Op, u64>,
+    /// Operations that returned an error (conflicts after retries, busy, …): expected
+    /// under contention, and checked like any failed transaction.
+    pub op_errors: u64,
+    pub counts: Counts,
+    pub cache: Vec<(String, u64)>,
+    pub elapsed: Duration,
+    pub examples: Vec<String>,
+}
+
+impl Figures {
+    pub fn faults(&self) -> u64 {
+        [
+            Op::SavepointRollback,
+            Op::ClosureError,
+            Op::Panic,
+            Op::CommitFailure,
+        ]
+        .iter()
+        .map(|o| self.per_op.get(o).copied().unwrap_or(0))
+        .sum()
+    }
+
+    pub fn report(&self, backend: &str) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "[{backend}] {}: {} ops in {:.1}s ({} op errors)",
+            self.store,
+            self.ops,
+            self.elapsed.as_secs_f64(),
+            self.op_errors
+        );
+        let mut ops: Vec<_> = self.per_op.iter().collect();
+        ops.sort();
+        let _ = writeln!(s, "  ops: {ops:?}");
+        let _ = writeln!(s, "  {}", self.counts);
+        let _ = writeln!(s, "  cache: {:?}", self.cache);
+        for e in &self.examples {
+            let _ = writeln!(s, "  e.g. {e}");
+        }
+        s
+    }
+}
+
+/// A figures table row: `| backend | store | ops | faults | C1 | C2 | C4 | C3 | lost | C6 |`.
+pub fn table(rows: &[(String, Figures)]) -> String {
+    let mut s = String::from(
+        "| backend | cache | ops | reads checked | writes committed | faults injected | C1 uncommitted read | C2 stale own write | C4 stale read | C3 stale entry | lost/phantom write | C6 replay |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (backend, f) in rows {
+        let c = &f.counts;
+        let _ = writeln!(
+            s,
+            "| {backend} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            f.store,
+            f.ops,
+            c.reads_checked,
+            c.writes_committed,
+            f.faults(),
+            c.c1_uncommitted_read,
+            c.c2_stale_own_write,
+            c.c4_stale_read,
+            c.c3_stale_entry,
+            c.lost_or_phantom_write,
+            c.c6_violation
+        );
+    }
+    s
+}
+
+const INJECTED_PANIC: &str = "injected panic (consistency workload)";
+
+/// Keeps the injected panics out of the test output; other panics print as usual.
+pub fn quiet_injected_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let default = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            let injected = info
+                .payload()
+                .downcast_ref::<&str>()
+                .is_some_and(|s| *s == INJECTED_PANIC);
+            if !injected {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// The shared key space: slot `s` of a kind currently names id `s + slots * gen[s]`.
+pub struct Keys {
+    slots: i64,
+    gens: HashMap<Kind, Vec<AtomicI64>>,
+}
+
+impl Keys {
+    fn new(slots: i64) -> Self {
+        Keys {
+            slots,
+            gens: Kind::ALL
+                .iter()
+                .map(|k| (*k, (0..slots).map(|_| AtomicI64::new(0)).collect()))
+                .collect(),
+        }
+    }
+
+    fn id(&self, slot: i64, gen: i64) -> i64 {
+        slot + self.slots * gen
+    }
+
+    /// A hot key: usually a slot's current id, sometimes an older one.
+    fn pick(&self, rng: &mut fastrand::Rng, kind: Kind) -> Key {
+        let slot = rng.i64(0..self.slots);
+        let mut gen = self.gens[&kind][slot as usize].load(Ordering::Acquire);
+        if gen > 0 && rng.u8(0..100) < 15 {
+            gen -= rng.i64(1..=gen.min(2));
+        }
+        Key {
+            kind,
+            id: self.id(slot, gen),
+        }
+    }
+
+    /// A fresh id, never used before (ids are never reused: see the checker).
+    fn fresh(&self, rng: &mut fastrand::Rng, kind: Kind) -> Key {
+        let slot = rng.i64(0..self.slots);
+        let gen = self.gens[&kind][slot as usize].fetch_add(1, Ordering::AcqRel) + 1;
+        Key {
+            kind,
+            id: self.id(slot, gen),
+        }
+    }
+
+    /// The ids still hot: each slot's current id and the two before it (what `pick`
+    /// chooses from). Checkpoints look at these; the final check looks at all.
+    pub fn hot(&self) -> Vec<Key> {
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            for (slot, g) in self.gens[&kind].iter().enumerate() {
+                let g = g.load(Ordering::Acquire);
+                for gen in (g - 2).max(0)..=g {
+                    out.push(Key {
+                        kind,
+                        id: self.id(slot as i64, gen),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Every id ever handed out.
+    pub fn all(&self) -> Vec<Key> {
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            for (slot, g) in self.gens[&kind].iter().enumerate() {
+                for gen in 0..=g.load(Ordering::Acquire) {
+                    out.push(Key {
+                        kind,
+                        id: self.id(slot as i64, gen),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+fn gone(key: Key) -> Error {
+    Error::NotFound {
+        table: key.kind.name(),
+        id: key.id.to_string(),
+    }
+}
+
+fn kind(rng: &mut fastrand::Rng) -> Kind {
+    if rng.bool() {
+        Kind::User
+    } else {
+        Kind::Tag
+    }
+}
+
+/// One worker thread's state.
+struct Worker<'a> {
+    thread: usize,
+    rng: fastrand::Rng,
+    seq: u64,
+    keys: &'a Keys,
+    history: &'a History,
+    events: Vec<Event>,
+    /// This thread's committed updates, for replays: the row as it was sent (version read,
+    /// payload written).
+    mine: Vec<Row>,
+    per_op: HashMap<Op, u64>,
+    op_errors: u64,
+    failure: CommitFailure,
+    guard_ids: &'a AtomicU64,
+}
+
+impl Worker<'_> {
+    fn payload(&mut self) -> String {
+        self.seq += 1;
+        format!("T{}.{}", self.thread, self.seq)
+    }
+
+    fn any_key(&mut self) -> Key {
+        let kd = kind(&mut self.rng);
+        self.keys.pick(&mut self.rng, kd)
+    }
+
+    fn fresh_key(&mut self) -> Key {
+        let kd = kind(&mut self.rng);
+        self.keys.fresh(&mut self.rng, kd)
+    }
+
+    fn op(&mut self, store: &dyn Store) {
+        let r = self.rng.u8(0..100);
+        let op = match r {
+            0..=27 => Op::Find,
+            28..=37 => Op::FindMany,
+            38..=55 => Op::Update,
+            56..=60 => Op::Replay,
+            61..=65 => Op::Insert,
+            66..=69 => Op::Delete,
+            70..=77 => Op::Multi,
+            78..=81 => Op::SavepointRollback,
+            82..=85 => Op::ClosureError,
+            86..=88 => Op::Panic,
+            89..=93 => Op::CommitFailure,
+            94..=98 => Op::Evict,
+            _ => Op::EvictAll,
+        };
+        *self.per_op.entry(op).or_default() += 1;
+        match op {
+            Op::Find => {
+                let k = self.any_key();
+                let start = self.history.now();
+                let r = store.find(k);
+                let end = self.history.now();
+                match r {
+                    Ok(seen) => self.events.push(Event::Read {
+                        thread: self.thread,
+                        start,
+                        end,
+                        key: k,
+                        seen,
+                    }),
+                    Err(_) => self.op_errors += 1,
+                }
+            }
+            Op::FindMany => {
+                let kd = kind(&mut self.rng);
+                let n = self.rng.usize(2..=5);
+                let ks: Vec<Key> = (0..n).map(|_| self.keys.pick(&mut self.rng, kd)).collect();
+                let start = self.history.now();
+                let r = store.find_many(&ks);
+                let end = self.history.now();
+                match r {
+                    Ok(rows) => {
+                        assert_eq!(rows.len(), ks.len());
+                        for (k, seen) in ks.into_iter().zip(rows) {
+                            if let Some(row) = &seen {
+                                assert_eq!(row.key, k, "find_many returned another key's row");
+                            }
+                            self.events.push(Event::Read {
+                                thread: self.thread,
+                                start,
+                                end,
+                                key: k,
+                                seen,
+                            });
+                        }
+                    }
+                    Err(_) => self.op_errors += 1,
+                }
+            }
+            Op::Update => {
+                let k = self.any_key();
+                let p = self.payload();
+                let mut sent = None;
+                self.write(store, true, |tx, fx| {
+                    let cur = tx.get(k)?.ok_or_else(|| gone(k))?;
+                    let row = Row {
+                        key: k,
+                        version: cur.version,
+                        payload: p.clone(),
+                    };
+                    let (stored, already) = tx.update(&row)?;
+                    if !already {
+                        fx.push(Effect::Put(stored));
+                    }
+                    sent = Some(row);
+                    Ok(())
+                });
+                if let (Some(row), true) = (sent, self.last_committed()) {
+                    self.mine.push(row);
+                    if self.mine.len() > 32 {
+                        self.mine.remove(0);
+                    }
+                }
+            }
+            Op::Replay => {
+                if self.mine.is_empty() {
+                    return;
+                }
+                let row = self.mine[self.rng.usize(0..self.mine.len())].clone();
+                let start = self.history.now();
+                let mut fx = Vec::new();
+                let r = store.run(false, &mut |tx| {
+                    fx.clear();
+                    let (stored, already) = tx.update(&row)?;
+                    if !already {
+                        fx.push(Effect::Put(stored));
+                    }
+                    Ok(())
+                });
+                let end = self.history.now();
+                if let Err(Error::Conflict { found: Some(f), .. }) = &r {
+                    if *f == row.version + 1 {
+                        self.events.push(Event::ReplayMisreported {
+                            thread: self.thread,
+                            key: row.key,
+                        });
+                    }
+                }
+                self.record(start, end, r.is_ok(), fx);
+            }
+            Op::Insert => {
+                let k = self.fresh_key();
+                let p = self.payload();
+                self.write(store, true, |tx, fx| {
+                    let stored = tx.insert(&Row {
+                        key: k,
+                        version: 1,
+                        payload: p.clone(),
+                    })?;
+                    fx.push(Effect::Put(stored));
+                    Ok(())
+                });
+            }
+            Op::Delete => {
+                let k = self.any_key();
+                self.write(store, true, |tx, fx| {
+                    let cur = tx.get(k)?.ok_or_else(|| gone(k))?;
+                    if !tx.delete(&cur)? {
+                        fx.push(Effect::Delete {
+                            key: k,
+                            from_version: cur.version,
+                        });
+                    }
+                    Ok(())
+                });
+            }
+            Op::Multi => {
+                let mut ks = vec![
+                    self.keys.pick(&mut self.rng, Kind::User),
+                    self.keys.pick(&mut self.rng, Kind::Tag),
+                    self.any_key(),
+                ];
+                // One lock order for every transaction: no deadlocks (PostgreSQL would
+                // take a second to detect each).
+                ks.sort();
+                ks.dedup();
+                let p = self.payload();
+                self.write(store, true, |tx, fx| {
+                    for (i, k) in ks.iter().enumerate() {
+                        let cur = tx.get(*k)?.ok_or_else(|| gone(*k))?;
+                        let (stored, _) = tx.update(&Row {
+                            key: *k,
+                            version: cur.version,
+                            payload: format!("{p}.{i}"),
+                        })?;
+                        fx.push(Effect::Put(stored));
+                    }
+                    Ok(())
+                });
+            }
+            Op::SavepointRollback => {
+                let mut ks = [self.any_key(), self.any_key()];
+                ks.sort();
+                let [a, b] = ks;
+                let p = self.payload();
+                self.write(store, true, |tx, fx| {
+                    let cur = tx.get(a)?.ok_or_else(|| gone(a))?;
+                    let (stored, _) = tx.update(&Row {
+                        key: a,
+                        version: cur.version,
+                        payload: format!("{p}.kept"),
+                    })?;
+                    fx.push(Effect::Put(stored));
+                    // Writes `b` (or `a` again) in a savepoint that fails: rolled back, and
+                    // its version must never be seen (C1).
+                    let r = tx.savepoint(&mut |sp| {
+                        let cur = sp.get(b)?.ok_or_else(|| gone(b))?;
+                        sp.update(&Row {
+                            key: b,
+                            version: cur.version,
+                            payload: format!("{p}.rolled-back"),
+                        })?;
+                        Err(Error::Other("savepoint rolled back on purpose".into()))
+                    });
+                    match r {
+                        // Any failure, a database error included (on MariaDB a deadlock,
+                        // which makes InnoDB roll back the *whole* transaction): the
+                        // transaction carries on, as the savepoint API allows. If the
+                        // database already rolled it back, COMMIT reports
+                        // `Error::RolledBack` and nothing is published (the regression
+                        // `interleavings::mysql::a_deadlock_victim_does_not_publish_…`).
+                        Err(_) => Ok(()),
+                        Ok(()) => unreachable!("the savepoint closure always fails"),
+                    }
+                });
+            }
+            Op::ClosureError | Op::Panic | Op::CommitFailure => {
+                let k = self.any_key();
+                let k2 = self.any_key();
+                let p = self.payload();
+                let guard = self.guard_ids.fetch_add(1, Ordering::Relaxed);
+                let sql = self.failure.sql(guard);
+                let start = self.history.now();
+                let mut fx = Vec::new();
+                let r = panic::catch_unwind(AssertUnwindSafe(|| {
+                    store.run(false, &mut |tx| {
+                        fx.clear();
+                        // Writes that will never commit; if they are ever read, C1 fails.
+                        for (i, k) in [k, k2].into_iter().enumerate() {
+                            if let Some(cur) = tx.get(k)? {
+                                let (stored, _) = tx.update(&Row {
+                                    key: k,
+                                    version: cur.version,
+                                    payload: format!("{p}.doomed{i}"),
+                                })?;
+                                fx.push(Effect::Put(stored));
+                            }
+                        }
+                        match op {
+                            Op::ClosureError => {
+                                Err(Error::Other("closure error on purpose".into()))
+                            }
+                            Op::Panic => panic::panic_any(INJECTED_PANIC),
+                            _ => tx.exec(&sql),
+                        }
+                    })
+                }));
+                let end = self.history.now();
+                let ok = matches!(r, Ok(Ok(())));
+                assert!(
+                    !ok || fx.is_empty(),
+                    "an injected failure committed: {op:?}"
+                );
+                self.record(start, end, ok, fx);
+            }
+            Op::Evict => {
+                let k = self.any_key();
+                store.evict(k);
+            }
+            Op::EvictAll => store.evict_all(kind(&mut self.rng)),
+        }
+    }
+
+    /// Whether the last recorded write committed.
+    fn last_committed(&self) -> bool {
+        matches!(
+            self.events.last(),
+            Some(Event::Write {
+                outcome: Outcome::Committed,
+                ..
+            })
+        )
+    }
+
+    fn record(&mut self, start: u64, end: u64, ok: bool, effects: Vec<Effect>) {
+        if !ok {
+            self.op_errors += 1;
+        }
+        self.events.push(Event::Write {
+            thread: self.thread,
+            start,
+            end,
+            outcome: if ok {
+                Outcome::Committed
+            } else {
+                Outcome::Failed
+            },
+            effects,
+        });
+    }
+
+    /// Runs one (retried) transaction and records it with the effects of its last attempt.
+    fn write(
+        &mut self,
+        store: &dyn Store,
+        retry: bool,
+        mut body: impl FnMut(&mut dyn super::TxOps, &mut Vec<Effect>) -> Result<(), Error>,
+    ) {
+        let start = self.history.now();
+        let mut fx = Vec::new();
+        let r = store.run(retry, &mut |tx| {
+            fx.clear();
+            body(tx, &mut fx)
+        });
+        let end = self.history.now();
+        self.record(start, end, r.is_ok(), fx);
+    }
+}
+
+/// Runs the workload against `store` and checks it. `setup` rows are inserted first.
+pub fn run(store: &dyn Store, config: &Config, failure: CommitFailure) -> Figures {
+    quiet_injected_panics();
+    let history = History::new();
+    let keys = Keys::new(config.slots);
+    let guard_ids = AtomicU64::new(1_000_000);
+    let mut checker = Checker::new();
+    let started = Instant::now();
+
+    // Generation 0 of every slot, committed before the workload starts.
+    {
+        let mut setup = Worker {
+            thread: usize::MAX,
+            rng: fastrand::Rng::with_seed(config.seed),
+            seq: 0,
+            keys: &keys,
+            history: &history,
+            events: Vec::new(),
+            mine: Vec::new(),
+            per_op: HashMap::new(),
+            op_errors: 0,
+            failure,
+            guard_ids: &guard_ids,
+        };
+        for key in keys.all() {
+            let p = setup.payload();
+            setup.write(store, true, |tx, fx| {
+                fx.push(Effect::Put(tx.insert(&Row {
+                    key,
+                    version: 1,
+                    payload: p.clone(),
+                })?));
+                Ok(())
+            });
+        }
+        assert_eq!(setup.op_errors, 0, "setup inserts failed");
+        checker.check_phase(std::mem::take(&mut setup.events));
+    }
+
+    let per_phase = config.ops.div_ceil(u64::from(config.phases.max(1)));
+    let per_thread = per_phase.div_ceil(config.threads as u64).max(1);
+    let mut figures = Figures {
+        store: store.name().to_string(),
+        ..Figures::default()
+    };
+    let deadline = started + config.max_time;
+    let mut phase = 0u64;
+    while figures.ops < config.ops && Instant::now() < deadline {
+        let results: Vec<(HashMap<Op, u64>, u64, u64)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..config.threads)
+                .map(|thread| {
+                    let keys = &keys;
+                    let history = &history;
+                    let guard_ids = &guard_ids;
+                    let seed = config
+                        .seed
+                        .wrapping_add(phase.wrapping_mul(1_000_003))
+                        .wrapping_add(thread as u64 * 7919);
+                    s.spawn(move || {
+                        let mut w = Worker {
+                            thread,
+                            rng: fastrand::Rng::with_seed(seed),
+                            seq: phase << 32,
+                            keys,
+                            history,
+                            events: Vec::new(),
+                            mine: Vec::new(),
+                            per_op: HashMap::new(),
+                            op_errors: 0,
+                            failure,
+                            guard_ids,
+                        };
+                        let mut done = 0;
+                        while done < per_thread && Instant::now() < deadline {
+                            w.op(store);
+                            done += 1;
+                        }
+                        history.extend(std::mem::take(&mut w.events));
+                        (w.per_op, w.op_errors, done)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("workload thread panicked"))
+                .collect()
+        });
+        for (per_op, errors, done) in results {
+            for (op, n) in per_op {
+                *figures.per_op.entry(op).or_default() += n;
+            }
+            figures.op_errors += errors;
+            figures.ops += done;
+        }
+        checker.check_phase(history.take());
+        // Quiescent checkpoint: every thread has stopped.
+        checkpoint(store, &keys.hot(), &mut checker);
+        phase += 1;
+    }
+    let all = keys.all();
+    checkpoint(store, &all, &mut checker);
+    for key in all {
+        let in_db = store.db_row(key).expect("final read of the database");
+        checker.check_final(key, &in_db);
+    }
+    figures.elapsed = started.elapsed();
+    figures.cache = store.cache_figures();
+    figures.counts = checker.counts.clone();
+    figures.examples = checker.examples.clone();
+    figures
+}
+
+/// With no writer active, every key read through the cache must equal the database.
+pub fn checkpoint(store: &dyn Store, keys: &[Key], checker: &mut Checker) {
+    for &key in keys {
+        let in_db = store.db_row(key).expect("checkpoint read of the database");
+        let through = store.find(key).expect("checkpoint read through the cache");
+        checker.check_entry(key, &through, &in_db);
+    }
+}

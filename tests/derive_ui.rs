@@ -1,0 +1,8 @@
+//! Compile-time behaviour of `#[derive(Cached)]`: what it accepts, and the errors it gives.
+
+#[test]
+fn derive_ui() {
+    let t = trybuild::TestCases::new();
+    t.pass("tests/ui/pass_*.rs");
+    t.compile_fail("tests/ui/fail_*.rs");
+}

@@ -1,0 +1,454 @@
+//! Issue 3, part 2: deterministic interleavings of the races that matter — a read-through
+//! load against a commit, a rollback, a failing COMMIT and an eviction, in each order —
+//! driven by the library's test-only pause points (feature `test-hooks`), never by sleeps.
+//!
+//! Each test names the order it drives. Threads are parked at a pause point until the
+//! test releases them, so every run executes exactly the interleaving written down.
+//!
+//! At the end: reproductions of the bugs the consistency work found (ignored until fixed;
+//! run them with `--ignored`).
+#![cfg(feature = "test-hooks")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use common::models::{Post, User};
+use diesel::connection::SimpleConnection;
+use diesel_l2::testing::{Hook, Point};
+use diesel_l2::{CachedOps, Db, Error};
+
+/// Which pause point, without its fields.
+fn tag(p: &Point) -> &'static str {
+    match p {
+        Point::BeforeLoad { .. } => "before_load",
+        Point::AfterLoad { .. } => "after_load",
+        Point::AfterLock { .. } => "after_lock",
+        Point::BeforeCommit => "before_commit",
+        Point::AfterCommit => "after_commit",
+        Point::AfterApply => "after_apply",
+        _ => "other",
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    Armed,
+    Arrived,
+    Released,
+}
+
+/// Per (thread name, point): where that pause is.
+type Pauses = Mutex<HashMap<(String, &'static str), State>>;
+
+/// Pauses: "the thread named T stops at point P once, until released".
+#[derive(Clone, Default)]
+struct Script {
+    inner: Arc<(Pauses, Condvar)>,
+}
+
+impl Script {
+    fn hook(&self) -> Hook {
+        let s = self.clone();
+        Hook::new(move |p| s.reach(p))
+    }
+
+    fn reach(&self, p: &Point) {
+        let Some(name) = std::thread::current().name().map(str::to_owned) else {
+            return;
+        };
+        let (m, cv) = &*self.inner;
+        let mut map = m.lock().unwrap();
+        let k = (name, tag(p));
+        if map.get(&k) != Some(&State::Armed) {
+            return;
+        }
+        map.insert(k.clone(), State::Arrived);
+        cv.notify_all();
+        while map.get(&k) != Some(&State::Released) {
+            map = cv.wait(map).unwrap();
+        }
+    }
+
+    /// Thread `thread` will stop at `point` the next time it reaches it.
+    fn arm(&self, thread: &str, point: &'static str) {
+        self.inner
+            .0
+            .lock()
+            .unwrap()
+            .insert((thread.to_owned(), point), State::Armed);
+    }
+
+    /// Blocks until `thread` is parked at `point`.
+    fn wait(&self, thread: &str, point: &'static str) {
+        let (m, cv) = &*self.inner;
+        let mut map = m.lock().unwrap();
+        let k = (thread.to_owned(), point);
+        while map.get(&k) != Some(&State::Arrived) {
+            let (m2, timeout) = cv
+                .wait_timeout(map, std::time::Duration::from_secs(30))
+                .unwrap();
+            map = m2;
+            assert!(
+                !timeout.timed_out() || map.get(&k) == Some(&State::Arrived),
+                "{thread} never reached {point}"
+            );
+        }
+    }
+
+    fn release(&self, thread: &str, point: &'static str) {
+        let (m, cv) = &*self.inner;
+        m.lock()
+            .unwrap()
+            .insert((thread.to_owned(), point), State::Released);
+        cv.notify_all();
+    }
+}
+
+fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .unwrap()
+}
+
+fn db_with<C>(t: &common::TestDb<C>, script: &Script) -> Db<C>
+where
+    C: diesel::r2d2::R2D2Connection + 'static,
+    User: CachedOps<C>,
+    common::models::Product: CachedOps<C>,
+    common::models::Tag: CachedOps<C>,
+    Post: CachedOps<C>,
+{
+    common::builder(t).test_hook(script.hook()).build().unwrap()
+}
+
+fn renamed(u: &User, name: &str) -> User {
+    let mut n = u.clone();
+    n.name = name.into();
+    n
+}
+
+/// The row in the database, past the cache.
+fn in_db<C>(t: &common::TestDb<C>, id: i64) -> Option<User>
+where
+    C: diesel::r2d2::R2D2Connection + 'static,
+    User: CachedOps<C>,
+{
+    User::load_one(&mut t.raw_connection(), &id).unwrap()
+}
+
+backend_tests! {
+    /// load(v1) → commit(v2) returns → fill attempt: rejected; the next read sees v2.
+    fn load_then_commit_then_fill(t) {
+        let s = Script::default();
+        let db = db_with(t, &s);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        db.evict::<User>(&1).unwrap(); // so the reader misses and loads
+        s.arm("reader", "after_load");
+        let r = { let db = db.clone(); spawn("reader", move || db.find::<User>(1).unwrap()) };
+        s.wait("reader", "after_load");
+        let v2 = db.transaction(|tx| tx.update(&renamed(&v1, "v2"))).unwrap();
+        s.release("reader", "after_load");
+        assert_eq!(r.join().unwrap().unwrap().version, 1, "the read began before the commit: v1 is linearizable");
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().version, v2.version, "C3: the old load did not land");
+    }
+
+    /// load(v1) → commit(v2) → eviction of v2 → fill attempt: rejected even though the
+    /// newer entry is gone (the fence outlives the value).
+    fn load_then_commit_then_eviction_then_fill(t) {
+        let s = Script::default();
+        let db = db_with(t, &s);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        db.evict::<User>(&1).unwrap(); // so the reader misses and loads
+        s.arm("reader", "after_load");
+        let r = { let db = db.clone(); spawn("reader", move || db.find::<User>(1).unwrap()) };
+        s.wait("reader", "after_load");
+        db.transaction(|tx| tx.update(&renamed(&v1, "v2"))).unwrap();
+        db.evict::<User>(&1).unwrap();
+        s.release("reader", "after_load");
+        r.join().unwrap();
+        let read = db.find::<User>(1).unwrap().unwrap();
+        assert_eq!((read.version, read.name.as_str()), (2, "v2"), "C3 after an eviction");
+        assert!(db.stats().region("users").unwrap().rejected_stale_fills >= 1);
+    }
+
+    /// Writer locked (pending v2) → load starts → rollback → load ends: the load never
+    /// filled (it bypassed the locked key), and nothing of v2 is visible.
+    fn lock_then_load_then_rollback(t) {
+        let s = Script::default();
+        let db = db_with(t, &s);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        let (locked_tx, locked_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let w = {
+            let db = db.clone();
+            let next = renamed(&v1, "never");
+            spawn("writer", move || db.transaction(|tx| -> Result<(), Error> {
+                tx.update(&next)?;
+                locked_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                Err(Error::Other("rolled back".into()))
+            }))
+        };
+        locked_rx.recv().unwrap();
+        let read = db.find::<User>(1).unwrap().unwrap();
+        assert_eq!(read.name, "v1", "C1/C4: the pending write is invisible; read from the database");
+        go_tx.send(()).unwrap();
+        assert!(w.join().unwrap().is_err());
+        t.sql.reset();
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().name, "v1");
+        assert_eq!(t.sql.selects(), 1, "the bypassing read did not fill: the first read after the rollback loads");
+    }
+
+    /// load(v1) starts → writer locks and rolls back → load fills? The rollback bumped the
+    /// fence, so the fill is rejected (conservative); the value stays correct.
+    fn load_then_lock_then_rollback_then_fill(t) {
+        let s = Script::default();
+        let db = db_with(t, &s);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        db.evict::<User>(&1).unwrap(); // so the reader misses and loads
+        s.arm("reader", "after_load");
+        let r = { let db = db.clone(); spawn("reader", move || db.find::<User>(1).unwrap()) };
+        s.wait("reader", "after_load");
+        let next = renamed(&v1, "never");
+        let _ = db.transaction(|tx| -> Result<(), Error> { tx.update(&next)?; Err(Error::Other("no".into())) });
+        s.release("reader", "after_load");
+        assert_eq!(r.join().unwrap().unwrap().name, "v1");
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().name, "v1");
+        assert_eq!(in_db(t, 1).unwrap().name, "v1");
+    }
+
+    /// COMMIT returned, cache not yet applied → a read starts: it must see v2 (C4), from
+    /// the database, without filling; then the apply lands v2.
+    fn commit_returned_then_read_before_apply(t) {
+        let s = Script::default();
+        let db = db_with(t, &s);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().version, 1);
+        s.arm("writer", "after_commit");
+        let w = { let db = db.clone(); let n = renamed(&v1, "v2"); spawn("writer", move || db.transaction(|tx| tx.update(&n))) };
+        s.wait("writer", "after_commit");
+        let read = db.find::<User>(1).unwrap().unwrap();
+        assert_eq!(read.version, 2, "C4: committed in the database, the key is locked: read past the cache");
+        s.release("writer", "after_commit");
+        w.join().unwrap().unwrap();
+        t.sql.reset();
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().version, 2);
+        assert_eq!(t.sql.count(), 0, "C2: applied after commit");
+    }
+
+    /// Closure done, COMMIT not sent → a read: v1 from the database, no fill → COMMIT
+    /// fails (deferred FK) → no trace of v2, and the key reloads v1.
+    only(sqlite, postgres)
+    fn pending_commit_then_read_then_commit_fails(t) {
+        if t.backend == common::Backend::Sqlite {
+            // SQLite's migration checks this FK immediately; a deferred one of our own:
+            t.exec("CREATE TABLE commit_guard (id BIGINT PRIMARY KEY NOT NULL, user_ref BIGINT NOT NULL REFERENCES users (id) DEFERRABLE INITIALLY DEFERRED)");
+        }
+        let s = Script::default();
+        let db = db_with(t, &s);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        s.arm("writer", "before_commit");
+        let backend = t.backend;
+        let w = {
+            let db = db.clone();
+            let n = renamed(&v1, "never");
+            spawn("writer", move || db.transaction(|tx| -> Result<(), Error> {
+                tx.update(&n)?;
+                let doomed = if backend == common::Backend::Sqlite {
+                    "INSERT INTO commit_guard (id, user_ref) VALUES (1, 404)"
+                } else {
+                    "INSERT INTO posts (id, version, user_id, title) VALUES (1, 1, 404, 'orphan')"
+                };
+                tx.conn().batch_execute(doomed)?;
+                Ok(())
+            }))
+        };
+        s.wait("writer", "before_commit");
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().name, "v1");
+        s.release("writer", "before_commit");
+        assert!(w.join().unwrap().is_err(), "COMMIT fails on the deferred FK");
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().name, "v1", "C1");
+        assert_eq!(in_db(t, 1).unwrap().name, "v1");
+    }
+
+    /// load(absent) → insert(v1) commits → negative fill attempt: rejected; the row is seen.
+    fn negative_load_then_insert_then_fill(t) {
+        let s = Script::default();
+        let db = db_with(t, &s);
+        s.arm("reader", "after_load");
+        let r = { let db = db.clone(); spawn("reader", move || db.find::<User>(1).unwrap()) };
+        s.wait("reader", "after_load");
+        db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        s.release("reader", "after_load");
+        assert!(r.join().unwrap().is_none());
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().version, 1, "C3: no stale negative entry");
+    }
+
+    /// load(v1) → delete commits → tombstone evicted → fill attempt: rejected; the row
+    /// stays gone.
+    fn load_then_delete_then_eviction_then_fill(t) {
+        let s = Script::default();
+        let db = db_with(t, &s);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        db.evict::<User>(&1).unwrap(); // so the reader misses and loads
+        s.arm("reader", "after_load");
+        let r = { let db = db.clone(); spawn("reader", move || db.find::<User>(1).unwrap()) };
+        s.wait("reader", "after_load");
+        db.transaction(|tx| tx.delete(&v1)).unwrap();
+        db.evict::<User>(&1).unwrap();
+        s.release("reader", "after_load");
+        assert_eq!(r.join().unwrap().unwrap().version, 1);
+        assert!(db.find::<User>(1).unwrap().is_none(), "C3: the deleted row did not come back");
+    }
+
+    /// Two loads of a key: the first (v1) parked; a commit (v2); a second read starts
+    /// after the commit returned and must not join the first load's flight (C4).
+    fn second_reader_after_commit_does_not_join_an_older_flight(t) {
+        let s = Script::default();
+        let db = db_with(t, &s);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        db.evict::<User>(&1).unwrap();
+        s.arm("reader", "after_load");
+        let r = { let db = db.clone(); spawn("reader", move || db.find::<User>(1).unwrap()) };
+        s.wait("reader", "after_load");
+        db.transaction(|tx| tx.update(&renamed(&v1, "v2"))).unwrap();
+        db.evict::<User>(&1).unwrap();
+        let second = { let db = db.clone(); spawn("second", move || db.find::<User>(1).unwrap()) };
+        assert_eq!(second.join().unwrap().unwrap().version, 2, "C4: not the older flight's v1");
+        s.release("reader", "after_load");
+        r.join().unwrap();
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().version, 2);
+    }
+
+    /// Writer locked → a load that started before the lock finishes: no fill (the lock
+    /// bumped the fence) → writer commits v2: v2 is read.
+    fn load_then_lock_then_fill_then_commit(t) {
+        let s = Script::default();
+        let db = db_with(t, &s);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        db.evict::<User>(&1).unwrap();
+        s.arm("reader", "after_load");
+        s.arm("writer", "after_lock");
+        let r = { let db = db.clone(); spawn("reader", move || db.find::<User>(1).unwrap()) };
+        s.wait("reader", "after_load");
+        let w = { let db = db.clone(); let n = renamed(&v1, "v2"); spawn("writer", move || db.transaction(|tx| tx.update(&n))) };
+        s.wait("writer", "after_lock");
+        s.release("reader", "after_load");
+        assert_eq!(r.join().unwrap().unwrap().version, 1);
+        s.release("writer", "after_lock");
+        w.join().unwrap().unwrap();
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().version, 2);
+    }
+
+    // ---- Regressions: bugs the consistency work found, now fixed -------------------
+
+    /// Was a bug (C1, PostgreSQL), fixed by the pre-COMMIT probe: a statement error swallowed inside the closure aborts the
+    /// PostgreSQL transaction; the closure returns Ok, diesel sends COMMIT, PostgreSQL
+    /// answers ROLLBACK *without an error*, so `transaction` returns Ok and the buffered
+    /// write-through publishes a version that never committed.
+    only(postgres)
+    fn an_aborted_postgres_transaction_is_reported_and_not_cached(t) {
+        let db = common::cached_db(t);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        let r = db.transaction(|tx| {
+            tx.update(&renamed(&v1, "never committed"))?;
+            // E.g. an optional insert whose unique violation the application ignores.
+            let _ = tx.conn().batch_execute("SELECT 1/0");
+            Ok::<_, Error>(())
+        });
+        let cached = db.find::<User>(1).unwrap().unwrap();
+        let row = in_db(t, 1).unwrap();
+        assert_eq!(row.name, "v1", "PostgreSQL rolled the transaction back");
+        assert!(matches!(r, Err(Error::RolledBack)), "transaction() must report the rollback: {r:?}");
+        assert_eq!(cached.name, "v1", "C1: the cache holds a version that never committed");
+    }
+
+    /// Was a bug (C1, MariaDB), fixed by the pre-COMMIT probe: InnoDB rolls back the *whole* transaction when a statement
+    /// inside a savepoint is chosen as a deadlock victim. The savepoint reports its error,
+    /// the closure (rightly) carries on, COMMIT succeeds on an empty transaction, and the
+    /// writes made before the savepoint — rolled back — are published to the cache.
+    only(mysql)
+    fn a_deadlock_victim_does_not_publish_its_rolled_back_writes(t) {
+        use diesel::prelude::*;
+        let db = common::cached_db(t);
+        let a = db.transaction(|tx| tx.insert(&User::new(1, "a1"))).unwrap();
+        let b = db.transaction(|tx| tx.insert(&User::new(2, "b1"))).unwrap();
+        t.exec("CREATE TABLE ballast (id INT PRIMARY KEY, n INT NOT NULL) ENGINE=InnoDB");
+        t.exec(&format!("INSERT INTO ballast VALUES {}", (0..200).map(|i| format!("({i}, 0)")).collect::<Vec<_>>().join(",")));
+        // The other transaction: b locked, plus 200 ballast rows so InnoDB picks ours
+        // (the lighter one) as the deadlock victim.
+        let mut other = t.raw_connection();
+        other.batch_execute("BEGIN; UPDATE users SET bio = 'x' WHERE id = 2; UPDATE ballast SET n = 1").unwrap();
+        let (a_locked_tx, a_locked_rx) = mpsc::channel();
+        let ours = {
+            let db = db.clone();
+            spawn("ours", move || db.transaction(|tx| -> Result<(), Error> {
+                tx.update(&renamed(&a, "a2 never committed"))?;
+                a_locked_tx.send(()).unwrap();
+                // Blocks on b (held by `other`), then is the deadlock victim.
+                let sp = tx.savepoint(|sp| sp.update(&renamed(&b, "b2")).map(|_| ()));
+                assert!(sp.is_err(), "the savepoint failed: {sp:?}");
+                Ok(())
+            }))
+        };
+        a_locked_rx.recv().unwrap();
+        // Wait (by polling the server, not by sleeping blindly) until ours waits for b.
+        let mut probe = t.raw_connection();
+        loop {
+            #[derive(QueryableByName)]
+            struct N { #[diesel(sql_type = diesel::sql_types::BigInt)] n: i64 }
+            let w: N = diesel::sql_query("SELECT COUNT(*) AS n FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'").get_result(&mut probe).unwrap();
+            if w.n > 0 { break; }
+            std::thread::yield_now();
+        }
+        // Close the cycle: other waits for a, held by ours -> deadlock, ours is the victim.
+        other.batch_execute("UPDATE users SET bio = 'y' WHERE id = 1").unwrap();
+        other.batch_execute("ROLLBACK").unwrap();
+        let r = ours.join().unwrap();
+        let row = in_db(t, 1).unwrap();
+        assert_eq!(row.name, "a1", "InnoDB rolled ours back as the deadlock victim");
+        let cached = db.find::<User>(1).unwrap().unwrap();
+        assert!(r.is_err(), "transaction() reported Ok for a transaction InnoDB rolled back");
+        assert_eq!(cached.name, "a1", "C1: the cache holds a version that never committed");
+    }
+
+    /// Was a bug (C2/C4, MariaDB at its default REPEATABLE READ), fixed by invalidating on
+    /// the already-applied path: a replayed update inside a
+    /// transaction that already read something checks "already applied" with a
+    /// consistent (snapshot) read. The snapshot can show the replay's target version while
+    /// the row has moved on; `update` then reports already-applied and the commit puts that
+    /// older row in the cache over a newer committed one, where it stays (no ttl here).
+    only(mysql)
+    fn a_replay_under_repeatable_read_does_not_cache_a_snapshot(t) {
+        let db = common::cached_db(t);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        db.transaction(|tx| tx.insert(&User::new(2, "other"))).unwrap();
+        let x = renamed(&v1, "X");
+        db.transaction(|tx| tx.update(&x)).unwrap(); // version 2 = X
+        let (snap_tx, snap_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let replayer = {
+            let db = db.clone();
+            let replay = x.clone();
+            spawn("replayer", move || db.transaction(|tx| {
+                tx.get::<User>(2)?; // the first read: InnoDB takes the snapshot here
+                snap_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                tx.update(&replay) // the retried delivery of "X from version 1"
+            }))
+        };
+        snap_rx.recv().unwrap();
+        let cur = db.find::<User>(1).unwrap().unwrap();
+        let v3 = db.transaction(|tx| tx.update(&renamed(&cur, "Y"))).unwrap();
+        assert_eq!(v3.version, 3);
+        go_tx.send(()).unwrap();
+        let replayed = replayer.join().unwrap().unwrap();
+        assert!(replayed.already_applied());
+        let read = db.find::<User>(1).unwrap().unwrap();
+        assert_eq!((read.version, read.name.as_str()), (3, "Y"), "C2/C4: version 3 had returned before this read; the cache holds version 2");
+    }
+}

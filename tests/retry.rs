@@ -1,0 +1,89 @@
+//! `Db::retry` re-runs a transaction on conflicts with bounded attempts and backoff, and
+//! its final error says how many attempts ran (C6).
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::models::Product;
+use diesel_l2::{Error, RetryPolicy};
+
+fn quick(n: u32) -> RetryPolicy {
+    RetryPolicy::attempts(n).backoff(Duration::from_millis(1), Duration::from_millis(5))
+}
+
+backend_tests! {
+    fn retry_reruns_after_a_conflict_and_succeeds(t) {
+        let db = common::cached_db(t);
+        let p = db.transaction(|tx| tx.insert(&Product { id: 1, version: 1, sku: "A".into(), stock: 10 })).unwrap();
+        let attempts = AtomicU32::new(0);
+        let stored = db
+            .retry(quick(5), |tx| {
+                let n = attempts.fetch_add(1, Ordering::SeqCst);
+                let mut cur = (*tx.get::<Product>(1)?).clone();
+                if n == 0 {
+                    // Another writer got in between our read and our write (simulated with
+                    // a stale copy): the first attempt conflicts.
+                    cur = p.clone();
+                    db.transaction(|tx2| {
+                        let mut other = p.clone();
+                        other.stock = 8;
+                        tx2.update(&other)
+                    })?;
+                }
+                cur.stock -= 1;
+                Ok(tx.update(&cur)?.into_inner())
+            })
+            .unwrap();
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        assert_eq!((stored.version, stored.stock), (3, 7));
+        assert_eq!(db.find::<Product>(1).unwrap().unwrap().stock, 7);
+    }
+
+    fn retry_gives_up_and_says_how_many_attempts_ran(t) {
+        let db = common::cached_db(t);
+        let p = db.transaction(|tx| tx.insert(&Product { id: 1, version: 1, sku: "A".into(), stock: 10 })).unwrap();
+        let mut moved = p.clone();
+        moved.stock = 0;
+        db.transaction(|tx| tx.update(&moved)).unwrap();
+        let attempts = AtomicU32::new(0);
+        let err = db
+            .retry(quick(3), |tx| {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                let mut stale = p.clone(); // never re-read: conflicts every time
+                stale.stock = 5;
+                tx.update(&stale).map(|_| ())
+            })
+            .unwrap_err();
+        assert_eq!(attempts.load(Ordering::SeqCst), 3);
+        match &err {
+            Error::RetriesExhausted { attempts, last } => {
+                assert_eq!(*attempts, 3);
+                assert!(matches!(**last, Error::Conflict { .. }));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains("3 attempts"), "{err}");
+    }
+
+    fn non_retryable_errors_are_returned_at_once(t) {
+        let db = common::cached_db(t);
+        let attempts = AtomicU32::new(0);
+        let err = db
+            .retry(quick(5), |_tx| -> Result<(), Error> {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                Err(Error::Other("not a conflict".into()))
+            })
+            .unwrap_err();
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
+        assert!(matches!(err, Error::Other(_)));
+    }
+}
+
+#[test]
+fn backoff_is_bounded_and_jittered() {
+    let p = RetryPolicy::attempts(10).backoff(Duration::from_millis(2), Duration::from_millis(40));
+    assert_eq!(p.max_attempts, 10);
+    assert_eq!(RetryPolicy::default().max_attempts, 5);
+}

@@ -1,0 +1,101 @@
+//! Savepoints nest to any depth; a savepoint's cache changes join the transaction's buffer
+//! when it is released and are dropped when it rolls back (C1).
+
+mod common;
+
+use common::models::User;
+use diesel_l2::Error;
+
+backend_tests! {
+    fn rolled_back_savepoint_drops_its_cache_changes(t) {
+        let db = common::cached_db(t);
+        db.transaction(|tx| {
+            tx.insert(&User::new(1, "kept"))?;
+            let r: Result<(), Error> = tx.savepoint(|sp| {
+                sp.insert(&User::new(2, "dropped"))?;
+                Err(Error::Other("roll this savepoint back".into()))
+            });
+            assert!(r.is_err());
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().name, "kept");
+        assert!(db.find::<User>(2).unwrap().is_none(), "the savepoint's insert was rolled back");
+    }
+
+    fn released_savepoints_merge_into_the_parent_three_deep(t) {
+        let db = common::cached_db(t);
+        db.transaction(|tx| {
+            tx.insert(&User::new(1, "depth0"))?;
+            tx.savepoint(|sp1| {
+                sp1.insert(&User::new(2, "depth1"))?;
+                sp1.savepoint(|sp2| {
+                    sp2.insert(&User::new(3, "depth2"))?;
+                    let r: Result<(), Error> = sp2.savepoint(|sp3| {
+                        sp3.insert(&User::new(4, "depth3"))?;
+                        Err(Error::Other("innermost fails".into()))
+                    });
+                    assert!(r.is_err());
+                    Ok::<_, Error>(())
+                })
+            })
+        })
+        .unwrap();
+        t.sql.reset();
+        for (id, name) in [(1, "depth0"), (2, "depth1"), (3, "depth2")] {
+            assert_eq!(db.find::<User>(id).unwrap().unwrap().name, name);
+        }
+        assert_eq!(t.sql.count(), 0, "released savepoints were written through");
+        assert!(db.find::<User>(4).unwrap().is_none());
+    }
+
+    fn a_savepoint_rollback_keeps_the_parents_earlier_write_to_the_same_key(t) {
+        let db = common::cached_db(t);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        db.transaction(|tx| {
+            let mut n = v1.clone();
+            n.name = "v2".into();
+            let v2 = tx.update(&n)?.into_inner();
+            let r: Result<(), Error> = tx.savepoint(|sp| {
+                let mut n = v2.clone();
+                n.name = "v3 rolled back".into();
+                sp.update(&n)?;
+                Err(Error::Other("no".into()))
+            });
+            assert!(r.is_err());
+            assert_eq!(tx.get::<User>(1)?.name, "v2", "the database is back at v2 inside the tx");
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let read = db.find::<User>(1).unwrap().unwrap();
+        assert_eq!((read.version, read.name.as_str()), (2, "v2"));
+    }
+
+    fn outer_rollback_drops_released_savepoints_too(t) {
+        let db = common::cached_db(t);
+        let r: Result<(), Error> = db.transaction(|tx| {
+            tx.savepoint(|sp| sp.insert(&User::new(1, "released")).map(|_| ()))?;
+            Err(Error::Other("outer fails".into()))
+        });
+        assert!(r.is_err());
+        assert!(db.find::<User>(1).unwrap().is_none());
+    }
+
+    fn panic_in_a_savepoint_rolls_everything_back(t, common::TestDbOptions::default().max_size(1)) {
+        let db = common::cached_db(t);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _: Result<(), Error> = db.transaction(|tx| {
+                tx.insert(&User::new(1, "outer"))?;
+                tx.savepoint(|sp| -> Result<(), Error> {
+                    sp.insert(&User::new(2, "inner"))?;
+                    panic!("inside a savepoint")
+                })
+            });
+        }));
+        assert!(caught.is_err());
+        assert!(db.find::<User>(1).unwrap().is_none());
+        assert!(db.find::<User>(2).unwrap().is_none());
+        // The single connection is clean: a new transaction works.
+        db.transaction(|tx| tx.insert(&User::new(3, "after"))).unwrap();
+    }
+}

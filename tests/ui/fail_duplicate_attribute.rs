@@ -1,0 +1,22 @@
+use diesel::prelude::*;
+use diesel_l2::Cached;
+
+diesel::table! {
+    users (id) {
+        id -> BigInt,
+        version -> BigInt,
+        email -> Text,
+    }
+}
+
+#[derive(Queryable, Selectable, Clone, Cached)]
+#[diesel(table_name = users)]
+#[cache(ttl = "10m")]
+#[cache(ttl = "20m", negative_ttl = "0s")]
+pub struct User {
+    pub id: i64,
+    pub version: i64,
+    pub email: String,
+}
+
+fn main() {}

@@ -1,0 +1,21 @@
+use diesel::prelude::*;
+use diesel_l2::Cached;
+
+diesel::table! {
+    users (id) {
+        id -> BigInt,
+        version -> BigInt,
+        email -> Text,
+    }
+}
+
+#[derive(Queryable, Selectable, Clone, Debug, Cached)]
+#[diesel(table_name = users)]
+#[cache(unique(tenant_id, email))]
+pub struct User {
+    pub id: i64,
+    pub version: i64,
+    pub email: String,
+}
+
+fn main() {}

@@ -1,0 +1,152 @@
+//! Unique-key lookups (`find_by`): the key → id mapping is cached, every write that changes
+//! or deletes a row invalidates its old and new key values on commit, and an absent key is
+//! negatively cached and cleared when a row with that key is inserted.
+
+mod common;
+
+use std::sync::mpsc;
+
+use common::models::{Account, AccountByTenantIdEmail, User, UserByEmail};
+use diesel_l2::{Db, Error};
+
+fn by_email(e: &str) -> UserByEmail {
+    UserByEmail(e.to_string())
+}
+
+backend_tests! {
+    fn find_by_hits_run_no_sql(t) {
+        let db = common::cached_db(t);
+        t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'ada@x.org', 'Ada')");
+        t.sql.reset();
+        let ada = db.find_by(by_email("ada@x.org")).unwrap().unwrap();
+        assert_eq!(ada.id, 1);
+        assert_eq!(t.sql.selects(), 1, "one SELECT by email: {:?}", t.sql.statements());
+        t.sql.reset();
+        for _ in 0..10 {
+            assert_eq!(db.find_by(by_email("ada@x.org")).unwrap().unwrap().id, 1);
+        }
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().email, "ada@x.org");
+        assert_eq!(t.sql.count(), 0, "key → id and the row are both cached: {:?}", t.sql.statements());
+        let s = db.stats();
+        let u = s.region("users").unwrap();
+        assert_eq!((u.key_hits, u.key_misses), (10, 1));
+    }
+
+    fn a_negative_entry_does_not_survive_an_insert(t) {
+        let db = common::cached_db(t);
+        assert!(db.find_by(by_email("new@x.org")).unwrap().is_none());
+        assert!(db.find_by(by_email("new@x.org")).unwrap().is_none());
+        assert_eq!(t.sql.selects(), 1, "the absent key is negatively cached");
+        let mut u = User::new(9, "New");
+        u.email = "new@x.org".into();
+        db.transaction(|tx| tx.insert(&u)).unwrap();
+        let found = db.find_by(by_email("new@x.org")).unwrap();
+        assert_eq!(found.map(|u| u.id), Some(9), "the insert cleared the negative entry");
+    }
+
+    fn an_update_invalidates_the_old_and_the_new_key(t) {
+        let db = common::cached_db(t);
+        let mut ada = User::new(1, "Ada");
+        ada.email = "old@x.org".into();
+        let ada = db.transaction(|tx| tx.insert(&ada)).unwrap();
+        assert!(db.find_by(by_email("old@x.org")).unwrap().is_some());
+        assert!(db.find_by(by_email("new@x.org")).unwrap().is_none(), "negatively cached");
+        let mut next = ada.clone();
+        next.email = "new@x.org".into();
+        db.transaction(|tx| tx.update(&next)).unwrap();
+        assert!(db.find_by(by_email("old@x.org")).unwrap().is_none(), "old key no longer maps to the row");
+        assert_eq!(db.find_by(by_email("new@x.org")).unwrap().map(|u| u.version), Some(2));
+    }
+
+    fn a_delete_clears_the_key(t) {
+        let db = common::cached_db(t);
+        let ada = db.transaction(|tx| tx.insert(&User::new(1, "Ada"))).unwrap();
+        assert!(db.find_by(UserByEmail(ada.email.clone())).unwrap().is_some());
+        db.transaction(|tx| tx.delete(&ada)).unwrap();
+        assert!(db.find_by(UserByEmail(ada.email.clone())).unwrap().is_none());
+        // The key can be taken by another row afterwards.
+        let mut grace = User::new(2, "Grace");
+        grace.email = ada.email.clone();
+        db.transaction(|tx| tx.insert(&grace)).unwrap();
+        assert_eq!(db.find_by(UserByEmail(ada.email.clone())).unwrap().map(|u| u.id), Some(2));
+    }
+
+    fn plain_sql_writes_announced_with_invalidate_clear_the_key_cache(t) {
+        use diesel::prelude::*;
+        use common::schema::users;
+        let db = common::cached_db(t);
+        db.transaction(|tx| tx.insert(&User::new(1, "Ada"))).unwrap();
+        assert!(db.find_by(by_email("renamed@x.org")).unwrap().is_none());
+        db.transaction(|tx| {
+            diesel::update(users::table.find(1))
+                .set((users::email.eq("renamed@x.org"), users::version.eq(users::version + 1)))
+                .execute(tx.conn())?;
+            tx.invalidate::<User>(1)
+        })
+        .unwrap();
+        assert_eq!(db.find_by(by_email("renamed@x.org")).unwrap().map(|u| u.id), Some(1));
+    }
+
+    fn a_rolled_back_insert_leaves_the_key_absent(t) {
+        let db = common::cached_db(t);
+        let mut u = User::new(3, "Ghost");
+        u.email = "ghost@x.org".into();
+        let _ = db.transaction(|tx| -> Result<(), Error> {
+            tx.insert(&u)?;
+            Err(Error::Other("no".into()))
+        });
+        assert!(db.find_by(by_email("ghost@x.org")).unwrap().is_none());
+    }
+
+    fn no_negative_fill_while_a_transaction_may_insert_the_key(t) {
+        let db = common::cached_db(t);
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let writer = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                db.transaction(|tx| {
+                    let mut u = User::new(5, "Late");
+                    u.email = "late@x.org".into();
+                    tx.insert(&u)?;
+                    started_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                    Ok::<_, Error>(())
+                })
+            })
+        };
+        started_rx.recv().unwrap();
+        // Not committed yet: the reader sees no row, and must not cache "absent".
+        assert!(db.find_by(by_email("late@x.org")).unwrap().is_none());
+        go_tx.send(()).unwrap();
+        writer.join().unwrap().unwrap();
+        assert_eq!(db.find_by(by_email("late@x.org")).unwrap().map(|u| u.id), Some(5));
+    }
+
+    fn composite_unique_keys(t) {
+        let db = Db::builder(t.pool.clone()).cache::<Account>().build().unwrap();
+        let acct = |id, tenant, email: &str| Account { id, version: 1, tenant_id: tenant, email: email.into(), plan: "free".into() };
+        db.transaction(|tx| {
+            tx.insert(&acct(1, 10, "a@x.org"))?;
+            tx.insert(&acct(2, 20, "a@x.org"))
+        })
+        .unwrap();
+        t.sql.reset();
+        let key = |tenant, email: &str| AccountByTenantIdEmail(tenant, email.to_string());
+        assert_eq!(db.find_by(key(20, "a@x.org")).unwrap().map(|a| a.id), Some(2));
+        assert_eq!(db.find_by(key(10, "a@x.org")).unwrap().map(|a| a.id), Some(1));
+        assert!(db.find_by(key(30, "a@x.org")).unwrap().is_none());
+        t.sql.reset();
+        db.find_by(key(20, "a@x.org")).unwrap();
+        db.find_by(key(30, "a@x.org")).unwrap();
+        assert_eq!(t.sql.count(), 0, "hits and negative hits on a composite key");
+        let stmts = {
+            db.evict_all::<Account>().unwrap();
+            t.sql.reset();
+            db.find_by(key(10, "a@x.org")).unwrap();
+            t.sql.statements()
+        };
+        let sql = stmts[0].to_lowercase();
+        assert!(sql.contains("tenant_id") && sql.contains("email"), "{sql}");
+    }
+}
