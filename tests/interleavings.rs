@@ -396,14 +396,23 @@ backend_tests! {
             }))
         };
         a_locked_rx.recv().unwrap();
-        // Wait (by polling the server, not by sleeping blindly) until ours waits for b.
+        // Wait until ours waits for b, by polling the server rather than sleeping blindly.
+        // Polls are spaced 200 ms apart on purpose: InnoDB refreshes
+        // information_schema.innodb_trx only when nobody has read it for 100 ms, so a
+        // tight loop keeps reading the snapshot from before ours began to wait, forever.
         let mut probe = t.raw_connection();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             #[derive(QueryableByName)]
             struct N { #[diesel(sql_type = diesel::sql_types::BigInt)] n: i64 }
-            let w: N = diesel::sql_query("SELECT COUNT(*) AS n FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'").get_result(&mut probe).unwrap();
+            let w: N = diesel::sql_query(
+                "SELECT COUNT(*) AS n FROM information_schema.innodb_trx t \
+                 JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id \
+                 WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()",
+            ).get_result(&mut probe).unwrap();
             if w.n > 0 { break; }
-            std::thread::yield_now();
+            assert!(std::time::Instant::now() < deadline, "ours never waited for b's row lock");
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
         // Close the cycle: other waits for a, held by ours -> deadlock, ours is the victim.
         other.batch_execute("UPDATE users SET bio = 'y' WHERE id = 1").unwrap();
@@ -414,6 +423,33 @@ backend_tests! {
         let cached = db.find::<User>(1).unwrap().unwrap();
         assert!(r.is_err(), "transaction() reported Ok for a transaction InnoDB rolled back");
         assert_eq!(cached.name, "a1", "C1: the cache holds a version that never committed");
+    }
+
+    /// C1 with a statement-level failure: a lock-wait timeout inside a savepoint rolls
+    /// back only that statement (InnoDB's default). The closure handles it, so the
+    /// transaction commits its other write, which must then be both in the database and
+    /// in the cache, and the failed write in neither.
+    only(mysql)
+    fn a_lock_wait_timeout_in_a_savepoint_commits_the_rest(t) {
+        let db = common::cached_db(t);
+        let a = db.transaction(|tx| tx.insert(&User::new(1, "a1"))).unwrap();
+        let b = db.transaction(|tx| tx.insert(&User::new(2, "b1"))).unwrap();
+        db.find::<User>(2).unwrap(); // cached, so a wrongly published b2 would show
+        let mut other = t.raw_connection();
+        other.batch_execute("BEGIN; UPDATE users SET bio = 'x' WHERE id = 2").unwrap();
+        let r = db.transaction(|tx| -> Result<(), Error> {
+            tx.conn().batch_execute("SET SESSION innodb_lock_wait_timeout = 1").map_err(Error::from)?;
+            tx.update(&renamed(&a, "a2"))?;
+            let sp = tx.savepoint(|sp| sp.update(&renamed(&b, "b2")).map(|_| ()));
+            assert!(matches!(sp, Err(Error::Database(_))), "b's row is locked by `other`: {sp:?}");
+            Ok(())
+        });
+        other.batch_execute("ROLLBACK").unwrap();
+        assert!(r.is_ok(), "only the timed-out statement was rolled back: {r:?}");
+        assert_eq!(in_db(t, 1).unwrap().name, "a2");
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().name, "a2", "C2: the committed write is read back");
+        assert_eq!(in_db(t, 2).unwrap().name, "b1");
+        assert_eq!(db.find::<User>(2).unwrap().unwrap().name, "b1", "C1: the rolled-back write is not cached");
     }
 
     /// Was a bug (C2/C4, MariaDB at its default REPEATABLE READ), fixed by invalidating on

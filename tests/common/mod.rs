@@ -39,6 +39,7 @@ mod db;
 pub mod models;
 pub mod schema;
 mod sql_log;
+pub mod watchdog;
 
 pub use db::{Backend, TestBackend, TestDb, TestDbOptions, TestPool, MYSQL_URL_ENV, PG_URL_ENV};
 pub use sql_log::SqlLog;
@@ -104,6 +105,9 @@ macro_rules! backend_tests {
         #[test]
         $($attr)*
         fn $name() {
+            let _deadline = $crate::common::watchdog::guard(concat!(
+                module_path!(), "::", stringify!($name)
+            ));
             let Some(db) = $crate::common::TestDb::<Conn>::open(
                 $crate::backend_tests!(@opts $($opts)*)
             ) else {
