@@ -58,6 +58,12 @@ impl<T> Deref for Written<T> {
 impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     /// The transaction's connection, for plain diesel. Rows of cached tables written this
     /// way must be announced with [`invalidate`](Tx::invalidate).
+    ///
+    /// On MariaDB/MySQL, once a statement has failed with a deadlock the server has rolled
+    /// the whole transaction back and runs later statements in autocommit mode. This
+    /// library's own reads and writes are then refused with [`Error::RolledBack`]; plain
+    /// SQL run here is not, so end the closure on such an error (return it) rather than
+    /// carrying on.
     pub fn conn(&mut self) -> &mut C {
         // Plain SQL may fail and have its error handled by the caller, which can leave the
         // transaction aborted (PostgreSQL) or rolled back (a MariaDB deadlock) unseen.
@@ -69,7 +75,7 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     /// never fills the cache: C5).
     pub fn find<E: CachedOps<C>>(&mut self, id: E::Id) -> Result<Option<Arc<E>>> {
         self.db.region::<E>()?;
-        Ok(self.state.watch(E::load_one(self.conn, &id))?.map(Arc::new))
+        Ok(self.run(|c| E::load_one(c, &id))?.map(Arc::new))
     }
 
     /// Like [`find`](Tx::find), but a missing row is [`Error::NotFound`].
@@ -86,7 +92,7 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     pub fn insert<E: CachedOps<C>>(&mut self, row: &E) -> Result<E> {
         let slot = self.state.lock::<C, E>(self.db, row.id())?;
         self.state.touch(slot, row);
-        let stored = self.state.watch(E::insert_row(self.conn, row))?;
+        let stored = self.run(|c| E::insert_row(c, row))?;
         self.state.touch(slot, &stored);
         self.state
             .push(slot, PendingWrite::<E>::Put(Arc::new(stored.clone())));
@@ -128,7 +134,7 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
         let next = row.with_version(target).ok_or_else(overflow)?;
         let slot = self.state.lock::<C, E>(self.db, row.id())?;
         self.state.touch(slot, &next);
-        if let Some(stored) = self.state.watch(E::update_row(self.conn, row, &next))? {
+        if let Some(stored) = self.run(|c| E::update_row(c, row, &next))? {
             self.state.touch(slot, &stored);
             self.state
                 .push(slot, PendingWrite::<E>::Put(Arc::new(stored.clone())));
@@ -138,7 +144,7 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
                 already_applied: false,
             });
         }
-        let current = self.state.watch(E::load_one(self.conn, row.id()))?;
+        let current = self.run(|c| E::load_one(c, row.id()))?;
         match current {
             Some(cur) if accept_replay && cur.version() == target && cur.same_content(&next) => {
                 // Invalidate rather than put: under REPEATABLE READ (MariaDB's default) this
@@ -163,11 +169,7 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     pub fn delete<E: CachedOps<C>>(&mut self, row: &E) -> Result<Written<()>> {
         let slot = self.state.lock::<C, E>(self.db, row.id())?;
         self.state.touch(slot, row);
-        if self
-            .state
-            .watch(E::delete_row(self.conn, row.id(), row.version()))?
-            > 0
-        {
+        if self.run(|c| E::delete_row(c, row.id(), row.version()))? > 0 {
             let version = row.version().saturating_add(1);
             self.state.push(slot, PendingWrite::<E>::Delete { version });
             return Ok(Written {
@@ -175,7 +177,7 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
                 already_applied: false,
             });
         }
-        match self.state.watch(E::load_one(self.conn, row.id()))? {
+        match self.run(|c| E::load_one(c, row.id()))? {
             None => {
                 self.state.push(slot, PendingWrite::<E>::Invalidate);
                 Ok(Written {
@@ -225,6 +227,35 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
             panic::resume_unwind(payload);
         }
         result.map_err(|e| e.into_user())
+    }
+
+    /// Runs one of this library's statements on the transaction's connection.
+    ///
+    /// A failed statement marks the transaction for the probe before COMMIT (the caller may
+    /// handle the error and carry on). On MariaDB/MySQL a database error is also checked at
+    /// once: a deadlock victim is rolled back whole, even inside a savepoint, and its
+    /// connection carries on in autocommit mode, so a write of ours now would commit on its
+    /// own, outside the transaction the caller believes it is in. From then on our
+    /// statements are refused with [`Error::RolledBack`] instead of being run.
+    /// (PostgreSQL needs no such check: it refuses every statement of an aborted
+    /// transaction until a savepoint is rolled back to.)
+    fn run<T>(&mut self, f: impl FnOnce(&mut C) -> diesel::QueryResult<T>) -> Result<T> {
+        if self.state.gone {
+            return Err(Error::RolledBack);
+        }
+        match f(self.conn) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.state.needs_probe = true;
+                if matches!(e, diesel::result::Error::DatabaseError(..))
+                    && rolled_back_whole(self.conn)
+                {
+                    tracing::debug!(error = %e, "the database ended the transaction");
+                    self.state.gone = true;
+                }
+                Err(Error::Database(e))
+            }
+        }
     }
 
     fn conflict<E: CachedEntity>(&self, row: &E, found: Option<i64>) -> Error {
@@ -313,6 +344,19 @@ fn probe_still_open<C: R2D2Connection + 'static>(conn: &mut C) -> Result<()> {
     }
     let _ = conn;
     Ok(())
+}
+
+/// Whether the database has ended the current transaction after an error: true only on
+/// MariaDB/MySQL when `@@in_transaction` is 0 (a deadlock victim, or a lock-wait timeout
+/// under `innodb_rollback_on_timeout`). A failing check counts as "not ended": the
+/// probe before COMMIT looks again.
+fn rolled_back_whole<C: R2D2Connection + 'static>(conn: &mut C) -> bool {
+    #[cfg(feature = "mysql")]
+    if (conn as &mut dyn std::any::Any).is::<diesel::mysql::MysqlConnection>() {
+        return matches!(probe_still_open(conn), Err(Error::RolledBack));
+    }
+    let _ = conn;
+    false
 }
 
 impl<E> From<diesel::result::Error> for Failure<E> {
@@ -408,6 +452,10 @@ pub(crate) struct TxState {
     /// closure failing: a statement of ours failed, or plain SQL ran through `Tx::conn`.
     /// Such a transaction is probed before COMMIT.
     needs_probe: bool,
+    /// Set when a probe found the transaction already ended by the database: our
+    /// statements are refused from then on, and the transaction reports
+    /// [`Error::RolledBack`] whatever the closure returns.
+    gone: bool,
     /// Per entity type, a `HashMap<E::Id, usize>` from key to index in `held`.
     index: HashMap<TypeId, Box<dyn Any + Send>>,
     /// Pending writes in order: (index in `held`, `PendingWrite<E>`).
@@ -446,15 +494,6 @@ impl TxState {
         }));
         index.insert(id.clone(), i);
         Ok(i)
-    }
-
-    /// Passes a statement's result through, remembering a database error (the caller may
-    /// handle it and carry on; see `needs_probe`).
-    fn watch<T>(&mut self, r: diesel::QueryResult<T>) -> diesel::QueryResult<T> {
-        if r.is_err() {
-            self.needs_probe = true;
-        }
-        r
     }
 
     fn held_mut<E: CachedEntity>(&mut self, slot: usize) -> &mut Held<E> {
@@ -591,6 +630,9 @@ impl<C: R2D2Connection + 'static> Db<C> {
                 db: &self.inner,
             };
             let v = caught(&mut panicked, || f(&mut tx))?;
+            if tx.state.gone {
+                return Err(Failure::RolledBack);
+            }
             if tx.state.needs_probe && !tx.state.held.is_empty() {
                 // Cache writes are pending and an error may have gone unseen: make sure the
                 // database has not already rolled this transaction back, or COMMIT would

@@ -371,12 +371,16 @@ backend_tests! {
     /// inside a savepoint is chosen as a deadlock victim. The savepoint reports its error,
     /// the closure (rightly) carries on, COMMIT succeeds on an empty transaction, and the
     /// writes made before the savepoint — rolled back — are published to the cache.
+    /// Also a bug (C1, found later): a write of ours after that point ran in the autocommit
+    /// mode InnoDB leaves the connection in, and committed on its own although the
+    /// transaction reports `RolledBack`; such writes are now refused.
     only(mysql)
     fn a_deadlock_victim_does_not_publish_its_rolled_back_writes(t) {
         use diesel::prelude::*;
         let db = common::cached_db(t);
         let a = db.transaction(|tx| tx.insert(&User::new(1, "a1"))).unwrap();
         let b = db.transaction(|tx| tx.insert(&User::new(2, "b1"))).unwrap();
+        let c = db.transaction(|tx| tx.insert(&User::new(3, "c1"))).unwrap();
         t.exec("CREATE TABLE ballast (id INT PRIMARY KEY, n INT NOT NULL) ENGINE=InnoDB");
         t.exec(&format!("INSERT INTO ballast VALUES {}", (0..200).map(|i| format!("({i}, 0)")).collect::<Vec<_>>().join(",")));
         // The other transaction: b locked, plus 200 ballast rows so InnoDB picks ours
@@ -392,6 +396,11 @@ backend_tests! {
                 // Blocks on b (held by `other`), then is the deadlock victim.
                 let sp = tx.savepoint(|sp| sp.update(&renamed(&b, "b2")).map(|_| ()));
                 assert!(sp.is_err(), "the savepoint failed: {sp:?}");
+                // The closure carries on. InnoDB has ended the transaction, and the
+                // connection is now in autocommit mode: this write must be refused, not
+                // committed on its own.
+                let after = tx.update(&renamed(&c, "c2 autocommitted"));
+                assert!(matches!(after, Err(Error::RolledBack)), "a write after the rollback: {after:?}");
                 Ok(())
             }))
         };
@@ -423,6 +432,7 @@ backend_tests! {
         let cached = db.find::<User>(1).unwrap().unwrap();
         assert!(r.is_err(), "transaction() reported Ok for a transaction InnoDB rolled back");
         assert_eq!(cached.name, "a1", "C1: the cache holds a version that never committed");
+        assert_eq!(in_db(t, 3).unwrap().name, "c1", "a write after the rollback committed on its own");
     }
 
     /// C1 with a statement-level failure: a lock-wait timeout inside a savepoint rolls
