@@ -138,6 +138,7 @@ backend_tests! {
     /// The long soak (see the module docs for the command).
     #[ignore = "long soak: DIESEL_L2_SOAK_OPS=1000000 cargo test --release --all-features --test consistency_history -- --ignored --nocapture soak"]
     fn soak(t) {
+        common::watchdog::lift(); // bounded by DIESEL_L2_SOAK_OPS / _SECS instead
         let ops = env_u64("DIESEL_L2_SOAK_OPS").unwrap_or(1_000_000);
         let secs = env_u64("DIESEL_L2_SOAK_SECS").unwrap_or(24 * 3600);
         let naive_ops = env_u64("DIESEL_L2_SOAK_NAIVE_OPS").unwrap_or(100_000);

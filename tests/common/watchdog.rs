@@ -83,6 +83,12 @@ impl Watchdog {
 /// Registered while a test runs; dropping it (also on panic) deregisters.
 pub struct Guard(u64);
 
+thread_local! {
+    /// The guard of the test running on this thread (libtest runs each test on its own
+    /// thread), for [`lift`].
+    static CURRENT: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
 /// Starts the deadline for the test `name`.
 pub fn guard(name: &str) -> Guard {
     let dog = watchdog();
@@ -91,11 +97,25 @@ pub fn guard(name: &str) -> Guard {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(id, (name.to_owned(), Instant::now()));
+    CURRENT.with(|c| c.set(Some(id)));
     Guard(id)
+}
+
+/// Removes the deadline of the test running on this thread: for the long soak, whose
+/// length the caller chooses (it bounds itself by operations or seconds).
+pub fn lift() {
+    if let Some(id) = CURRENT.with(|c| c.take()) {
+        watchdog()
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        CURRENT.with(|c| c.set(None));
         watchdog()
             .running
             .lock()
