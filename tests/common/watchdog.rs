@@ -105,21 +105,22 @@ pub fn guard(name: &str) -> Guard {
 /// length the caller chooses (it bounds itself by operations or seconds).
 pub fn lift() {
     if let Some(id) = CURRENT.with(|c| c.take()) {
-        watchdog()
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        forget(id);
     }
+}
+
+/// Stops watching the test registered as `id`.
+fn forget(id: u64) {
+    watchdog()
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         CURRENT.with(|c| c.set(None));
-        watchdog()
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.0);
+        forget(self.0);
     }
 }
