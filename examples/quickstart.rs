@@ -8,7 +8,8 @@
 //!
 //! It creates users in a transaction (the cache receives them on commit), reads them back
 //! (a hit runs no SQL, a miss loads once), updates one with its version, provokes and
-//! prints a version conflict, replays a write that already committed, and prints the
+//! prints a version conflict, delivers one message twice under its operation id (the
+//! second delivery runs nothing and returns the recorded result), and prints the
 //! cache statistics.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -154,18 +155,26 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         other => return Err(format!("expected a conflict, got {other:?}").into()),
     }
 
-    // 5. Replaying the write that already committed (at-least-once delivery) is not a conflict.
-    let replay = db.transaction(|tx| tx.update(&renamed))?;
-    println!(
-        "replayed the Ada update: already applied = {}",
-        replay.already_applied()
-    );
+    // 5. At-least-once delivery: the same message twice. Its id is recorded with the
+    //    result in the same transaction, so the redelivery runs nothing (C6).
+    for delivery in 1..=2 {
+        let outcome = db.transaction_once("msg-ada-bio", |tx| {
+            let mut ada = (*tx.get::<User>(1)?).clone();
+            ada.bio = Some("first programmer".into());
+            Ok::<_, Error>(tx.update(&ada)?.version)
+        })?;
+        println!(
+            "delivery {delivery} of msg-ada-bio: replay = {}, Ada at v{}",
+            outcome.is_replay(),
+            *outcome
+        );
+    }
 
     // 6. retry re-runs the closure on conflicts, re-reading each time.
     let grace = db.retry(RetryPolicy::default(), |tx| {
         let mut g = (*tx.get::<User>(2)?).clone();
         g.bio = Some("COBOL".into());
-        Ok(tx.update(&g)?.into_inner())
+        tx.update(&g)
     })?;
     println!("Grace is at v{} with bio {:?}", grace.version, grace.bio);
 

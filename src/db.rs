@@ -14,6 +14,7 @@ use crate::config::RegionConfig;
 use crate::entity::{CachedEntity, CachedOps};
 use crate::error::{Error, Result};
 use crate::hooks::Hook;
+use crate::inbox::Inbox;
 use crate::invalidation::{ChangeFeed, ListenConfig, Listener};
 use crate::region::{AnyRegion, FillMode, Lookup, Region};
 use crate::stats::{Counters, Stats};
@@ -65,6 +66,8 @@ pub(crate) struct Inner<C: R2D2Connection + 'static> {
     order: Vec<Arc<dyn AnyRegion>>,
     /// The cross-process change listener; dropped (stopped and joined) with the `Db`.
     listener: Option<Listener>,
+    /// Operation ids (`transaction_once`): retention and pruning state.
+    pub(crate) inbox: Inbox,
 }
 
 impl<C: R2D2Connection + 'static> Inner<C> {
@@ -133,6 +136,7 @@ pub struct DbBuilder<C: R2D2Connection + 'static> {
     entries: Vec<Registration>,
     hook: Option<Hook>,
     listen: Option<(ListenConfig, StartListener)>,
+    operation_retention: Duration,
 }
 
 type StartListener = fn(ListenConfig, &[Arc<dyn AnyRegion>]) -> Result<Listener>;
@@ -193,11 +197,27 @@ impl<C: R2D2Connection + 'static> DbBuilder<C> {
         self
     }
 
+    /// How long recorded operation ids ([`Db::transaction_once`]) are kept: a delivery of
+    /// an id later than this runs again. 24 hours by default; keep it longer than your
+    /// longest redelivery window (a queue's maximum redelivery delay, a client's retry
+    /// horizon).
+    pub fn operation_retention(mut self, retention: Duration) -> Self {
+        self.operation_retention = retention;
+        self
+    }
+
     /// Validates every region's settings and builds the `Db`.
     ///
     /// Fails with [`Error::Config`] on a zero capacity, a zero duration, no bound at all,
     /// an empty or duplicate region name, or an entity registered twice.
     pub fn build(self) -> Result<Db<C>> {
+        if self.operation_retention.is_zero() {
+            return Err(Error::Config(
+                "operation_retention is zero: recorded operation ids would be pruned at once and \
+                 every redelivery would run again; keep them longer than your redelivery window"
+                    .into(),
+            ));
+        }
         let mut regions = HashMap::with_hasher(TypeIdHasher);
         let mut order = Vec::new();
         let mut names = HashMap::new();
@@ -233,6 +253,7 @@ impl<C: R2D2Connection + 'static> DbBuilder<C> {
         Ok(Db {
             inner: Arc::new(Inner {
                 listener,
+                inbox: Inbox::new(self.operation_retention),
                 pool: self.pool,
                 hook: self.hook,
                 regions,
@@ -282,6 +303,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
             entries: Vec::new(),
             hook: None,
             listen: None,
+            operation_retention: crate::inbox::DEFAULT_RETENTION,
         }
     }
 

@@ -31,10 +31,6 @@ pub trait CachedEntity: Clone + Send + Sync + 'static {
     /// field's type (an `i32` version column that would overflow).
     fn with_version(&self, version: i64) -> Option<Self>;
 
-    /// True when every field except the version is equal: the test that a retried write
-    /// is the one that already committed (C6).
-    fn same_content(&self, other: &Self) -> bool;
-
     /// An estimate of the bytes this row holds (inline plus heap), for byte budgets.
     fn approx_bytes(&self) -> usize;
 

@@ -93,6 +93,25 @@ pub enum Error {
         id: String,
     },
 
+    /// An operation id, fingerprint or recorded outcome that cannot be used (C6, C8).
+    #[error("operation id: {0}")]
+    InvalidOperation(String),
+
+    /// An operation id was delivered again with another request than the one recorded
+    /// under it (HTTP answers 422 to this).
+    #[error(
+        "operation {id:?} was already recorded for another request (fingerprint {recorded:?}, \
+         this one {given:?}); an operation id must name one request: send a new id for a new request"
+    )]
+    OperationMismatch {
+        /// The operation id.
+        id: String,
+        /// The fingerprint recorded with the id.
+        recorded: Option<String>,
+        /// The fingerprint of this delivery.
+        given: Option<String>,
+    },
+
     /// A user error returned from a transaction closure, boxed.
     #[error("{0}")]
     Other(Box<dyn std::error::Error + Send + Sync + 'static>),

@@ -63,6 +63,8 @@
 //! - `db` — [`Db`] and [`DbBuilder`]: the pool, the regions, `find` and `find_many`.
 //! - `tx` — [`Tx`]: versioned writes, the write buffer, savepoints, commit hooks, and
 //!   [`Db::retry`] with [`RetryPolicy`].
+//! - [`inbox`] — operation ids: [`Db::transaction_once`] records an id with the result in
+//!   the transaction's own commit, so a redelivered request runs once (C6).
 //! - `unique` — [`UniqueKey`]: `#[cache(unique)]` keys and the fenced key → id index behind
 //!   [`Db::find_by`].
 //! - [`invalidation`] — cross-process invalidation: trigger SQL, the PostgreSQL `LISTEN`
@@ -87,11 +89,13 @@
 //!   pending write on a key, other readers read it from the database and do not fill.
 //! - **C5 Reads inside a transaction** go to the database, see the transaction's own
 //!   writes, and never fill the shared cache.
-//! - **C6 Optimistic versions.** `update` and `delete` carry the version read:
-//!   `… WHERE id = ? AND version = ?`, bumping the version in the same statement. A
-//!   mismatch is [`Error::Conflict`]. Replaying a write that already committed (same id,
-//!   same target version, same content) is reported as
-//!   [`already_applied`](Written::already_applied), not as a conflict.
+//! - **C6 Optimistic versions, exactly-once retries.** `update` and `delete` carry the
+//!   version read: `… WHERE id = ? AND version = ?`, bumping the version in the same
+//!   statement. Any mismatch (another version, or no row) is [`Error::Conflict`]; nothing
+//!   compares content to guess that a write was already made. A redelivered request is
+//!   recognised by its operation id: [`Db::transaction_once`] records the id and the
+//!   result in the same transaction as the writes, and a replay runs nothing and returns
+//!   the recorded result ([`inbox`]).
 //! - **C8 Bad input is a typed error**, never a panic in library code.
 //!
 //! - **C7 Across processes.** With the change-feed triggers installed (see
@@ -179,6 +183,7 @@ mod db;
 mod entity;
 mod error;
 mod hooks;
+pub mod inbox;
 pub mod invalidation;
 mod region;
 mod stats;
@@ -192,7 +197,8 @@ pub use entity::{CachedEntity, CachedOps, HeapSize};
 pub use error::{Error, Result};
 pub use invalidation::{ChangeFeed, ListenConfig, ListenerStats};
 pub use stats::{RegionStats, Stats};
-pub use tx::{RetryPolicy, Tx, Written};
+pub use inbox::{Operation, OperationLog, Outcome};
+pub use tx::{RetryPolicy, Tx};
 pub use unique::{UniqueKey, UniqueOps};
 
 /// The README's examples, compiled and run as doctests.

@@ -2,7 +2,6 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::ops::Deref;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,34 +24,6 @@ pub struct Tx<'a, C: R2D2Connection + 'static> {
     conn: &'a mut C,
     state: &'a mut TxState,
     db: &'a Inner<C>,
-}
-
-/// The result of a versioned write: the stored value, and whether this exact write had
-/// already committed before (a retried write; C6).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Written<T> {
-    value: T,
-    already_applied: bool,
-}
-
-impl<T> Written<T> {
-    /// True when the database already held this write (same id, same target version,
-    /// same content): nothing was written twice.
-    pub fn already_applied(&self) -> bool {
-        self.already_applied
-    }
-
-    /// The stored value.
-    pub fn into_inner(self) -> T {
-        self.value
-    }
-}
-
-impl<T> Deref for Written<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.value
-    }
 }
 
 impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
@@ -103,29 +74,11 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     /// version is `row`'s, bumping the version in the same statement. Returns the stored
     /// row at the new version.
     ///
-    /// A different version in the database is [`Error::Conflict`], unless the database
-    /// already holds exactly this write (the row is at `row.version + 1` with the same
-    /// content): then the result says [`already_applied`](Written::already_applied).
-    ///
-    /// Replay detection compares content, so two *different* operations that start from
-    /// the same version and produce the same row look alike: for relative changes
-    /// ("take 3 from stock") use [`update_strict`](Tx::update_strict) or your own
-    /// message ids.
-    pub fn update<E: CachedOps<C>>(&mut self, row: &E) -> Result<Written<E>> {
-        self.update_inner(row, true)
-    }
-
-    /// Versioned update without replay detection: any other version in the database is
-    /// [`Error::Conflict`], even when the row already holds this exact content.
-    pub fn update_strict<E: CachedOps<C>>(&mut self, row: &E) -> Result<E> {
-        self.update_inner(row, false).map(Written::into_inner)
-    }
-
-    fn update_inner<E: CachedOps<C>>(
-        &mut self,
-        row: &E,
-        accept_replay: bool,
-    ) -> Result<Written<E>> {
+    /// Any other version in the database, or no row at all, is [`Error::Conflict`]: the
+    /// write is never applied over a version it did not read. A conflict is never taken for
+    /// a replay, whatever the row holds: to make a redelivered request safe, run it with an
+    /// operation id ([`Db::transaction_once`]), which recognises the replay by its id.
+    pub fn update<E: CachedOps<C>>(&mut self, row: &E) -> Result<E> {
         let overflow = || Error::VersionOverflow {
             table: E::TABLE,
             id: format!("{:?}", row.id()),
@@ -139,54 +92,28 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
             self.state
                 .push(slot, PendingWrite::<E>::Put(Arc::new(stored.clone())));
             tracing::trace!(table = E::TABLE, id = ?row.id(), version = target, "updated");
-            return Ok(Written {
-                value: stored,
-                already_applied: false,
-            });
+            return Ok(stored);
         }
-        let current = self.run(|c| E::load_one(c, row.id()))?;
-        match current {
-            Some(cur) if accept_replay && cur.version() == target && cur.same_content(&next) => {
-                // Invalidate rather than put: under REPEATABLE READ (MariaDB's default) this
-                // read may come from the transaction's snapshot, older than the latest
-                // committed row.
-                self.state.push(slot, PendingWrite::<E>::Invalidate);
-                tracing::debug!(table = E::TABLE, id = ?row.id(), version = target, "update already applied");
-                Ok(Written {
-                    value: cur,
-                    already_applied: true,
-                })
-            }
-            other => Err(self.conflict::<E>(row, other.map(|c| c.version()))),
-        }
+        let found = self.run(|c| E::load_one(c, row.id()))?.map(|cur| cur.version());
+        Err(self.conflict::<E>(row, found))
     }
 
     /// Versioned delete (C6): deletes the row if it is still at `row`'s version.
     ///
-    /// Another version in the database is [`Error::Conflict`]. A row that is already gone
-    /// is reported as [`already_applied`](Written::already_applied): the state the caller
-    /// asked for holds. The cache keeps a versioned tombstone after commit (C3).
-    pub fn delete<E: CachedOps<C>>(&mut self, row: &E) -> Result<Written<()>> {
+    /// Another version in the database is [`Error::Conflict`] with `found: Some(v)`; a row
+    /// that does not exist (never did, or was deleted already) is [`Error::Conflict`] with
+    /// `found: None`. A redelivered delete is recognised only by an operation id
+    /// ([`Db::transaction_once`]). The cache keeps a versioned tombstone after commit (C3).
+    pub fn delete<E: CachedOps<C>>(&mut self, row: &E) -> Result<()> {
         let slot = self.state.lock::<C, E>(self.db, row.id())?;
         self.state.touch(slot, row);
         if self.run(|c| E::delete_row(c, row.id(), row.version()))? > 0 {
             let version = row.version().saturating_add(1);
             self.state.push(slot, PendingWrite::<E>::Delete { version });
-            return Ok(Written {
-                value: (),
-                already_applied: false,
-            });
+            return Ok(());
         }
-        match self.run(|c| E::load_one(c, row.id()))? {
-            None => {
-                self.state.push(slot, PendingWrite::<E>::Invalidate);
-                Ok(Written {
-                    value: (),
-                    already_applied: true,
-                })
-            }
-            Some(cur) => Err(self.conflict::<E>(row, Some(cur.version()))),
-        }
+        let found = self.run(|c| E::load_one(c, row.id()))?.map(|cur| cur.version());
+        Err(self.conflict::<E>(row, found))
     }
 
     /// Announces that the row `id` of `E` was written through [`conn`](Tx::conn): the key is
@@ -239,7 +166,10 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     /// statements are refused with [`Error::RolledBack`] instead of being run.
     /// (PostgreSQL needs no such check: it refuses every statement of an aborted
     /// transaction until a savepoint is rolled back to.)
-    fn run<T>(&mut self, f: impl FnOnce(&mut C) -> diesel::QueryResult<T>) -> Result<T> {
+    pub(crate) fn run<T>(
+        &mut self,
+        f: impl FnOnce(&mut C) -> diesel::QueryResult<T>,
+    ) -> Result<T> {
         if self.state.gone {
             return Err(Error::RolledBack);
         }
@@ -669,19 +599,29 @@ impl<C: R2D2Connection + 'static> Db<C> {
     where
         F: FnMut(&mut Tx<'_, C>) -> Result<T>,
     {
+        self.retrying(policy, || self.transaction(&mut f))
+    }
+
+    /// Runs `attempt` until it succeeds, fails with an error that is not retryable, or
+    /// `policy` runs out of attempts.
+    pub(crate) fn retrying<T>(
+        &self,
+        policy: RetryPolicy,
+        mut attempt: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
         let max = policy.max_attempts.max(1);
-        let mut attempt = 1;
+        let mut n = 1;
         loop {
-            match self.transaction(&mut f) {
+            match attempt() {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && attempt < max => {
-                    tracing::debug!(attempt, error = %e, "retrying transaction");
-                    std::thread::sleep(policy.delay(attempt));
-                    attempt += 1;
+                Err(e) if e.is_retryable() && n < max => {
+                    tracing::debug!(attempt = n, error = %e, "retrying transaction");
+                    std::thread::sleep(policy.delay(n));
+                    n += 1;
                 }
                 Err(e) if e.is_retryable() => {
                     return Err(Error::RetriesExhausted {
-                        attempts: attempt,
+                        attempts: n,
                         last: Box::new(e),
                     })
                 }

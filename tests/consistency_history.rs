@@ -82,7 +82,7 @@ where
 /// Runs both caches, each on its own fresh database, and prints the figures.
 fn both<C>(t: &TestDb<C>, ours_cfg: &Config, naive_cfg: &Config) -> (Figures, Figures)
 where
-    C: common::TestBackend,
+    C: common::TestBackend + diesel_l2::OperationLog,
     User: CachedOps<C>,
     Tag: CachedOps<C>,
 {

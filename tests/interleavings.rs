@@ -492,8 +492,8 @@ backend_tests! {
         let v3 = db.transaction(|tx| tx.update(&renamed(&cur, "Y"))).unwrap();
         assert_eq!(v3.version, 3);
         go_tx.send(()).unwrap();
-        let replayed = replayer.join().unwrap().unwrap();
-        assert!(replayed.already_applied());
+        let replayed = replayer.join().unwrap();
+        assert!(matches!(replayed, Err(Error::Conflict { expected: 1, .. })), "a repeated write is a conflict (C6): {replayed:?}");
         let read = db.find::<User>(1).unwrap().unwrap();
         assert_eq!((read.version, read.name.as_str()), (3, "Y"), "C2/C4: version 3 had returned before this read; the cache holds version 2");
     }

@@ -55,7 +55,7 @@ backend_tests! {
         db.transaction(|tx| {
             let mut n = v1.clone();
             n.name = "v2".into();
-            let v2 = tx.update(&n)?.into_inner();
+            let v2 = tx.update(&n)?;
             let r: Result<(), Error> = tx.savepoint(|sp| {
                 let mut n = v2.clone();
                 n.name = "v3 rolled back".into();

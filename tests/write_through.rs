@@ -78,10 +78,10 @@ backend_tests! {
                 let v1 = tx.insert(&User::new(1, "Ada"))?;
                 let mut n = v1.clone();
                 n.name = "two".into();
-                let v2 = tx.update(&n)?.into_inner();
+                let v2 = tx.update(&n)?;
                 let mut n = v2.clone();
                 n.name = "three".into();
-                Ok::<_, Error>(tx.update(&n)?.into_inner())
+                tx.update(&n)
             })
             .unwrap();
         t.sql.reset();

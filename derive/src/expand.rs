@@ -147,16 +147,6 @@ fn entity_impl(model: &Model) -> TokenStream {
         quote!(let mut c)
     };
 
-    let same: Vec<TokenStream> = model
-        .fields
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != model.version)
-        .map(|(_, f)| {
-            let m = &f.member;
-            quote_spanned!(f.ty.span()=> self.#m == other.#m)
-        })
-        .collect();
     let heap: Vec<TokenStream> = model
         .fields
         .iter()
@@ -193,10 +183,6 @@ fn entity_impl(model: &Model) -> TokenStream {
                 next.#v_member =
                     <#v_ty as ::core::convert::TryFrom<i64>>::try_from(version).ok()?;
                 ::core::option::Option::Some(next)
-            }
-
-            fn same_content(&self, other: &Self) -> bool {
-                #(#same)&&*
             }
 
             fn approx_bytes(&self) -> usize {

@@ -102,8 +102,8 @@ fn expands_entity_with_defaults() {
     ] {
         assert!(out.contains(needle), "missing {needle} in\n{out}");
     }
-    // same_content skips the version; the user's imports are never relied on.
-    assert!(!out.contains("self.version==other.version"));
+    // No content comparison is generated: replays are recognised by operation id (C6).
+    assert!(!out.contains("same_content"));
     // SQLite and PostgreSQL use RETURNING, MySQL reloads.
     assert_eq!(out.matches(".returning(").count(), 4);
     assert!(out.contains(".execute(conn)?;<Selfas::diesel_l2::__private::CachedOps<::diesel_l2::__private::diesel::mysql::MysqlConnection>>::load_one(conn,&row.id)?.ok_or(::diesel_l2::__private::diesel::result::Error::NotFound)"));

@@ -211,9 +211,7 @@ where
             // Last writer wins: re-read and re-apply until no one writes in between.
             let stored = db.retry(RetryPolicy::default(), |tx| {
                 let current = tx.get::<User>(id)?;
-                Ok(tx
-                    .update(&changes.apply_to((*current).clone()))?
-                    .into_inner())
+                tx.update(&changes.apply_to((*current).clone()))
             });
             return match stored {
                 Ok(user) => Ok(Updated::Stored(user)),
@@ -253,7 +251,7 @@ where
     // state it asked for holds, written once. (A delta, like "take 3 from stock", must not
     // trust it that way: see the inventory example.)
     match db.transaction(|tx| tx.update(&write)) {
-        Ok(written) => Ok(Updated::Stored(written.into_inner())),
+        Ok(written) => Ok(Updated::Stored(written)),
         Err(Error::Conflict {
             found: Some(current),
             ..

@@ -33,9 +33,6 @@ impl CachedEntity for Row {
             ..self.clone()
         })
     }
-    fn same_content(&self, other: &Self) -> bool {
-        self.id == other.id && self.body == other.body
-    }
     fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.body.capacity()
     }

@@ -43,9 +43,10 @@
 //!   replay of the committed writes (the newest committed version, or gone after a
 //!   committed delete, or absent if no insert committed).
 //! - **C6**: two committed writes producing the same `(id, version)` (a double apply), or
-//!   a replay of this thread's own committed write answered `Conflict` with `found` equal
-//!   to the replay's target version (the row is at exactly that write, so it was already
-//!   applied).
+//!   an operation id delivered 1–3 times (some deliveries concurrent) whose deliveries
+//!   did not answer "ran" exactly once among those that returned Ok, or whose replays
+//!   returned another outcome than the delivery that ran. A correct inbox runs the body
+//!   of one id once and returns its recorded result to every other delivery.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -228,11 +229,9 @@ impl Checker {
                     outcome,
                     effects,
                 } => self.add_write(thread, start, end, outcome, effects),
-                Event::ReplayMisreported { thread, key } => {
+                Event::OnceViolated { thread, op, what } => {
                     self.counts.c6_violation += 1;
-                    self.example(format!(
-                        "C6: thread {thread} replayed its own committed write on {key:?}: Conflict at the replay's own target version"
-                    ));
+                    self.example(format!("C6: thread {thread}, operation {op}: {what}"));
                 }
                 read @ Event::Read { .. } => reads.push(read),
             }

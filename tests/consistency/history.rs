@@ -57,9 +57,9 @@ pub enum Event {
         outcome: Outcome,
         effects: Vec<Effect>,
     },
-    /// A replayed write (C6): `Conflict` whose `found` is the replay's own target version
-    /// is a misreport.
-    ReplayMisreported { thread: usize, key: Key },
+    /// An operation id whose deliveries broke C6: its effects applied more than once, or
+    /// a replay returned another outcome than the delivery that ran.
+    OnceViolated { thread: usize, op: String, what: String },
 }
 
 /// The shared log; each thread appends its own events.

@@ -95,11 +95,12 @@ pub trait TxOps {
     fn get(&mut self, key: Key) -> Result<Option<Row>, Error>;
     /// Inserts `row` at its version.
     fn insert(&mut self, row: &Row) -> Result<Row, Error>;
-    /// Versioned update from `row.version` with `row.payload`; returns the stored row and
-    /// whether it was already applied (C6).
-    fn update(&mut self, row: &Row) -> Result<(Row, bool), Error>;
-    /// Versioned delete of `row` (at `row.version`); returns whether it was already applied.
-    fn delete(&mut self, row: &Row) -> Result<bool, Error>;
+    /// Versioned update from `row.version` with `row.payload`; returns the stored row. Any
+    /// version mismatch is a conflict (C6).
+    fn update(&mut self, row: &Row) -> Result<Row, Error>;
+    /// Versioned delete of `row` (at `row.version`); a mismatch or a missing row is a
+    /// conflict.
+    fn delete(&mut self, row: &Row) -> Result<(), Error>;
     /// Plain SQL on the transaction's connection (used to make COMMIT fail).
     fn exec(&mut self, sql: &str) -> Result<(), Error>;
     /// Runs `f` in a savepoint.
@@ -122,6 +123,14 @@ pub trait Store: Sync {
         retry: bool,
         body: &mut dyn FnMut(&mut dyn TxOps) -> Result<(), Error>,
     ) -> Result<(), Error>;
+    /// One delivery of the operation `op` (retried on retryable errors): `body` runs at
+    /// most once per committed id. Returns the row `body` returned, from this delivery or
+    /// recorded by the one that committed, and whether this delivery was a replay (C6).
+    fn run_once(
+        &self,
+        op: &str,
+        body: &mut dyn FnMut(&mut dyn TxOps) -> Result<Row, Error>,
+    ) -> Result<(Row, bool), Error>;
     /// Drops one cached entry (an explicit eviction).
     fn evict(&self, key: Key);
     /// Drops every cached entry of a kind.
@@ -132,8 +141,7 @@ pub trait Store: Sync {
     fn cache_figures(&self) -> Vec<(String, u64)>;
 }
 
-/// The C6 decision shared by the naive implementation: a versioned update that matched no
-/// row is "already applied" when the row is at the target version with the same content.
+/// The conflict a versioned write reports (C6).
 pub fn conflict(key: Key, expected: i64, found: Option<i64>) -> Error {
     Error::Conflict {
         table: key.kind.name(),
@@ -163,24 +171,18 @@ where
         })
     }
 
-    fn update(&mut self, row: &Row) -> Result<(Row, bool), Error> {
+    fn update(&mut self, row: &Row) -> Result<Row, Error> {
         Ok(match row.key.kind {
-            Kind::User => {
-                let w = Tx::update(self, &row.to_user())?;
-                (Row::from_user(&w), w.already_applied())
-            }
-            Kind::Tag => {
-                let w = Tx::update(self, &row.to_tag())?;
-                (Row::from_tag(&w), w.already_applied())
-            }
+            Kind::User => Row::from_user(&Tx::update(self, &row.to_user())?),
+            Kind::Tag => Row::from_tag(&Tx::update(self, &row.to_tag())?),
         })
     }
 
-    fn delete(&mut self, row: &Row) -> Result<bool, Error> {
-        Ok(match row.key.kind {
-            Kind::User => Tx::delete(self, &row.to_user())?.already_applied(),
-            Kind::Tag => Tx::delete(self, &row.to_tag())?.already_applied(),
-        })
+    fn delete(&mut self, row: &Row) -> Result<(), Error> {
+        match row.key.kind {
+            Kind::User => Tx::delete(self, &row.to_user()),
+            Kind::Tag => Tx::delete(self, &row.to_tag()),
+        }
     }
 
     fn exec(&mut self, sql: &str) -> Result<(), Error> {

@@ -20,7 +20,7 @@ pub fn policy() -> RetryPolicy {
 
 impl<C> Store for Ours<C>
 where
-    C: R2D2Connection + 'static,
+    C: R2D2Connection + diesel_l2::OperationLog,
     User: CachedOps<C>,
     Tag: CachedOps<C>,
 {
@@ -73,6 +73,29 @@ where
         } else {
             self.db.transaction(|tx| body(tx))
         }
+    }
+
+    fn run_once(
+        &self,
+        op: &str,
+        body: &mut dyn FnMut(&mut dyn TxOps) -> Result<Row, Error>,
+    ) -> Result<(Row, bool), Error> {
+        // The recorded outcome is what the caller needs back: the stored row.
+        let outcome = self.db.retry_once(policy(), op, |tx| {
+            let row = body(tx)?;
+            Ok((row.key.kind == Kind::User, row.key.id, row.version, row.payload))
+        })?;
+        let replay = outcome.is_replay();
+        let (user, id, version, payload) = outcome.into_inner();
+        let kind = if user { Kind::User } else { Kind::Tag };
+        Ok((
+            Row {
+                key: Key { kind, id },
+                version,
+                payload,
+            },
+            replay,
+        ))
     }
 
     fn evict(&self, key: Key) {

@@ -94,7 +94,7 @@ pub enum Op {
     Find,
     FindMany,
     Update,
-    Replay,
+    Redeliver,
     Insert,
     Delete,
     Multi,
@@ -304,9 +304,8 @@ struct Worker<'a> {
     keys: &'a Keys,
     history: &'a History,
     events: Vec<Event>,
-    /// This thread's committed updates, for replays: the row as it was sent (version read,
-    /// payload written).
-    mine: Vec<Row>,
+    /// Operation ids handed out (unique per run).
+    ops: &'a AtomicU64,
     per_op: HashMap<Op, u64>,
     op_errors: u64,
     failure: CommitFailure,
@@ -335,7 +334,7 @@ impl Worker<'_> {
             0..=27 => Op::Find,
             28..=37 => Op::FindMany,
             38..=55 => Op::Update,
-            56..=60 => Op::Replay,
+            56..=60 => Op::Redeliver,
             61..=65 => Op::Insert,
             66..=69 => Op::Delete,
             70..=77 => Op::Multi,
@@ -401,46 +400,13 @@ impl Worker<'_> {
                         version: cur.version,
                         payload: p.clone(),
                     };
-                    let (stored, already) = tx.update(&row)?;
-                    if !already {
-                        fx.push(Effect::Put(stored));
-                    }
+                    fx.push(Effect::Put(tx.update(&row)?));
                     sent = Some(row);
                     Ok(())
                 });
-                if let (Some(row), true) = (sent, self.last_committed()) {
-                    self.mine.push(row);
-                    if self.mine.len() > 32 {
-                        self.mine.remove(0);
-                    }
-                }
+                let _ = sent;
             }
-            Op::Replay => {
-                if self.mine.is_empty() {
-                    return;
-                }
-                let row = self.mine[self.rng.usize(0..self.mine.len())].clone();
-                let start = self.history.now();
-                let mut fx = Vec::new();
-                let r = store.run(false, &mut |tx| {
-                    fx.clear();
-                    let (stored, already) = tx.update(&row)?;
-                    if !already {
-                        fx.push(Effect::Put(stored));
-                    }
-                    Ok(())
-                });
-                let end = self.history.now();
-                if let Err(Error::Conflict { found: Some(f), .. }) = &r {
-                    if *f == row.version + 1 {
-                        self.events.push(Event::ReplayMisreported {
-                            thread: self.thread,
-                            key: row.key,
-                        });
-                    }
-                }
-                self.record(start, end, r.is_ok(), fx);
-            }
+            Op::Redeliver => self.redeliver(store),
             Op::Insert => {
                 let k = self.fresh_key();
                 let p = self.payload();
@@ -458,12 +424,11 @@ impl Worker<'_> {
                 let k = self.any_key();
                 self.write(store, true, |tx, fx| {
                     let cur = tx.get(k)?.ok_or_else(|| gone(k))?;
-                    if !tx.delete(&cur)? {
-                        fx.push(Effect::Delete {
-                            key: k,
-                            from_version: cur.version,
-                        });
-                    }
+                    tx.delete(&cur)?;
+                    fx.push(Effect::Delete {
+                        key: k,
+                        from_version: cur.version,
+                    });
                     Ok(())
                 });
             }
@@ -481,7 +446,7 @@ impl Worker<'_> {
                 self.write(store, true, |tx, fx| {
                     for (i, k) in ks.iter().enumerate() {
                         let cur = tx.get(*k)?.ok_or_else(|| gone(*k))?;
-                        let (stored, _) = tx.update(&Row {
+                        let stored = tx.update(&Row {
                             key: *k,
                             version: cur.version,
                             payload: format!("{p}.{i}"),
@@ -498,7 +463,7 @@ impl Worker<'_> {
                 let p = self.payload();
                 self.write(store, true, |tx, fx| {
                     let cur = tx.get(a)?.ok_or_else(|| gone(a))?;
-                    let (stored, _) = tx.update(&Row {
+                    let stored = tx.update(&Row {
                         key: a,
                         version: cur.version,
                         payload: format!("{p}.kept"),
@@ -541,7 +506,7 @@ impl Worker<'_> {
                         // Writes that will never commit; if they are ever read, C1 fails.
                         for (i, k) in [k, k2].into_iter().enumerate() {
                             if let Some(cur) = tx.get(k)? {
-                                let (stored, _) = tx.update(&Row {
+                                let stored = tx.update(&Row {
                                     key: k,
                                     version: cur.version,
                                     payload: format!("{p}.doomed{i}"),
@@ -574,15 +539,81 @@ impl Worker<'_> {
         }
     }
 
-    /// Whether the last recorded write committed.
-    fn last_committed(&self) -> bool {
-        matches!(
-            self.events.last(),
-            Some(Event::Write {
-                outcome: Outcome::Committed,
-                ..
+    /// One operation id, delivered 1–3 times as an at-least-once queue would (the first
+    /// two deliveries concurrently, half of the time): an update of a hot key to a
+    /// payload of its own. Exactly one delivery may run it; the others must return its
+    /// recorded outcome (C6).
+    fn redeliver(&mut self, store: &dyn Store) {
+        let k = self.any_key();
+        let p = self.payload();
+        let op = format!("op-{}-{}", self.thread, self.ops.fetch_add(1, Ordering::Relaxed));
+        let deliveries = self.rng.usize(1..=3);
+        let concurrent = deliveries >= 2 && self.rng.bool();
+        let history = self.history;
+        let deliver = |store: &dyn Store| {
+            let start = history.now();
+            let mut fx = Vec::new();
+            let r = store.run_once(&op, &mut |tx| {
+                fx.clear();
+                let cur = tx.get(k)?.ok_or_else(|| gone(k))?;
+                let stored = tx.update(&Row {
+                    key: k,
+                    version: cur.version,
+                    payload: p.clone(),
+                })?;
+                fx.push(Effect::Put(stored.clone()));
+                Ok(stored)
+            });
+            let end = history.now();
+            if matches!(r, Ok((_, true))) {
+                fx.clear(); // a replay ran nothing
+            }
+            (start, end, r, fx)
+        };
+        let mut results = Vec::new();
+        if concurrent {
+            let (a, b) = std::thread::scope(|s| {
+                let a = s.spawn(|| deliver(store));
+                let b = s.spawn(|| deliver(store));
+                (a.join(), b.join())
+            });
+            results.push(a.expect("delivery thread panicked"));
+            results.push(b.expect("delivery thread panicked"));
+        }
+        while results.len() < deliveries {
+            results.push(deliver(store));
+        }
+        let mut ran: Vec<Row> = Vec::new();
+        let mut replayed: Vec<Row> = Vec::new();
+        for (start, end, r, fx) in results {
+            match r {
+                Ok((row, false)) => {
+                    ran.push(row);
+                    self.record(start, end, true, fx);
+                }
+                Ok((row, true)) => {
+                    replayed.push(row);
+                    self.record(start, end, true, Vec::new());
+                }
+                Err(_) => self.record(start, end, false, fx),
+            }
+        }
+        let mut violation = |what: String| {
+            self.events.push(Event::OnceViolated {
+                thread: self.thread,
+                op: op.clone(),
+                what,
             })
-        )
+        };
+        if ran.len() > 1 {
+            violation(format!("ran {} times: {ran:?}", ran.len()));
+        } else if ran.is_empty() && !replayed.is_empty() {
+            violation("replayed, but no delivery ran it".into());
+        } else if let Some(first) = ran.first() {
+            if let Some(other) = replayed.iter().find(|r| *r != first) {
+                violation(format!("ran as {first:?}, replayed as {other:?}"));
+            }
+        }
     }
 
     fn record(&mut self, start: u64, end: u64, ok: bool, effects: Vec<Effect>) {
@@ -626,6 +657,7 @@ pub fn run(store: &dyn Store, config: &Config, failure: CommitFailure) -> Figure
     let history = History::new();
     let keys = Keys::new(config.slots);
     let guard_ids = AtomicU64::new(1_000_000);
+    let ops = AtomicU64::new(0);
     let mut checker = Checker::new();
     let started = Instant::now();
 
@@ -638,7 +670,7 @@ pub fn run(store: &dyn Store, config: &Config, failure: CommitFailure) -> Figure
             keys: &keys,
             history: &history,
             events: Vec::new(),
-            mine: Vec::new(),
+            ops: &ops,
             per_op: HashMap::new(),
             op_errors: 0,
             failure,
@@ -674,6 +706,7 @@ pub fn run(store: &dyn Store, config: &Config, failure: CommitFailure) -> Figure
                     let keys = &keys;
                     let history = &history;
                     let guard_ids = &guard_ids;
+                    let ops = &ops;
                     let seed = config
                         .seed
                         .wrapping_add(phase.wrapping_mul(1_000_003))
@@ -686,7 +719,7 @@ pub fn run(store: &dyn Store, config: &Config, failure: CommitFailure) -> Figure
                             keys,
                             history,
                             events: Vec::new(),
-                            mine: Vec::new(),
+                            ops,
                             per_op: HashMap::new(),
                             op_errors: 0,
                             failure,
