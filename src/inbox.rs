@@ -157,7 +157,6 @@ impl From<uuid::Uuid> for Operation {
 /// The result of [`Db::transaction_once`]: the closure's value, from this run or recorded
 /// by the run that committed first.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[must_use]
 pub struct Outcome<T> {
     value: T,
     replay: bool,
@@ -293,12 +292,13 @@ pub fn postgres_operations_table_sql() -> String {
         .to_string()
 }
 
-/// The table on MariaDB/MySQL (a migration's `up.sql`). The id is compared byte for byte
-/// (`utf8mb4_bin`), so `Op-1` and `op-1` are two operations whatever the server's default
-/// collation.
+/// The table on MariaDB/MySQL (a migration's `up.sql`). The id is `VARBINARY`, compared
+/// byte for byte: `Op-1`, `op-1` and `op-1 ` are three operations, whatever the server's
+/// default collation (case-insensitive) or a `_bin` collation's padding (which ignores
+/// trailing spaces) would say.
 pub fn mysql_operations_table_sql() -> String {
     "CREATE TABLE diesel_l2_operations (\n    \
-         id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,\n    \
+         id VARBINARY(255) NOT NULL PRIMARY KEY,\n    \
          fingerprint TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,\n    \
          outcome LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,\n    \
          created_at BIGINT NOT NULL,\n    \

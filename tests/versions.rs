@@ -126,3 +126,316 @@ backend_tests! {
         assert_eq!(db.find::<Product>(2).unwrap().unwrap().version, i32::MAX, "nothing was written");
     }
 }
+
+/// Operation ids (C6): a transaction run under an id commits its effects once, whatever
+/// the number of deliveries, and every delivery gets the recorded result.
+mod exactly_once {
+    use super::common;
+    use crate::backend_tests;
+    use super::common::models::{Product, User};
+    use diesel::prelude::*;
+    use diesel_l2::{Error, Operation, RetryPolicy};
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    backend_tests! {
+        fn a_replay_runs_nothing_and_returns_the_recorded_outcome(t) {
+            let db = common::cached_db(t);
+            db.transaction(|tx| tx.insert(&User::new(1, "Ada"))).unwrap();
+            let runs = AtomicUsize::new(0);
+            let rename = || db.transaction_once("rename-1", |tx| {
+                runs.fetch_add(1, SeqCst);
+                let mut u = (*tx.get::<User>(1)?).clone();
+                u.name = "Ada L.".into();
+                Ok::<_, Error>(tx.update(&u)?.version)
+            });
+            let first = rename().unwrap();
+            assert_eq!((first.is_replay(), *first), (false, 2));
+            t.sql.reset();
+            let again = rename().unwrap();
+            assert_eq!((again.is_replay(), *again), (true, 2), "the recorded result comes back");
+            assert_eq!(runs.load(SeqCst), 1, "the closure ran once");
+            let writes = t.sql.statements().iter().filter(|s| s.to_uppercase().contains("UPDATE \"USERS\"") || s.to_uppercase().contains("UPDATE `USERS`")).count();
+            assert_eq!(writes, 0, "a replay writes nothing: {:?}", t.sql.statements());
+            assert_eq!(db.find::<User>(1).unwrap().unwrap().version, 2);
+        }
+
+        fn a_retried_insert_is_a_replay_not_a_duplicate_key_error(t) {
+            let db = common::cached_db(t);
+            let signup = || db.transaction_once("signup-7", |tx| {
+                Ok::<_, Error>(tx.insert(&User::new(7, "Grace"))?.id)
+            });
+            assert!(!signup().unwrap().is_replay());
+            let again = signup().unwrap();
+            assert!(again.is_replay());
+            assert_eq!(*again, 7);
+            // Without an id, the same insert is the database's duplicate-key error.
+            let dup = db.transaction(|tx| tx.insert(&User::new(7, "Grace")));
+            assert!(matches!(dup, Err(Error::Database(_))), "{dup:?}");
+        }
+
+        fn a_redelivered_delete_and_a_multi_row_transaction_apply_once(t) {
+            let db = common::cached_db(t);
+            let (a, b) = db.transaction(|tx| Ok::<_, Error>((tx.insert(&User::new(1, "a"))?, tx.insert(&User::new(2, "b"))?))).unwrap();
+            let remove = || db.transaction_once("delete-1", |tx| tx.delete(&a));
+            assert!(!remove().unwrap().is_replay());
+            assert!(remove().unwrap().is_replay(), "not a conflict: the delete is recognised by its id");
+            // Two rows and an insert in one operation: all or nothing, once.
+            let batch = || db.transaction_once(Operation::new("batch-9"), |tx| {
+                let mut b2 = (*tx.get::<User>(2)?).clone();
+                b2.name = "b2".into();
+                tx.update(&b2)?;
+                tx.insert(&User::new(3, "c"))?;
+                Ok::<_, Error>(())
+            });
+            for _ in 0..3 {
+                let _ = batch().unwrap();
+            }
+            assert_eq!(db.find::<User>(2).unwrap().unwrap().version, b.version + 1);
+            assert_eq!(db.find::<User>(3).unwrap().unwrap().version, 1);
+            assert!(db.find::<User>(1).unwrap().is_none());
+        }
+
+        fn an_error_a_panic_or_a_conflict_records_nothing(t) {
+            let db = common::cached_db(t);
+            let v1 = db.transaction(|tx| tx.insert(&User::new(1, "Ada"))).unwrap();
+            let failed: Result<diesel_l2::Outcome<i64>, Error> = db.transaction_once("op-e", |tx| {
+                let mut u = v1.clone();
+                u.name = "doomed".into();
+                tx.update(&u)?;
+                Err(Error::Other("the handler failed".into()))
+            });
+            assert!(failed.is_err());
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _ = db.transaction_once("op-e", |_tx| -> Result<i64, Error> { panic!("handler bug") });
+            }));
+            assert!(panicked.is_err());
+            // A conflict rolls the claim back too.
+            let mut stale = v1.clone();
+            stale.version = 9;
+            assert!(matches!(db.transaction_once("op-e", |tx| tx.update(&stale).map(|u| u.version)), Err(Error::Conflict { .. })));
+            // Nothing was recorded: the next delivery runs.
+            let ok = db.transaction_once("op-e", |tx| {
+                let mut u = (*tx.get::<User>(1)?).clone();
+                u.name = "done".into();
+                Ok::<_, Error>(tx.update(&u)?.version)
+            }).unwrap();
+            assert_eq!((ok.is_replay(), *ok), (false, 2));
+            assert_eq!(db.find::<User>(1).unwrap().unwrap().name, "done");
+        }
+
+        fn retry_once_reruns_a_conflicted_attempt_under_the_same_id(t) {
+            let db = common::cached_db(t);
+            db.transaction(|tx| tx.insert(&Product { id: 1, version: 1, sku: "A".into(), stock: 10 })).unwrap();
+            db.find::<Product>(1).unwrap();
+            // Another client takes 1 with plain SQL (no listener here): the cached copy the
+            // first attempt reads is stale, so its versioned write conflicts.
+            t.exec("UPDATE products SET stock = stock - 1, version = version + 1 WHERE id = 1");
+            let attempts = AtomicUsize::new(0);
+            let take = |op: &str| db.retry_once(RetryPolicy::default(), op, |tx| {
+                attempts.fetch_add(1, SeqCst);
+                let mut p = (*db.get::<Product>(1)?).clone();
+                p.stock -= 3;
+                Ok(tx.update(&p)?.stock)
+            });
+            let first = take("take-3").unwrap();
+            assert_eq!((first.is_replay(), *first), (false, 6), "retried on top of the other write");
+            assert_eq!(attempts.load(SeqCst), 2, "one conflict, one re-run under the same id");
+            let again = take("take-3").unwrap();
+            assert_eq!((again.is_replay(), *again), (true, 6));
+            assert_eq!(attempts.load(SeqCst), 2, "the replay ran nothing");
+            assert_eq!(db.find::<Product>(1).unwrap().unwrap().stock, 6);
+        }
+
+        fn concurrent_deliveries_run_once_and_the_other_waits_then_replays(t) {
+            let db = common::cached_db(t);
+            db.transaction(|tx| tx.insert(&Product { id: 1, version: 1, sku: "A".into(), stock: 10 })).unwrap();
+            let runs = Arc::new(AtomicUsize::new(0));
+            let (claimed_tx, claimed_rx) = mpsc::channel();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let go_rx = Mutex::new(go_rx);
+            let deliver = |db: diesel_l2::Db<Conn>, runs: Arc<AtomicUsize>, signal: Option<mpsc::Sender<()>>| {
+                db.transaction_once("pay-1", |tx| {
+                    runs.fetch_add(1, SeqCst);
+                    let mut p = (*tx.get::<Product>(1)?).clone();
+                    p.stock -= 4;
+                    let stored = tx.update(&p)?;
+                    if let Some(s) = &signal {
+                        s.send(()).unwrap();
+                        go_rx.lock().unwrap().recv().unwrap(); // hold the claim open
+                    }
+                    Ok::<_, Error>(stored.stock)
+                })
+            };
+            std::thread::scope(|s| {
+                let first = s.spawn(|| deliver(db.clone(), runs.clone(), Some(claimed_tx)));
+                claimed_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+                let started = Instant::now();
+                let second = s.spawn(|| deliver(db.clone(), runs.clone(), None));
+                std::thread::sleep(Duration::from_millis(300));
+                assert!(!second.is_finished(), "the second delivery waits for the first");
+                go_tx.send(()).unwrap();
+                let a = first.join().unwrap().unwrap();
+                let b = second.join().unwrap().unwrap();
+                assert!(started.elapsed() >= Duration::from_millis(300));
+                assert_eq!((a.is_replay(), *a), (false, 6));
+                assert_eq!((b.is_replay(), *b), (true, 6), "the waiting delivery replays");
+            });
+            assert_eq!(runs.load(SeqCst), 1, "one delivery ran");
+            assert_eq!(db.find::<Product>(1).unwrap().unwrap().stock, 6);
+        }
+
+        fn a_reused_id_with_another_fingerprint_is_an_error_not_a_replay(t) {
+            let db = common::cached_db(t);
+            let put = |fp: &str, name: &'static str| db.transaction_once(Operation::new("key-1").fingerprint(fp), |tx| {
+                Ok::<_, Error>(tx.insert(&User::new(1, name))?.name)
+            });
+            assert!(!put("h1", "Ada").unwrap().is_replay());
+            assert_eq!(put("h1", "Ada").unwrap().into_inner(), "Ada");
+            let err = put("h2", "Eve").unwrap_err();
+            assert!(matches!(&err, Error::OperationMismatch { id, .. } if id == "key-1"), "{err:?}");
+            assert!(err.to_string().contains("new id"), "the message says what to do: {err}");
+            // A different result type under a recorded id is refused, not misdecoded.
+            let wrong: Result<diesel_l2::Outcome<Vec<u8>>, Error> = db.transaction_once(Operation::new("key-1").fingerprint("h1"), |_| Ok(vec![]));
+            assert!(matches!(wrong, Err(Error::InvalidOperation(_))), "{wrong:?}");
+        }
+
+        fn ids_are_compared_byte_for_byte_whatever_the_collation(t) {
+            // MariaDB compares strings case-insensitively by default: `Op-1` and `op-1`
+            // must still be two operations (the id column is utf8mb4_bin).
+            let db = common::cached_db(t);
+            let a = db.transaction_once("Op-1", |tx| Ok::<_, Error>(tx.insert(&User::new(1, "a"))?.id)).unwrap();
+            let b = db.transaction_once("op-1", |tx| Ok::<_, Error>(tx.insert(&User::new(2, "b"))?.id)).unwrap();
+            let c = db.transaction_once("op-1 ", |tx| Ok::<_, Error>(tx.insert(&User::new(3, "c"))?.id)).unwrap();
+            assert!(!a.is_replay() && !b.is_replay() && !c.is_replay(), "three ids, three operations");
+            assert!(db.find::<User>(3).unwrap().is_some());
+        }
+
+        fn bad_ids_are_typed_errors_and_expired_ids_are_pruned(t) {
+            let db = common::builder(t).operation_retention(Duration::from_millis(50)).build().unwrap();
+            t.sql.reset();
+            let long = db.transaction_once("x".repeat(256), |_| Ok::<_, Error>(1));
+            assert!(matches!(long, Err(Error::InvalidOperation(_))), "{long:?}");
+            let empty = db.transaction_once("", |_| Ok::<_, Error>(1));
+            assert!(matches!(empty, Err(Error::InvalidOperation(_))), "{empty:?}");
+            assert_eq!(t.sql.count(), 0, "rejected before any SQL");
+            db.transaction_once("old", |_| Ok::<_, Error>(1)).unwrap();
+            std::thread::sleep(Duration::from_millis(120));
+            assert_eq!(db.prune_operations().unwrap(), 1);
+            let rerun = db.transaction_once("old", |_| Ok::<_, Error>(2)).unwrap();
+            assert_eq!((rerun.is_replay(), *rerun), (false, 2), "past the retention an id runs again (documented)");
+            assert!(common::builder(t).operation_retention(Duration::ZERO).build().is_err());
+        }
+
+        fn a_missing_operations_table_says_which_migration_to_add(t) {
+            let db = common::cached_db(t);
+            t.exec("DROP TABLE diesel_l2_operations");
+            let err = db.transaction_once("op", |_| Ok::<_, Error>(1)).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{err:?}");
+            assert!(err.to_string().contains("operations_table_sql"), "{err}");
+        }
+
+        /// The acceptance test of C6: bank transfers delivered 1–3 times each (some
+        /// deliveries concurrent), through `retry_once` with reads from the cache, keep
+        /// the total and every balance exact, in the database and in cached reads, apply
+        /// every transfer exactly once, and never show a reader a version going back.
+        fn bank_transfers_delivered_at_least_once_apply_exactly_once(t, common::TestDbOptions::default().max_size(24)) {
+            const ACCOUNTS: i32 = 20;
+            const THREADS: usize = 8;
+            const TRANSFERS: usize = 240;
+            const INITIAL: i32 = 1_000;
+            let db = common::cached_db(t);
+            db.transaction(|tx| {
+                for id in 1..=ACCOUNTS {
+                    tx.insert(&Product { id, version: 1, sku: format!("acct-{id}"), stock: INITIAL })?;
+                }
+                Ok::<_, Error>(())
+            }).unwrap();
+            let mut rng = fastrand::Rng::with_seed(42);
+            // (transfer id, from, to, amount); equal amounts on purpose: lookalike writes.
+            let transfers: Vec<(usize, i32, i32, i32)> = (0..TRANSFERS).map(|n| {
+                let from = rng.i32(1..=ACCOUNTS);
+                let mut to = rng.i32(1..=ACCOUNTS - 1);
+                if to >= from { to += 1; }
+                (n, from, to, rng.i32(1..=5) * 10)
+            }).collect();
+            // Deliveries: duplicates adjacent, so two threads often take them at once.
+            let mut queue = std::collections::VecDeque::new();
+            for tr in &transfers {
+                for _ in 0..rng.usize(1..=3) { queue.push_back(*tr); }
+            }
+            let deliveries = queue.len();
+            let queue = Mutex::new(queue);
+            let outcomes: Mutex<HashMap<usize, Vec<(bool, (i32, i32))>>> = Mutex::new(HashMap::new());
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let backwards = AtomicUsize::new(0);
+            let policy = RetryPolicy::attempts(500).backoff(Duration::from_millis(1), Duration::from_millis(20));
+            std::thread::scope(|s| {
+                // A reader: versions it sees never go back.
+                let reader = s.spawn(|| {
+                    let mut last: HashMap<i32, i32> = HashMap::new();
+                    let mut reads = 0u64;
+                    while !stop.load(SeqCst) {
+                        let id = fastrand::i32(1..=ACCOUNTS);
+                        if let Ok(Some(p)) = db.find::<Product>(id) {
+                            let prev = last.insert(id, p.version).unwrap_or(0);
+                            if p.version < prev { backwards.fetch_add(1, SeqCst); }
+                            reads += 1;
+                        }
+                    }
+                    reads
+                });
+                let workers: Vec<_> = (0..THREADS).map(|_| s.spawn(|| {
+                    loop {
+                        let Some((n, from, to, amount)) = queue.lock().unwrap().pop_front() else { return };
+                        let out = db.retry_once(policy.clone(), format!("transfer-{n}"), |tx| {
+                            // Read from the cache, as the README does: a stale copy is a
+                            // conflict, retried under the same id.
+                            let mut ids = [from, to];
+                            ids.sort();
+                            let mut balances = (0, 0);
+                            for id in ids {
+                                let mut acct = (*db.get::<Product>(id)?).clone();
+                                acct.stock += if id == from { -amount } else { amount };
+                                let stored = tx.update(&acct)?;
+                                if id == from { balances.0 = stored.stock } else { balances.1 = stored.stock }
+                            }
+                            Ok(balances)
+                        }).unwrap_or_else(|e| panic!("transfer {n}: {e}"));
+                        outcomes.lock().unwrap().entry(n).or_default().push((!out.is_replay(), out.into_inner()));
+                    }
+                })).collect();
+                for w in workers { w.join().unwrap(); }
+                stop.store(true, SeqCst);
+                assert!(reader.join().unwrap() > 0);
+            });
+            let outcomes = outcomes.into_inner().unwrap();
+            let mut expected = vec![INITIAL; ACCOUNTS as usize + 1];
+            let mut replays = 0;
+            for (n, from, to, amount) in &transfers {
+                let got = &outcomes[n];
+                let ran: Vec<_> = got.iter().filter(|o| o.0).collect();
+                assert_eq!(ran.len(), 1, "transfer {n} applied exactly once: {got:?}");
+                assert!(got.iter().all(|o| o.1 == ran[0].1), "every delivery of {n} got the recorded outcome: {got:?}");
+                replays += got.len() - 1;
+                expected[*from as usize] -= amount;
+                expected[*to as usize] += amount;
+            }
+            assert_eq!(replays + TRANSFERS, deliveries);
+            let mut conn = t.conn();
+            use common::schema::products::dsl as p;
+            let rows: Vec<(i32, i32)> = p::products.select((p::id, p::stock)).order(p::id).load(&mut conn).unwrap();
+            let total: i32 = rows.iter().map(|r| r.1).sum();
+            assert_eq!(total, ACCOUNTS * INITIAL, "the total is conserved in the database");
+            for (id, stock) in &rows {
+                assert_eq!(*stock, expected[*id as usize], "account {id} in the database");
+                let cached = db.find::<Product>(*id).unwrap().unwrap();
+                assert_eq!(cached.stock, *stock, "account {id} read through the cache");
+            }
+            assert_eq!(backwards.load(SeqCst), 0, "a reader saw a version go back");
+            println!("[{}] {TRANSFERS} transfers, {deliveries} deliveries, {replays} replays, conflicts {}", t.backend, db.stats().region("products").unwrap().conflicts);
+        }
+    }
+}
