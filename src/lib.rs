@@ -195,9 +195,9 @@ pub use db::{CacheMode, Db, DbBuilder, DbPool, Reader, WarmUp};
 pub use diesel_l2_derive::Cached;
 pub use entity::{CachedEntity, CachedOps, HeapSize};
 pub use error::{Error, Result};
+pub use inbox::{Operation, OperationLog, Outcome};
 pub use invalidation::{ChangeFeed, ListenConfig, ListenerStats};
 pub use stats::{RegionStats, Stats};
-pub use inbox::{Operation, OperationLog, Outcome};
 pub use tx::{RetryPolicy, Tx};
 pub use unique::{UniqueKey, UniqueOps};
 

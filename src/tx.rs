@@ -94,7 +94,9 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
             tracing::trace!(table = E::TABLE, id = ?row.id(), version = target, "updated");
             return Ok(stored);
         }
-        let found = self.run(|c| E::load_one(c, row.id()))?.map(|cur| cur.version());
+        let found = self
+            .run(|c| E::load_one(c, row.id()))?
+            .map(|cur| cur.version());
         Err(self.conflict::<E>(row, found))
     }
 
@@ -112,7 +114,9 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
             self.state.push(slot, PendingWrite::<E>::Delete { version });
             return Ok(());
         }
-        let found = self.run(|c| E::load_one(c, row.id()))?.map(|cur| cur.version());
+        let found = self
+            .run(|c| E::load_one(c, row.id()))?
+            .map(|cur| cur.version());
         Err(self.conflict::<E>(row, found))
     }
 
@@ -166,10 +170,7 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     /// statements are refused with [`Error::RolledBack`] instead of being run.
     /// (PostgreSQL needs no such check: it refuses every statement of an aborted
     /// transaction until a savepoint is rolled back to.)
-    pub(crate) fn run<T>(
-        &mut self,
-        f: impl FnOnce(&mut C) -> diesel::QueryResult<T>,
-    ) -> Result<T> {
+    pub(crate) fn run<T>(&mut self, f: impl FnOnce(&mut C) -> diesel::QueryResult<T>) -> Result<T> {
         if self.state.gone {
             return Err(Error::RolledBack);
         }

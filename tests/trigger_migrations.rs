@@ -104,14 +104,20 @@ fn migrations_install_the_generated_operations_table() {
     ] {
         let up = format!("{head}{up}");
         let down = drop_operations_table_sql();
-        let dir = format!("{}/migrations/{backend}/{OPS_DIR}", env!("CARGO_MANIFEST_DIR"));
+        let dir = format!(
+            "{}/migrations/{backend}/{OPS_DIR}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         if write {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(format!("{dir}/up.sql"), &up).unwrap();
             std::fs::write(format!("{dir}/down.sql"), &down).unwrap();
         }
         let on_disk = std::fs::read_to_string(format!("{dir}/up.sql")).unwrap_or_default();
-        assert_eq!(on_disk, up, "{dir}/up.sql is out of date: regenerate it (see its header)");
+        assert_eq!(
+            on_disk, up,
+            "{dir}/up.sql is out of date: regenerate it (see its header)"
+        );
         let on_disk = std::fs::read_to_string(format!("{dir}/down.sql")).unwrap_or_default();
         assert_eq!(on_disk, down, "{dir}/down.sql is out of date");
     }

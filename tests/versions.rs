@@ -131,8 +131,8 @@ backend_tests! {
 /// the number of deliveries, and every delivery gets the recorded result.
 mod exactly_once {
     use super::common;
-    use crate::backend_tests;
     use super::common::models::{Product, User};
+    use crate::backend_tests;
     use diesel::prelude::*;
     use diesel_l2::{Error, Operation, RetryPolicy};
     use std::collections::HashMap;

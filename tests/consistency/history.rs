@@ -59,7 +59,11 @@ pub enum Event {
     },
     /// An operation id whose deliveries broke C6: its effects applied more than once, or
     /// a replay returned another outcome than the delivery that ran.
-    OnceViolated { thread: usize, op: String, what: String },
+    OnceViolated {
+        thread: usize,
+        op: String,
+        what: String,
+    },
 }
 
 /// The shared log; each thread appends its own events.

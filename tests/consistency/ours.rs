@@ -83,7 +83,12 @@ where
         // The recorded outcome is what the caller needs back: the stored row.
         let outcome = self.db.retry_once(policy(), op, |tx| {
             let row = body(tx)?;
-            Ok((row.key.kind == Kind::User, row.key.id, row.version, row.payload))
+            Ok((
+                row.key.kind == Kind::User,
+                row.key.id,
+                row.version,
+                row.payload,
+            ))
         })?;
         let replay = outcome.is_replay();
         let (user, id, version, payload) = outcome.into_inner();

@@ -546,7 +546,11 @@ impl Worker<'_> {
     fn redeliver(&mut self, store: &dyn Store) {
         let k = self.any_key();
         let p = self.payload();
-        let op = format!("op-{}-{}", self.thread, self.ops.fetch_add(1, Ordering::Relaxed));
+        let op = format!(
+            "op-{}-{}",
+            self.thread,
+            self.ops.fetch_add(1, Ordering::Relaxed)
+        );
         let deliveries = self.rng.usize(1..=3);
         let concurrent = deliveries >= 2 && self.rng.bool();
         let history = self.history;
