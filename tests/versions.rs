@@ -140,6 +140,9 @@ mod exactly_once {
     use std::sync::{mpsc, Arc, Mutex};
     use std::time::{Duration, Instant};
 
+    /// Per transfer: each delivery's (ran it, recorded balances).
+    type Deliveries = HashMap<usize, Vec<(bool, (i32, i32))>>;
+
     backend_tests! {
         fn a_replay_runs_nothing_and_returns_the_recorded_outcome(t) {
             let db = common::cached_db(t);
@@ -368,7 +371,7 @@ mod exactly_once {
             }
             let deliveries = queue.len();
             let queue = Mutex::new(queue);
-            let outcomes: Mutex<HashMap<usize, Vec<(bool, (i32, i32))>>> = Mutex::new(HashMap::new());
+            let outcomes: Mutex<Deliveries> = Mutex::new(HashMap::new());
             let stop = std::sync::atomic::AtomicBool::new(false);
             let backwards = AtomicUsize::new(0);
             let policy = RetryPolicy::attempts(500).backoff(Duration::from_millis(1), Duration::from_millis(20));
