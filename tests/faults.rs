@@ -305,6 +305,36 @@ backend_tests! {
         println!("[postgres] {kills} backends terminated mid-transaction: typed errors, recovered after {failures} more failures");
     }
 
+    /// C6 under a killed connection: an operation whose backend is terminated after its
+    /// claim and its write (before COMMIT) recorded nothing, so the redelivery runs it;
+    /// the delivery after that replays, and the row moved exactly one version.
+    only(postgres)
+    fn pg_operation_killed_before_commit_runs_again_once(t) {
+        let db = common::cached_db(t);
+        db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        let mut killer = t.raw_connection();
+        let mut kill = true;
+        let mut deliver = || db.transaction_once("rename-1", |tx| {
+            let cur = tx.get::<User>(1)?;
+            let stored = tx.update(&renamed(&cur, "renamed once"))?;
+            if std::mem::take(&mut kill) {
+                #[derive(QueryableByName)]
+                struct Pid { #[diesel(sql_type = diesel::sql_types::Integer)] pid: i32 }
+                let pid: Pid = diesel::sql_query("SELECT pg_backend_pid() AS pid").get_result(tx.conn())?;
+                killer.batch_execute(&format!("SELECT pg_terminate_backend({})", pid.pid)).unwrap();
+            }
+            Ok::<_, Error>(stored.version)
+        });
+        let e = deliver().expect_err("the backend was terminated before COMMIT");
+        assert!(typed(&e), "{e:?}");
+        let (first, _) = recovers("the redelivery", &mut deliver);
+        assert_eq!((first.is_replay(), *first), (false, 2), "nothing was recorded by the killed delivery");
+        let again = deliver().unwrap();
+        assert_eq!((again.is_replay(), *again), (true, 2));
+        assert_eq!(in_db(t, 1).unwrap().version, 2, "applied exactly once");
+        agrees(t, &db, 1);
+    }
+
     /// MariaDB: `KILL <CONNECTION_ID()>` of the transaction's connection after its write.
     only(mysql)
     fn mysql_killed_connection_mid_transaction(t) {

@@ -229,6 +229,35 @@ mod exactly_once {
             assert_eq!(db.find::<User>(1).unwrap().unwrap().name, "done");
         }
 
+        /// A COMMIT that fails (a deferred foreign key) rolls the claim back with the
+        /// writes: the next delivery runs.
+        only(postgres, sqlite)
+        fn a_failed_commit_records_nothing(t) {
+            let db = common::cached_db(t);
+            let doomed = if BACKEND == common::Backend::Sqlite {
+                t.exec("CREATE TABLE commit_guard (id BIGINT PRIMARY KEY NOT NULL, \
+                        user_ref BIGINT NOT NULL REFERENCES users (id) DEFERRABLE INITIALLY DEFERRED)");
+                "INSERT INTO commit_guard (id, user_ref) VALUES (1, -1)"
+            } else {
+                "INSERT INTO posts (id, version, user_id, title) VALUES (1, 1, -1, 'doomed')"
+            };
+            let mut fail = true;
+            let mut deliver = || db.transaction_once("op-c", |tx| {
+                let u = tx.insert(&User::new(1, "Ada"))?;
+                if std::mem::take(&mut fail) {
+                    use diesel::connection::SimpleConnection;
+                    tx.conn().batch_execute(doomed)?;
+                }
+                Ok::<_, Error>(u.version)
+            });
+            let err = deliver().unwrap_err();
+            assert!(matches!(err, Error::Database(_)), "COMMIT failed: {err:?}");
+            assert!(db.find::<User>(1).unwrap().is_none(), "C1: nothing committed");
+            let ok = deliver().unwrap();
+            assert!(!ok.is_replay(), "the failed COMMIT recorded nothing");
+            assert!(deliver().unwrap().is_replay());
+        }
+
         fn retry_once_reruns_a_conflicted_attempt_under_the_same_id(t) {
             let db = common::cached_db(t);
             db.transaction(|tx| tx.insert(&Product { id: 1, version: 1, sku: "A".into(), stock: 10 })).unwrap();
