@@ -58,6 +58,21 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
         })
     }
 
+    /// Reads one row by a `#[cache(unique)]` key inside the transaction: from the
+    /// database, seeing the transaction's own writes, never filling a cache (C5).
+    ///
+    /// ```text
+    /// let taken = tx.find_by(UserByEmail("ada@example.com".into()))?.is_some();
+    /// ```
+    pub fn find_by<K>(&mut self, key: K) -> Result<Option<Arc<K::Entity>>>
+    where
+        K: crate::unique::UniqueOps<C>,
+        K::Entity: CachedOps<C>,
+    {
+        self.db.region::<K::Entity>()?;
+        Ok(self.run(|c| K::load_by(c, &key))?.map(Arc::new))
+    }
+
     /// Inserts `row` (its id and version as given) and returns the stored row, which the
     /// cache receives when the transaction commits.
     pub fn insert<E: CachedOps<C>>(&mut self, row: &E) -> Result<E> {

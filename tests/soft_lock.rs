@@ -10,6 +10,36 @@ use common::models::User;
 use diesel_l2::Error;
 
 backend_tests! {
+    /// C5 for unique keys: `Tx::find_by` reads the database inside the transaction, sees
+    /// the transaction's own write of the key, and fills neither the row nor the key cache.
+    fn tx_find_by_sees_own_writes_and_never_fills(t) {
+        use common::models::UserByEmail;
+        let db = common::cached_db(t);
+        let key = || UserByEmail("ada@example.com".into());
+        assert!(db.find_by(key()).unwrap().is_none(), "a negative entry, cached");
+        db.transaction(|tx| {
+            assert!(tx.find_by(key())?.is_none());
+            let mut ada = User::new(1, "Ada");
+            ada.email = "ada@example.com".into();
+            tx.insert(&ada)?;
+            let seen = tx.find_by(key())?.expect("the transaction's own insert");
+            assert_eq!(seen.id, 1);
+            Ok::<_, Error>(())
+        }).unwrap();
+        t.sql.reset();
+        let row = db.find_by(key()).unwrap().expect("the committed insert cleared the negative entry");
+        assert_eq!(row.id, 1);
+        // Inside a transaction that rolls back, find_by fills nothing (C5, C1).
+        let _ = db.transaction(|tx| {
+            let mut grace = User::new(2, "Grace");
+            grace.email = "grace@example.com".into();
+            tx.insert(&grace)?;
+            assert!(tx.find_by(UserByEmail("grace@example.com".into()))?.is_some());
+            Err::<(), _>(Error::Other("roll back".into()))
+        });
+        assert!(db.find_by(UserByEmail("grace@example.com".into())).unwrap().is_none(), "the rolled-back row was never cached");
+    }
+
     fn readers_bypass_a_key_with_a_pending_write_and_do_not_fill(t) {
         let db = common::cached_db(t);
         let v1 = db.transaction(|tx| tx.insert(&User::new(1, "Ada"))).unwrap();
