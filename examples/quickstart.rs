@@ -159,7 +159,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     //    result in the same transaction, so the redelivery runs nothing (C6).
     for delivery in 1..=2 {
         let outcome = db.transaction_once("msg-ada-bio", |tx| {
-            let mut ada = (*tx.get::<User>(1)?).clone();
+            let mut ada = tx.get::<User>(1)?;
             ada.bio = Some("first programmer".into());
             Ok::<_, Error>(tx.update(&ada)?.version)
         })?;
@@ -172,7 +172,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     // 6. retry re-runs the closure on conflicts, re-reading each time.
     let grace = db.retry(RetryPolicy::default(), |tx| {
-        let mut g = (*tx.get::<User>(2)?).clone();
+        let mut g = tx.get::<User>(2)?;
         g.bio = Some("COBOL".into());
         tx.update(&g)
     })?;

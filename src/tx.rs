@@ -43,19 +43,26 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     }
 
     /// Reads one row from the database inside the transaction (sees its own writes,
-    /// never fills the cache: C5).
-    pub fn find<E: CachedOps<C>>(&mut self, id: E::Id) -> Result<Option<Arc<E>>> {
+    /// never fills the cache: C5). It comes back owned, not as an `Arc`: it is a fresh
+    /// read, not a cache entry.
+    ///
+    /// The row is yours to change and write back: `let mut u = tx.get::<User>(1)?;
+    /// u.name = "Ada".into(); tx.update(&u)?;`.
+    pub fn find<E: CachedOps<C>>(&mut self, id: E::Id) -> Result<Option<E>> {
         self.db.region::<E>()?;
-        Ok(self.run(|c| E::load_one(c, &id))?.map(Arc::new))
+        self.run(|c| E::load_one(c, &id))
     }
 
     /// Like [`find`](Tx::find), but a missing row is [`Error::NotFound`].
-    pub fn get<E: CachedOps<C>>(&mut self, id: E::Id) -> Result<Arc<E>> {
-        let missing = format!("{id:?}");
-        self.find::<E>(id)?.ok_or(Error::NotFound {
-            table: E::TABLE,
-            id: missing,
-        })
+    pub fn get<E: CachedOps<C>>(&mut self, id: E::Id) -> Result<E> {
+        self.db.region::<E>()?;
+        match self.run(|c| E::load_one(c, &id))? {
+            Some(row) => Ok(row),
+            None => Err(Error::NotFound {
+                table: E::TABLE,
+                id: format!("{id:?}"),
+            }),
+        }
     }
 
     /// Reads one row by a `#[cache(unique)]` key inside the transaction: from the
@@ -64,13 +71,13 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     /// ```text
     /// let taken = tx.find_by(UserByEmail("ada@example.com".into()))?.is_some();
     /// ```
-    pub fn find_by<K>(&mut self, key: K) -> Result<Option<Arc<K::Entity>>>
+    pub fn find_by<K>(&mut self, key: K) -> Result<Option<K::Entity>>
     where
         K: crate::unique::UniqueOps<C>,
         K::Entity: CachedOps<C>,
     {
         self.db.region::<K::Entity>()?;
-        Ok(self.run(|c| K::load_by(c, &key))?.map(Arc::new))
+        self.run(|c| K::load_by(c, &key))
     }
 
     /// Inserts `row` (its id and version as given) and returns the stored row, which the

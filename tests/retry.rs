@@ -21,7 +21,7 @@ backend_tests! {
         let stored = db
             .retry(quick(5), |tx| {
                 let n = attempts.fetch_add(1, Ordering::SeqCst);
-                let mut cur = (*tx.get::<Product>(1)?).clone();
+                let mut cur = tx.get::<Product>(1)?;
                 if n == 0 {
                     // Another writer got in between our read and our write (simulated with
                     // a stale copy): the first attempt conflicts.

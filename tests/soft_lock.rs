@@ -97,7 +97,7 @@ backend_tests! {
         let db = common::cached_db(t);
         t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'Ada'), (2, 1, 'g@x', 'Grace')");
         let _ = db.transaction(|tx| -> Result<(), Error> {
-            let mut u = (*tx.get::<User>(1)?).clone();
+            let mut u = tx.get::<User>(1)?;
             u.name = "inside".into();
             tx.update(&u)?;
             assert_eq!(tx.get::<User>(1)?.name, "inside", "C5: the transaction reads its own write");

@@ -86,7 +86,7 @@ backend_tests! {
         assert!(err.is_retryable(), "a conflict is retried by Db::retry");
         // Through retry, the second debit re-reads and applies on top of the first.
         db.retry(diesel_l2::RetryPolicy::default(), |tx| {
-            let mut cur = (*tx.get::<Product>(1)?).clone();
+            let mut cur = tx.get::<Product>(1)?;
             cur.stock -= 3;
             tx.update(&cur)
         })
@@ -150,7 +150,7 @@ mod exactly_once {
             let runs = AtomicUsize::new(0);
             let rename = || db.transaction_once("rename-1", |tx| {
                 runs.fetch_add(1, SeqCst);
-                let mut u = (*tx.get::<User>(1)?).clone();
+                let mut u = tx.get::<User>(1)?;
                 u.name = "Ada L.".into();
                 Ok::<_, Error>(tx.update(&u)?.version)
             });
@@ -187,7 +187,7 @@ mod exactly_once {
             assert!(remove().unwrap().is_replay(), "not a conflict: the delete is recognised by its id");
             // Two rows and an insert in one operation: all or nothing, once.
             let batch = || db.transaction_once(Operation::new("batch-9"), |tx| {
-                let mut b2 = (*tx.get::<User>(2)?).clone();
+                let mut b2 = tx.get::<User>(2)?;
                 b2.name = "b2".into();
                 tx.update(&b2)?;
                 tx.insert(&User::new(3, "c"))?;
@@ -221,7 +221,7 @@ mod exactly_once {
             assert!(matches!(db.transaction_once("op-e", |tx| tx.update(&stale).map(|u| u.version)), Err(Error::Conflict { .. })));
             // Nothing was recorded: the next delivery runs.
             let ok = db.transaction_once("op-e", |tx| {
-                let mut u = (*tx.get::<User>(1)?).clone();
+                let mut u = tx.get::<User>(1)?;
                 u.name = "done".into();
                 Ok::<_, Error>(tx.update(&u)?.version)
             }).unwrap();
@@ -291,7 +291,7 @@ mod exactly_once {
             let deliver = |db: diesel_l2::Db<Conn>, runs: Arc<AtomicUsize>, signal: Option<mpsc::Sender<()>>| {
                 db.transaction_once("pay-1", |tx| {
                     runs.fetch_add(1, SeqCst);
-                    let mut p = (*tx.get::<Product>(1)?).clone();
+                    let mut p = tx.get::<Product>(1)?;
                     p.stock -= 4;
                     let stored = tx.update(&p)?;
                     if let Some(s) = &signal {

@@ -211,7 +211,7 @@ where
             // Last writer wins: re-read and re-apply until no one writes in between.
             let stored = db.retry(RetryPolicy::default(), |tx| {
                 let current = tx.get::<User>(id)?;
-                tx.update(&changes.apply_to((*current).clone()))
+                tx.update(&changes.apply_to(current))
             });
             return match stored {
                 Ok(user) => Ok(Updated::Stored(user)),
