@@ -17,7 +17,7 @@ use crate::hooks::Hook;
 use crate::inbox::Inbox;
 use crate::invalidation::{ChangeFeed, ListenConfig, Listener};
 use crate::region::{AnyRegion, FillMode, Lookup, Region};
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, RegionStats, Stats};
 use crate::unique::{IndexSlot, UniqueOps};
 
 /// The r2d2 pool type `Db` is built from.
@@ -492,6 +492,13 @@ impl<C: R2D2Connection + 'static> Db<C> {
             regions: self.inner.order.iter().map(|r| r.stats()).collect(),
             listener: self.inner.listener.as_ref().map(|l| l.shared.snapshot()),
         }
+    }
+
+    /// The counters of `E`'s region, looked up by type: a typo is a compile error, and an
+    /// entity that was not registered is [`Error::UnknownEntity`] (where
+    /// `stats().region("name")` answers `None`).
+    pub fn region_stats<E: CachedEntity>(&self) -> Result<RegionStats> {
+        Ok(self.inner.region_arc::<E>()?.stats())
     }
 
     /// The cached row for `id`, without loading it or counting a read: `Some(row)` only

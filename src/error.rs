@@ -85,12 +85,14 @@ pub enum Error {
     },
 
     /// A version would not fit its column.
-    #[error("version of `{table}` id {id} would overflow its column type; widen the version column to BIGINT / i64")]
+    #[error("{}", overflow_message(table, id, *max))]
     VersionOverflow {
         /// The table.
         table: &'static str,
         /// The id, formatted with `Debug`.
         id: String,
+        /// The largest value of the version field's type (`i32::MAX` or `i64::MAX`).
+        max: i64,
     },
 
     /// An operation id, fingerprint or recorded outcome that cannot be used (C6, C8).
@@ -115,6 +117,22 @@ pub enum Error {
     /// A user error returned from a transaction closure, boxed.
     #[error("{0}")]
     Other(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+fn overflow_message(table: &str, id: &str, max: i64) -> String {
+    if max == i64::MAX {
+        format!(
+            "version of `{table}` id {id} is at i64::MAX, the largest BIGINT: it cannot be bumped \
+             again. No row is written that often; the version was set by hand or by a bulk \
+             script. Reset it (UPDATE {table} SET version = 1 WHERE id = …) while no one writes \
+             the row, then evict it from the caches"
+        )
+    } else {
+        format!(
+            "version of `{table}` id {id} is at {max}, the largest value of its column type; \
+             widen the version column to BIGINT and the field to i64"
+        )
+    }
 }
 
 impl Error {

@@ -204,6 +204,9 @@ pub struct Stats {
 
 impl Stats {
     /// The row of the region called `name`.
+    ///
+    /// To look a region up by its entity type instead of its name, use
+    /// [`Db::region_stats`](crate::Db::region_stats).
     pub fn region(&self, name: &str) -> Option<&RegionStats> {
         self.regions.iter().find(|r| r.region == name)
     }

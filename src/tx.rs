@@ -104,6 +104,8 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
         let overflow = || Error::VersionOverflow {
             table: E::TABLE,
             id: format!("{:?}", row.id()),
+            // The largest version the field holds: `with_version` refuses the next one.
+            max: row.version(),
         };
         let target = row.version().checked_add(1).ok_or_else(overflow)?;
         let next = row.with_version(target).ok_or_else(overflow)?;

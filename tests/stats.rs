@@ -5,6 +5,17 @@ mod common;
 use common::models::User;
 
 backend_tests! {
+    fn region_stats_are_looked_up_by_entity_type(t) {
+        let db = common::cached_db(t);
+        db.find::<User>(1).unwrap();
+        let by_type = db.region_stats::<User>().unwrap();
+        assert_eq!(Some(&by_type), db.stats().region("users"));
+        assert_eq!(by_type.misses, 1);
+        let err = db.region_stats::<common::models::Account>().unwrap_err();
+        assert!(matches!(err, diesel_l2::Error::UnknownEntity { .. }), "{err:?}");
+        assert!(err.to_string().contains("cache::<"), "the message says how to register it: {err}");
+    }
+
     fn stats_count_each_kind_of_event(t) {
         let db = common::cached_db(t);
         let v1 = db.transaction(|tx| tx.insert(&User::new(1, "Ada"))).unwrap();

@@ -122,7 +122,14 @@ backend_tests! {
         let top = db.transaction(|tx| tx.insert(&Product { id: 2, version: i32::MAX, sku: "MAX".into(), stock: 1 })).unwrap();
         let err = db.transaction(|tx| tx.update(&top)).unwrap_err();
         assert!(matches!(err, Error::VersionOverflow { .. }), "{err:?}");
-        assert!(err.to_string().contains("BIGINT"), "{err}");
+        assert!(err.to_string().contains("widen the version column to BIGINT"), "{err}");
+        // An i64 version at its maximum cannot be widened: the message says to reset it.
+        let mut u = User::new(3, "max");
+        u.version = i64::MAX;
+        let top64 = db.transaction(|tx| tx.insert(&u)).unwrap();
+        let err = db.transaction(|tx| tx.update(&top64)).unwrap_err();
+        assert!(matches!(err, Error::VersionOverflow { max: i64::MAX, .. }), "{err:?}");
+        assert!(err.to_string().contains("Reset it") && !err.to_string().contains("widen"), "{err}");
         assert_eq!(db.find::<Product>(2).unwrap().unwrap().version, i32::MAX, "nothing was written");
     }
 }
