@@ -294,11 +294,56 @@ pub(crate) fn example(key: &Ident) -> &'static str {
 }
 
 fn unknown_struct_key(path: &Path) -> String {
+    let word = path_string(path);
     format!(
-        "unknown `cache` attribute `{}`; expected one of: {}",
-        path_string(path),
+        "unknown `cache` attribute `{word}`;{} expected one of: {}",
+        did_you_mean(&word, STRUCT_KEYS),
         STRUCT_KEYS.join(", ")
     )
+}
+
+/// " did you mean `x`?" for a misspelled or foreign key (moka's and Hibernate's names
+/// included), or nothing when no key is close.
+fn did_you_mean(word: &str, keys: &[&str]) -> String {
+    let alias = match word {
+        "time_to_live" | "expire" | "expiry" | "expire_after_write" => Some("ttl"),
+        "time_to_idle" | "idle" | "expire_after_access" => Some("tti"),
+        "capacity" | "max_capacity" | "size" | "max_size" | "entries" => Some("max_entries"),
+        "bytes" | "max_memory" | "weight" | "max_weight" => Some("max_bytes"),
+        "name" | "cache_name" => Some("region"),
+        "primary_key" | "key" | "pk" => Some("id"),
+        "unique_key" | "index" | "natural_id" => Some("unique"),
+        "negative_cache_ttl" | "not_found_ttl" => Some("negative_ttl"),
+        _ => None,
+    }
+    .filter(|a| keys.contains(a));
+    let close = || {
+        keys.iter()
+            .map(|k| (edit_distance(word, k), *k))
+            .filter(|(d, k)| *d <= 2 && *d < k.len())
+            .min()
+            .map(|(_, k)| k)
+    };
+    match alias.or_else(close) {
+        Some(k) => format!(" did you mean `{k}`?"),
+        None => String::new(),
+    }
+}
+
+/// Levenshtein distance, for suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 fn path_string(path: &Path) -> String {
@@ -387,8 +432,9 @@ fn parse_field(
                         errors.add(
                             meta.path.span(),
                             format!(
-                                "unknown `cache` field attribute `{}`; expected one of: {}",
+                                "unknown `cache` field attribute `{}`;{} expected one of: {}",
                                 path_string(&meta.path),
+                                did_you_mean(&path_string(&meta.path), FIELD_KEYS),
                                 FIELD_KEYS.join(", ")
                             ),
                         );

@@ -93,9 +93,12 @@ pub(crate) fn validate(input: Input, errors: &mut Errors) -> Option<Model> {
         (None, None) => {
             errors.add(
                 ident.span(),
-                "missing `#[diesel(table_name = ...)]`: #[derive(Cached)] needs the diesel \
-                 table this struct maps to; add `#[diesel(table_name = users)]` naming the \
-                 module of your `table!`",
+                format!(
+                    "missing `#[diesel(table_name = ...)]`: #[derive(Cached)] needs the diesel \
+                     table this struct maps to; add `#[diesel(table_name = {})]` (or whatever \
+                     your `table!` module is called) above the struct",
+                    table_guess(&ident.to_string())
+                ),
             );
             None
         }
@@ -469,4 +472,23 @@ pub(crate) fn parse_bytes(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(factor)
+}
+
+/// The table name diesel users usually give a struct's table: `UserName` → `user_names`.
+fn table_guess(ident: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in ident.chars().enumerate() {
+        if c.is_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    if !out.ends_with('s') {
+        out.push('s');
+    }
+    out
 }

@@ -10,7 +10,7 @@ diesel::table! {
 }
 
 #[derive(Queryable, Selectable, Clone, Cached)]
-pub struct User {
+pub struct BlogPost {
     pub id: i64,
     pub version: i64,
     pub email: String,
