@@ -140,7 +140,7 @@ where
         }
     }
     let (answer, replayed) = blocking(move || {
-        once(&db, op, |tx| {
+        run_write(&db, op, |tx| {
             // Read in the transaction, then the versioned UPDATE: a write that lands between
             // the two is a conflict, and the retry re-reads and answers 412 below.
             let current = tx.get::<User>(id)?;
@@ -174,7 +174,7 @@ where
         "a JSON object with id, email, name and bio (optional)",
     )?;
     let (answer, replayed) = blocking(move || {
-        once(&db, op, |tx| {
+        run_write(&db, op, |tx| {
             if let Some(existing) = tx.find::<User>(new.id)? {
                 return Err(refuse(ApiError::new(
                     StatusCode::CONFLICT,
@@ -211,7 +211,7 @@ where
 /// Runs `f` in a transaction, re-run on a conflict (RetryPolicy::default()). With an
 /// operation (an `Idempotency-Key`), exactly once: the answer is recorded with the writes,
 /// and a later request with the key gets the recorded answer and `true` (a replay).
-fn once<C, F>(db: &Db<C>, op: Option<Operation>, f: F) -> Result<(Answer, bool), ApiError>
+fn run_write<C, F>(db: &Db<C>, op: Option<Operation>, f: F) -> Result<(Answer, bool), ApiError>
 where
     C: OperationLog,
     F: FnMut(&mut Tx<'_, C>) -> Result<Answer, Error>,
@@ -444,7 +444,7 @@ fn stale(id: i64, current: i64) -> Error {
 }
 
 /// An HTTP error decided inside a transaction: it rolls the transaction back (an
-/// operation id records nothing) and comes out of `once` as itself.
+/// operation id records nothing) and comes out of `run_write` as itself.
 fn refuse(e: ApiError) -> Error {
     Error::Other(Box::new(e))
 }
