@@ -1,4 +1,5 @@
-//! The web example's HTTP service: routes, ETag / If-Match handling, JSON errors.
+//! The web example's HTTP service: routes, ETag / If-Match handling, `Idempotency-Key`,
+//! JSON errors.
 //!
 //! Kept apart from `main.rs` so that `tests/web_example.rs` can include this file with
 //! `#[path]` and serve the very same router on `127.0.0.1:0`.
@@ -6,27 +7,40 @@
 //! - `GET /users/{id}`: the user as JSON, `ETag: "<version>"`; 404 when there is none.
 //! - `PUT /users/{id}`: a JSON object with the fields to change (`email`, `name`, `bio`).
 //!   Needs `If-Match` with the ETag the client edited: 428 without it, 412 when the user
-//!   is at another version (the body says which), 200 with the new ETag on success. A PUT
-//!   that sends every field is replayable: repeating it after it committed (a lost
-//!   response) answers 200 with the ETag it produced instead of 412. `If-Match: *` updates
-//!   whatever version is current.
+//!   is at another version (the body says which), 200 with the new ETag on success.
+//!   `If-Match: *` updates whatever version is current.
+//! - `POST /users`: creates a user from `{"id", "email", "name", "bio"}` (the client picks
+//!   the id): 201 with `Location`, `ETag: "1"` and the user; 409 when the id or the email
+//!   is taken.
 //! - `GET /stats`: the cache statistics as JSON.
+//!
+//! **`Idempotency-Key`** (the IETF draft's header), on `PUT` and `POST`: the request runs
+//! through [`Db::retry_once`] with the key as the operation id, and its response (status,
+//! ETag, `Location`, body) is recorded in the same transaction as the write (C6). A client
+//! that lost the response sends the same request with the same key again and gets the
+//! recorded response back, with `Idempotent-Replayed: true`, and nothing is written a
+//! second time — even though its `If-Match` is now stale (a PUT) or the user now exists (a
+//! POST): without a key those answer 412 and 409, because the server cannot tell the
+//! client's own earlier write from somebody else's. Two requests with one key at the same
+//! time: one runs, the other waits for it and replays. The key names one request: the same
+//! key with another method, path or body is 422. Keys are 1 to 255 bytes (400 otherwise).
+//! Only successful responses are recorded; an error (412, 409, …) records nothing, so the
+//! same key can be sent again once the cause is fixed.
 //!
 //! The diesel-l2 API is synchronous and blocks on the database, so every handler calls it
 //! through `tokio::task::spawn_blocking`, off the async worker threads.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use diesel::prelude::*;
-use diesel::r2d2::R2D2Connection;
 use diesel::result::DatabaseErrorKind;
-use diesel_l2::{Cached, CachedOps, Db, Error, RetryPolicy};
+use diesel_l2::{Cached, CachedOps, Db, Error, Operation, OperationLog, RetryPolicy, Tx};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 
 diesel::table! {
     users (id) {
@@ -37,6 +51,11 @@ diesel::table! {
         bio -> Nullable<Text>,
     }
 }
+
+/// The request header that makes a PUT or POST exactly-once.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The response header that marks a replayed response.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// A user as stored and as served; `version` is the ETag.
 #[derive(Queryable, Selectable, Clone, Debug, PartialEq, Serialize, Cached)]
@@ -53,7 +72,7 @@ pub struct User {
 /// Inserts the users the example serves: ids 1 to 3, at version 1.
 pub fn seed<C>(db: &Db<C>) -> Result<(), Error>
 where
-    C: R2D2Connection + 'static,
+    C: OperationLog,
     User: CachedOps<C>,
 {
     db.transaction(|tx| {
@@ -73,10 +92,11 @@ where
 /// The service's routes over `db`.
 pub fn app<C>(db: Db<C>) -> Router
 where
-    C: R2D2Connection + 'static,
+    C: OperationLog,
     User: CachedOps<C>,
 {
     Router::new()
+        .route("/users", post(post_user::<C>))
         .route("/users/{id}", get(get_user::<C>).put(put_user::<C>))
         .route("/stats", get(stats::<C>))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
@@ -85,12 +105,12 @@ where
 
 async fn get_user<C>(State(db): State<Db<C>>, Path(id): Path<String>) -> Result<Response, ApiError>
 where
-    C: R2D2Connection + 'static,
+    C: OperationLog,
     User: CachedOps<C>,
 {
     let id = parse_id(&id)?;
-    match blocking(move || db.find::<User>(id)).await? {
-        Some(user) => Ok(with_etag(&user)),
+    match blocking(move || db.find::<User>(id).map_err(ApiError::from)).await? {
+        Some(user) => Ok(Answer::user(StatusCode::OK, &user).into_response(false)),
         None => Err(no_user(id)),
     }
 }
@@ -98,44 +118,209 @@ where
 async fn put_user<C>(
     State(db): State<Db<C>>,
     Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError>
 where
-    C: R2D2Connection + 'static,
+    C: OperationLog,
     User: CachedOps<C>,
 {
     let id = parse_id(&id)?;
     let precondition = parse_if_match(&headers)?;
-    let changes: Changes = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("the body must be a JSON object with email, name and/or bio: {e}"),
-        )
-    })?;
-    match blocking(move || update(&db, id, precondition, &changes)).await? {
-        Updated::Stored(user) => Ok(with_etag(&user)),
-        Updated::NotFound => Err(no_user(id)),
-        Updated::Stale { current } => Err(ApiError::with(
-            StatusCode::PRECONDITION_FAILED,
-            format!(
-                "user {id} is at version {current}, not the one you edited: GET it, reapply your change, and send its ETag"
-            ),
-            json!({ "current_version": current }),
-        )),
-        Updated::WeakOnly => Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            "If-Match compares strongly and weak tags (W/\"…\") never match; send the strong ETag from GET",
-        )),
+    let op = operation(&headers, &method, &uri, &body)?;
+    let changes: Changes = parse_body(&body, "a JSON object with email, name and/or bio")?;
+    if let Precondition::Versions(v) = &precondition {
+        if v.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "If-Match compares strongly and weak tags (W/\"…\") never match; send the strong ETag from GET",
+            ));
+        }
     }
+    let (answer, replayed) = blocking(move || {
+        run_write(&db, op, |tx| {
+            // Read in the transaction, then the versioned UPDATE: a write that lands between
+            // the two is a conflict, and the retry re-reads and answers 412 below.
+            let current = tx.get::<User>(id)?;
+            if let Precondition::Versions(versions) = &precondition {
+                if !versions.contains(&current.version) {
+                    return Err(stale(id, current.version));
+                }
+            }
+            let stored = tx.update(&changes.apply_to(current))?;
+            Ok(Answer::user(StatusCode::OK, &stored))
+        })
+    })
+    .await?;
+    Ok(answer.into_response(replayed))
+}
+
+async fn post_user<C>(
+    State(db): State<Db<C>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError>
+where
+    C: OperationLog,
+    User: CachedOps<C>,
+{
+    let op = operation(&headers, &method, &uri, &body)?;
+    let new: NewUser = parse_body(
+        &body,
+        "a JSON object with id, email, name and bio (optional)",
+    )?;
+    let (answer, replayed) = blocking(move || {
+        run_write(&db, op, |tx| {
+            if let Some(existing) = tx.find::<User>(new.id)? {
+                return Err(refuse(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "user {} exists (version {}); to resend a create whose response was lost, send the same Idempotency-Key",
+                        existing.id, existing.version
+                    ),
+                )));
+            }
+            let stored = tx.insert(&User {
+                id: new.id,
+                version: 1,
+                email: new.email.clone(),
+                name: new.name.clone(),
+                bio: new.bio.clone(),
+            })?;
+            let mut answer = Answer::user(StatusCode::CREATED, &stored);
+            answer.location = Some(format!("/users/{}", stored.id));
+            Ok(answer)
+        })
+    })
+    .await?;
+    Ok(answer.into_response(replayed))
 }
 
 async fn stats<C>(State(db): State<Db<C>>) -> Json<diesel_l2::Stats>
 where
-    C: R2D2Connection + 'static,
+    C: OperationLog,
 {
     // Reads in-memory counters only: no database, nothing to move off the async threads.
     Json(db.stats())
+}
+
+/// Runs `f` in a transaction, re-run on a conflict (RetryPolicy::default()). With an
+/// operation (an `Idempotency-Key`), exactly once: the answer is recorded with the writes,
+/// and a later request with the key gets the recorded answer and `true` (a replay).
+fn run_write<C, F>(db: &Db<C>, op: Option<Operation>, f: F) -> Result<(Answer, bool), ApiError>
+where
+    C: OperationLog,
+    F: FnMut(&mut Tx<'_, C>) -> Result<Answer, Error>,
+{
+    let outcome = match op {
+        Some(op) => db.retry_once(RetryPolicy::default(), op, f).map(|o| {
+            let replayed = o.is_replay();
+            (o.into_inner(), replayed)
+        }),
+        None => db.retry(RetryPolicy::default(), f).map(|a| (a, false)),
+    };
+    outcome.map_err(ApiError::from)
+}
+
+/// The response a PUT or POST recorded: what the client needs back, replayed as is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Answer {
+    status: u16,
+    etag: Option<String>,
+    location: Option<String>,
+    body: Value,
+}
+
+impl Answer {
+    /// The user as JSON, with its version as a strong ETag.
+    fn user(status: StatusCode, user: &User) -> Self {
+        Answer {
+            status: status.as_u16(),
+            etag: Some(format!("\"{}\"", user.version)),
+            location: None,
+            body: json!(user),
+        }
+    }
+
+    fn into_response(self, replayed: bool) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        let mut resp = (status, Json(self.body)).into_response();
+        let headers = resp.headers_mut();
+        for (name, value) in [(header::ETAG, self.etag), (header::LOCATION, self.location)] {
+            if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                headers.insert(name, v);
+            }
+        }
+        if replayed {
+            headers.insert(
+                HeaderName::from_static(IDEMPOTENT_REPLAYED),
+                HeaderValue::from_static("true"),
+            );
+        }
+        resp
+    }
+}
+
+/// The operation an `Idempotency-Key` names, fingerprinted with the request's method, path
+/// and body; `None` without the header. A malformed or oversized key is 400.
+fn operation(
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<Option<Operation>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.to_str().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key must be visible ASCII (a UUID, say)",
+        )
+    })?;
+    if key.is_empty() || key.len() > diesel_l2::inbox::MAX_OPERATION_ID_BYTES {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Idempotency-Key is {} bytes long; send 1 to {} bytes (a UUID, say)",
+                key.len(),
+                diesel_l2::inbox::MAX_OPERATION_ID_BYTES
+            ),
+        ));
+    }
+    let mut h = Fnv1a128::new();
+    for part in [method.as_str().as_bytes(), uri.path().as_bytes(), body] {
+        // Lengths first, so no two different requests concatenate to the same bytes.
+        h.write(&(part.len() as u64).to_le_bytes());
+        h.write(part);
+    }
+    Ok(Some(
+        Operation::new(key).fingerprint(format!("fnv1a128:{:032x}", h.0)),
+    ))
+}
+
+/// FNV-1a, 128 bits: a hash that is the same in every process and build (std's
+/// `DefaultHasher` is not promised to be), so a fingerprint recorded before a restart
+/// still matches. It tells requests apart; it is not a defence against forged collisions.
+struct Fnv1a128(u128);
+
+impl Fnv1a128 {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+
+    fn new() -> Self {
+        Fnv1a128(Self::OFFSET)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u128::from(b)).wrapping_mul(Self::PRIME);
+        }
+    }
 }
 
 /// What `If-Match` asks for.
@@ -175,90 +360,26 @@ impl Changes {
         }
         user
     }
-
-    /// The whole row the client means at `version`, when the body names every field.
-    fn full_row(&self, id: i64, version: i64) -> Option<User> {
-        Some(User {
-            id,
-            version,
-            email: self.email.clone()?,
-            name: self.name.clone()?,
-            bio: self.bio.clone()?,
-        })
-    }
 }
 
-enum Updated {
-    Stored(User),
-    NotFound,
-    Stale { current: i64 },
-    WeakOnly,
-}
-
-/// The PUT itself, on a blocking thread.
-fn update<C>(
-    db: &Db<C>,
+/// The body of `POST /users`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
     id: i64,
-    precondition: Precondition,
-    changes: &Changes,
-) -> Result<Updated, Error>
-where
-    C: R2D2Connection + 'static,
-    User: CachedOps<C>,
-{
-    let versions = match precondition {
-        Precondition::Any => {
-            // Last writer wins: re-read and re-apply until no one writes in between.
-            let stored = db.retry(RetryPolicy::default(), |tx| {
-                let current = tx.get::<User>(id)?;
-                tx.update(&changes.apply_to(current))
-            });
-            return match stored {
-                Ok(user) => Ok(Updated::Stored(user)),
-                Err(Error::NotFound { .. }) => Ok(Updated::NotFound),
-                Err(e) => Err(e),
-            };
-        }
-        Precondition::Versions(v) if v.is_empty() => return Ok(Updated::WeakOnly),
-        Precondition::Versions(v) => v,
-    };
-    // From the cache: no SQL on a hit. It is this process's latest committed state (C2);
-    // the versioned UPDATE below is the real check.
-    let Some(current) = db.find::<User>(id)? else {
-        return Ok(Updated::NotFound);
-    };
-    let replayable = match versions[..] {
-        [only] => changes.full_row(id, only),
-        _ => None,
-    };
-    let write = if versions.contains(&current.version) {
-        // The usual case: the client edited the current version.
-        changes.apply_to((*current).clone())
-    } else if let Some(row) = replayable {
-        // The client edited an older version but sent every field, so its write from that
-        // version is known exactly: `tx.update` either finds it already applied (a
-        // repeated PUT whose response was lost) or reports the conflict.
-        row
-    } else {
-        // A partial change to an older version: its result depends on fields the client
-        // did not send, as they were at a version we no longer have. Only 412 is safe.
-        return Ok(Updated::Stale {
-            current: current.version,
-        });
-    };
-    // `already_applied` is taken at its word: a PUT sets state, so when two clients race
-    // with the same change from the same version, the later one may get 200 too: the
-    // state it asked for holds, written once. (A delta, like "take 3 from stock", must not
-    // trust it that way: see the inventory example.)
-    match db.transaction(|tx| tx.update(&write)) {
-        Ok(written) => Ok(Updated::Stored(written)),
-        Err(Error::Conflict {
-            found: Some(current),
-            ..
-        }) => Ok(Updated::Stale { current }),
-        Err(Error::Conflict { found: None, .. }) => Ok(Updated::NotFound),
-        Err(e) => Err(e),
-    }
+    email: String,
+    name: String,
+    #[serde(default)]
+    bio: Option<String>,
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be {what}: {e}"),
+        )
+    })
 }
 
 /// Parses `If-Match`: `*`, or a list of entity tags. Missing is 428, malformed is 400.
@@ -310,35 +431,43 @@ fn no_user(id: i64) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no user {id}"))
 }
 
-/// 200 with the user as JSON and its version as a strong ETag.
-fn with_etag(user: &User) -> Response {
-    let etag = HeaderValue::from_str(&format!("\"{}\"", user.version))
-        .expect("a quoted integer is a valid header value");
-    ([(header::ETAG, etag)], Json(user)).into_response()
+/// 412 for an edit of another version than `current`, as a transaction error (it rolls
+/// back, and is not retried).
+fn stale(id: i64, current: i64) -> Error {
+    refuse(ApiError::with(
+        StatusCode::PRECONDITION_FAILED,
+        format!(
+            "user {id} is at version {current}, not the one you edited: GET it, reapply your change, and send its ETag"
+        ),
+        json!({ "current_version": current }),
+    ))
+}
+
+/// An HTTP error decided inside a transaction: it rolls the transaction back (an
+/// operation id records nothing) and comes out of `run_write` as itself.
+fn refuse(e: ApiError) -> Error {
+    Error::Other(Box::new(e))
 }
 
 /// Runs blocking diesel-l2 work on tokio's blocking pool.
 async fn blocking<T, F>(f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce() -> Result<T, Error> + Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("handler failed: {e}"),
-            )
-        })?
-        .map_err(ApiError::from)
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("handler failed: {e}"),
+        )
+    })?
 }
 
 /// An error response: `{"error": "...", ...details}`.
 #[derive(Debug)]
 struct ApiError {
     status: StatusCode,
-    body: serde_json::Value,
+    body: Value,
 }
 
 impl ApiError {
@@ -346,17 +475,45 @@ impl ApiError {
         Self::with(status, message, json!({}))
     }
 
-    fn with(status: StatusCode, message: impl Into<String>, details: serde_json::Value) -> Self {
+    fn with(status: StatusCode, message: impl Into<String>, details: Value) -> Self {
         let mut body = details;
         body["error"] = json!(message.into());
         ApiError { status, body }
     }
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.body["error"])
+    }
+}
+
+impl std::error::Error for ApiError {}
+
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
+        let e = match e {
+            // Decided by a handler inside its transaction (`refuse`).
+            Error::Other(boxed) => match boxed.downcast::<ApiError>() {
+                Ok(api) => return *api,
+                Err(other) => Error::Other(other),
+            },
+            // The library formats the key with `Debug`: for an i64, the number.
+            Error::NotFound { id, .. } => {
+                return ApiError::new(StatusCode::NOT_FOUND, format!("no user {id}"))
+            }
+            Error::OperationMismatch { id, .. } => {
+                return ApiError::with(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "Idempotency-Key {id:?} was already used for another request (method, path or body differ); use a new key for a new request"
+                    ),
+                    json!({ "idempotency_key": id }),
+                )
+            }
+            e => e,
+        };
         let status = match &e {
-            Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Database(diesel::result::Error::DatabaseError(
                 DatabaseErrorKind::UniqueViolation,
                 _,
@@ -368,8 +525,8 @@ impl From<Error> for ApiError {
             tracing::warn!(error = %e, "request failed");
         }
         let message = if status == StatusCode::CONFLICT {
-            // The only unique column besides the id is the email.
-            format!("that email belongs to another user ({e})")
+            // The unique columns are the id and the email.
+            format!("that id or email belongs to another user ({e})")
         } else {
             e.to_string()
         };

@@ -1,5 +1,6 @@
-//! Web: an axum service for users with ETags from versions, If-Match updates, and the
-//! cache statistics as JSON. diesel-l2 is synchronous, so handlers call it through
+//! Web: an axum service for users with ETags from versions, If-Match updates,
+//! exactly-once PUT and POST with the `Idempotency-Key` header, and the cache statistics
+//! as JSON. diesel-l2 is synchronous, so handlers call it through
 //! `tokio::task::spawn_blocking`.
 //!
 //! ```text
@@ -21,12 +22,32 @@
 //!                                                                   # 200, ETag: "2"
 //! curl -i -X PUT localhost:3000/users/1 -H 'If-Match: "1"' -d '{"name":"Countess"}'
 //!                                                                   # 412, current_version 2
+//! # Exactly-once: send it twice (a lost response); the second is the recorded 201,
+//! # with Idempotent-Replayed: true, and one user exists
+//! curl -i -X POST localhost:3000/users -H 'Idempotency-Key: 7c1e-signup' \
+//!      -d '{"id":4,"email":"alan@example.com","name":"Alan"}'      # 201, Location: /users/4
+//! curl -i -X POST localhost:3000/users -d '{"id":4,"email":"alan@example.com","name":"Alan"}'
+//!                                                                   # 409: no key, user 4 exists
+//! curl -i -X POST localhost:3000/users -H 'Idempotency-Key: 7c1e-signup' \
+//!      -d '{"id":5,"email":"alan@example.com","name":"Alan"}'      # 422: the key named another body
+//! curl -i -X PUT localhost:3000/users/4 -H 'If-Match: "1"' -H 'Idempotency-Key: 9f2a' \
+//!      -d '{"bio":"computing machinery"}'                           # 200, ETag: "2"; again: the
+//!                                                                   # same 200, replayed, not 412
 //! curl -s localhost:3000/stats                                      # cache counters
 //! ```
 //!
-//! APIs: `Db::builder().cache::<E>()`, `Db::find`, `Db::transaction` with `Tx::update`
-//! (versions as ETags, `Error::Conflict` as 412, `already_applied` for repeated PUTs),
-//! `Db::retry` (for `If-Match: *`), `Db::stats` (serialized with serde).
+//! A request with an `Idempotency-Key` runs once: its response (status, ETag, `Location`,
+//! body) is recorded with its writes in one transaction, and the same key with the same
+//! method, path and body gets that response again, marked `Idempotent-Replayed: true`,
+//! however often it is sent and even while the first one is still running. A replay is
+//! recognised by the key, never by comparing content (C6): without a key, a resent PUT
+//! from an old ETag is 412 and a resent POST is 409.
+//!
+//! APIs: `Db::builder().cache::<E>()`, `Db::find`, `Db::retry` with `Tx::get` /
+//! `Tx::update` / `Tx::insert` (versions as ETags, a stale version as 412),
+//! `Db::retry_once` with `Operation::new(key).fingerprint(hash)` and `Outcome::is_replay`
+//! (the `Idempotency-Key`), `Error::OperationMismatch` as 422, `Db::stats` (serialized
+//! with serde).
 
 // Shared backend selection (examples/common/mod.rs), used through `on_selected_backend!`.
 #[macro_use]
@@ -36,8 +57,7 @@ mod app;
 
 use std::net::SocketAddr;
 
-use diesel::r2d2::R2D2Connection;
-use diesel_l2::{CachedOps, Db};
+use diesel_l2::{CachedOps, Db, OperationLog};
 use serde_json::{json, Value};
 
 use app::User;
@@ -99,7 +119,7 @@ fn parse_args() -> Result<Args, BoxError> {
 
 fn run<C>(ex: ExampleDb<C>, args: Args) -> Result<(), BoxError>
 where
-    C: R2D2Connection + 'static,
+    C: OperationLog,
     User: CachedOps<C>,
 {
     println!("database: {}", ex.location);
@@ -146,7 +166,7 @@ fn smoke(base: &str) -> Result<(), BoxError> {
         .into();
     let user = format!("{base}/users/1");
 
-    let (etag, _) = expect("GET /users/1", agent.get(&user).call()?, 200)?;
+    let (etag, ..) = expect("GET /users/1", agent.get(&user).call()?, 200)?;
     expect(
         "PUT /users/1 without If-Match",
         agent
@@ -154,7 +174,7 @@ fn smoke(base: &str) -> Result<(), BoxError> {
             .send_json(json!({ "bio": "first programmer" }))?,
         428,
     )?;
-    let (etag2, _) = expect(
+    let (etag2, ..) = expect(
         &format!("PUT /users/1 with If-Match: {etag}"),
         agent
             .put(&user)
@@ -170,33 +190,66 @@ fn smoke(base: &str) -> Result<(), BoxError> {
             .send_json(json!({ "name": "Countess" }))?,
         412,
     )?;
-    // A PUT naming every field, sent twice as a client does when a response is lost.
-    let full = json!({ "email": "ada@lovelace.org", "name": "Ada", "bio": "first programmer" });
-    let (etag3, _) = expect(
-        &format!("PUT /users/1 (every field) with If-Match: {etag2}"),
+
+    // A PUT with an Idempotency-Key, sent twice as a client does when a response is lost:
+    // the second gets the recorded answer, although its If-Match is stale by then.
+    let edit = json!({ "name": "Ada King" });
+    let put_once = || {
         agent
             .put(&user)
             .header("If-Match", &etag2)
-            .send_json(&full)?,
-        200,
-    )?;
-    let (again, _) = expect(
-        "the same PUT again",
-        agent
-            .put(&user)
-            .header("If-Match", &etag2)
-            .send_json(&full)?,
-        200,
-    )?;
-    if again != etag3 {
-        return Err(format!("the repeated PUT wrote again: ETag {again}, first {etag3}").into());
+            .header("Idempotency-Key", "smoke-put-1")
+            .send_json(&edit)
+    };
+    let (etag3, first, _) = expect("PUT /users/1 with Idempotency-Key", put_once()?, 200)?;
+    let (again, body, replayed) = expect("the same PUT again", put_once()?, 200)?;
+    if again != etag3 || body != first || !replayed {
+        return Err(format!(
+            "the resent PUT was not a replay: ETag {again} (first {etag3}), replayed: {replayed}"
+        )
+        .into());
     }
+
+    // A new user, created once however often the request is sent.
+    let alan = json!({ "id": 4, "email": "alan@example.com", "name": "Alan" });
+    let post_once = |body: &Value| {
+        agent
+            .post(format!("{base}/users"))
+            .header("Idempotency-Key", "smoke-signup-4")
+            .send_json(body)
+    };
+    let (_, created, _) = expect("POST /users with Idempotency-Key", post_once(&alan)?, 201)?;
+    let (_, body, replayed) = expect("the same POST again", post_once(&alan)?, 201)?;
+    if body != created || !replayed {
+        return Err(
+            format!("the resent POST was not a replay: {body}, replayed: {replayed}").into(),
+        );
+    }
+    expect(
+        "the same POST without the key",
+        agent.post(format!("{base}/users")).send_json(&alan)?,
+        409,
+    )?;
+    expect(
+        "the key with another body",
+        post_once(&json!({ "id": 5, "email": "alan@example.com", "name": "Alan" }))?,
+        422,
+    )?;
+    let (etag4, ..) = expect(
+        "GET /users/4",
+        agent.get(format!("{base}/users/4")).call()?,
+        200,
+    )?;
+    if etag4 != "\"1\"" {
+        return Err(format!("user 4 was written more than once: ETag {etag4}").into());
+    }
+
     expect(
         "GET /users/42",
         agent.get(format!("{base}/users/42")).call()?,
         404,
     )?;
-    let (_, stats) = expect(
+    let (_, stats, _) = expect(
         "GET /stats",
         agent.get(format!("{base}/stats")).call()?,
         200,
@@ -208,23 +261,28 @@ fn smoke(base: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Prints one exchange and fails unless the status is `want`; returns the ETag and body.
+/// Prints one exchange and fails unless the status is `want`; returns the ETag, the body
+/// and whether the response was a replay (`Idempotent-Replayed: true`).
 fn expect(
     what: &str,
     mut resp: ureq::http::Response<ureq::Body>,
     want: u16,
-) -> Result<(String, Value), BoxError> {
+) -> Result<(String, Value, bool), BoxError> {
     let status = resp.status().as_u16();
-    let etag = resp
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let etag = header("etag");
+    let replayed = header("idempotent-replayed") == "true";
     let body: Value = resp.body_mut().read_json()?;
-    println!("{what}: {status} {etag} {body}");
+    let mark = if replayed { " (replayed)" } else { "" };
+    println!("{what}: {status} {etag}{mark} {body}");
     if status != want {
         return Err(format!("{what}: expected {want}, got {status}").into());
     }
-    Ok((etag, body))
+    Ok((etag, body, replayed))
 }
