@@ -69,6 +69,8 @@
 //!   [`Db::find_by`].
 //! - [`invalidation`] — cross-process invalidation: trigger SQL, the PostgreSQL `LISTEN`
 //!   loop and the outbox poller for MariaDB and SQLite, started by [`DbBuilder::listen`].
+//! - `sqlite` — [`sqlite_pool`] and [`SqliteSetup`]: SQLite pools set up for many threads
+//!   (WAL, busy timeout, foreign keys).
 //! - `stats` — [`Stats`] and [`RegionStats`]: counters, serializable, printable as a table.
 //! - `error` — [`Error`]: one `#[non_exhaustive]` enum whose messages say what to do.
 //!
@@ -186,6 +188,8 @@ mod hooks;
 pub mod inbox;
 pub mod invalidation;
 mod region;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod stats;
 mod tx;
 mod unique;
@@ -197,6 +201,8 @@ pub use entity::{CachedEntity, CachedOps, HeapSize};
 pub use error::{Error, Result};
 pub use inbox::{Operation, OperationLog, Outcome};
 pub use invalidation::{ChangeFeed, ListenConfig, ListenerStats};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{sqlite_pool, SqliteSetup};
 pub use stats::{RegionStats, Stats};
 pub use tx::{RetryPolicy, Tx};
 pub use unique::{UniqueKey, UniqueOps};

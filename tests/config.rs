@@ -17,6 +17,37 @@ fn config_error<C: diesel::r2d2::R2D2Connection + 'static>(r: Result<Db<C>, Erro
 }
 
 backend_tests! {
+    /// `sqlite_pool` sets connections up for concurrent writers (WAL, busy timeout), so
+    /// eight threads writing at once wait for each other instead of failing with
+    /// "database is locked"; misuse is a typed error.
+    only(sqlite)
+    fn sqlite_pool_is_ready_for_concurrent_writers(t) {
+        use diesel::prelude::*;
+        let pool = diesel_l2::sqlite_pool(&t.url, 8).unwrap();
+        #[derive(QueryableByName)]
+        struct Mode { #[diesel(sql_type = diesel::sql_types::Text)] journal_mode: String }
+        let mode: Mode = diesel::sql_query("PRAGMA journal_mode").get_result(&mut pool.get().unwrap()).unwrap();
+        assert_eq!(mode.journal_mode, "wal");
+        let db = Db::builder(pool).cache::<Product>().build().unwrap();
+        db.transaction(|tx| tx.insert(&Product { id: 1, version: 1, sku: "A".into(), stock: 0 })).unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        db.retry(diesel_l2::RetryPolicy::attempts(50), |tx| {
+                            let mut p = tx.get::<Product>(1)?;
+                            p.stock += 1;
+                            tx.update(&p)
+                        }).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(db.find::<Product>(1).unwrap().unwrap().stock, 200);
+        assert!(matches!(diesel_l2::sqlite_pool(":memory:", 4), Err(Error::Config(_))));
+        assert!(matches!(diesel_l2::sqlite_pool(&t.url, 0), Err(Error::Config(_))));
+    }
+
     fn attribute_settings_are_the_defaults_and_can_be_overridden(t) {
         let db = Db::builder(t.pool.clone())
             .cache::<Product>()
