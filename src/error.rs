@@ -114,6 +114,22 @@ pub enum Error {
         given: Option<String>,
     },
 
+    /// The COMMIT of a batch failed (a deferred constraint, a serialization failure):
+    /// nothing of the batch committed, nothing was cached (C1, C11).
+    #[error(
+        "the batch that carried this operation failed to COMMIT ({0}); nothing of it was \
+         committed or cached: submit the operation again"
+    )]
+    BatchCommitFailed(String),
+
+    /// The connection died during COMMIT: the transaction may or may not have committed.
+    #[error(
+        "the connection was lost during COMMIT ({0}): the writes may or may not have \
+         committed. Retry only with an operation id (`submit_once`, `transaction_once`), \
+         which turns the retry into a replay if they did"
+    )]
+    CommitOutcomeUnknown(String),
+
     /// A user error returned from a transaction closure, boxed.
     #[error("{0}")]
     Other(Box<dyn std::error::Error + Send + Sync + 'static>),
@@ -141,7 +157,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         use diesel::result::DatabaseErrorKind as K;
         match self {
-            Error::Conflict { .. } | Error::RolledBack => true,
+            Error::Conflict { .. } | Error::RolledBack | Error::BatchCommitFailed(_) => true,
             Error::Database(diesel::result::Error::DatabaseError(K::SerializationFailure, _)) => {
                 true
             }

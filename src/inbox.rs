@@ -108,7 +108,7 @@ impl Operation {
         self.fingerprint.as_deref()
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.id.is_empty() || self.id.len() > MAX_OPERATION_ID_BYTES {
             return Err(Error::InvalidOperation(format!(
                 "the operation id is {} bytes long; use 1 to {MAX_OPERATION_ID_BYTES} bytes \
@@ -163,6 +163,20 @@ pub struct Outcome<T> {
 }
 
 impl<T> Outcome<T> {
+    pub(crate) fn ran(value: T) -> Self {
+        Outcome {
+            value,
+            replay: false,
+        }
+    }
+
+    pub(crate) fn replayed(value: T) -> Self {
+        Outcome {
+            value,
+            replay: true,
+        }
+    }
+
     /// True when this delivery ran nothing: the operation had committed before, and the
     /// value is the one recorded then.
     pub fn is_replay(&self) -> bool {
@@ -395,7 +409,55 @@ impl Inbox {
     }
 }
 
+/// What running an operation inside a savepoint did.
+pub(crate) enum Step<T> {
+    /// It ran; its outcome is recorded in the enclosing transaction.
+    Ran(T),
+    /// Its id was taken (committed before, or claimed earlier in this transaction): read
+    /// the recorded outcome once the transaction has committed.
+    Taken,
+}
+
 impl<'a, C: OperationLog> Tx<'a, C> {
+    /// Runs `f` under `op` in a savepoint of this transaction (the batcher's path): the
+    /// claim, the writes and the record are rolled back together if `f` fails.
+    pub(crate) fn once_step<T, F>(&mut self, op: &Operation, f: F) -> Result<Step<T>>
+    where
+        T: Serialize,
+        F: FnOnce(&mut Tx<'_, C>) -> Result<T>,
+    {
+        let r = self.savepoint::<T, OnceFailure<Error>, _>(|sp| {
+            if !sp.claim(op)? {
+                return Err(OnceFailure::Taken);
+            }
+            let value = f(sp).map_err(OnceFailure::User)?;
+            sp.record(op, &value)?;
+            Ok(value)
+        });
+        match r {
+            Ok(v) => Ok(Step::Ran(v)),
+            Err(OnceFailure::Taken) => Ok(Step::Taken),
+            Err(OnceFailure::User(e)) => Err(e),
+        }
+    }
+
+    /// Stores `value` as the outcome of the claimed `op`.
+    fn record<T: Serialize>(&mut self, op: &Operation, value: &T) -> Result<()> {
+        let outcome = serde_json::to_string(value).map_err(|e| {
+            Error::InvalidOperation(format!(
+                "the result of operation {:?} could not be serialized to record it: {e}; \
+                 return a type whose Serialize impl cannot fail",
+                op.id
+            ))
+        })?;
+        self.run(|c| c.record_operation(&op.id, &outcome))
+            .map(|_| ())
+            .map_err(|e| match e {
+                Error::Database(d) => table_error(d),
+                other => other,
+            })
+    }
+
     /// Claims `op` in this transaction: true when it is ours to run, false when the id is
     /// taken by an operation that committed.
     fn claim(&mut self, op: &Operation) -> Result<bool> {
@@ -474,18 +536,7 @@ impl<C: OperationLog> Db<C> {
                     Error::Config("transaction_once: the closure already ran".into())
                 })?;
                 let value = f(tx).map_err(OnceFailure::User)?;
-                let outcome = serde_json::to_string(&value).map_err(|e| {
-                    Error::InvalidOperation(format!(
-                        "the result of operation {:?} could not be serialized to record it: \
-                         {e}; return a type whose Serialize impl cannot fail",
-                        op.id
-                    ))
-                })?;
-                tx.run(|c| c.record_operation(&op.id, &outcome))
-                    .map_err(|e| match e {
-                        Error::Database(d) => table_error(d),
-                        other => other,
-                    })?;
+                tx.record(&op, &value)?;
                 Ok(value)
             });
             match result {
@@ -550,7 +601,7 @@ impl<C: OperationLog> Db<C> {
 
     /// Reads the recorded outcome of `op` after its claim was refused. `None` when the row
     /// is gone (pruned since).
-    fn replay<T: DeserializeOwned>(&self, op: &Operation) -> Result<Option<T>> {
+    pub(crate) fn replay<T: DeserializeOwned>(&self, op: &Operation) -> Result<Option<T>> {
         let mut conn = self.inner.checkout()?;
         let Some(rec) = conn.recorded_operation(&op.id).map_err(table_error)? else {
             return Ok(None);

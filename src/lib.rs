@@ -65,6 +65,8 @@
 //!   [`Db::retry`] with [`RetryPolicy`].
 //! - [`inbox`] — operation ids: [`Db::transaction_once`] records an id with the result in
 //!   the transaction's own commit, so a redelivered request runs once (C6).
+//! - [`batch`] — [`Batcher`]: many writers' operations in one transaction and one COMMIT,
+//!   each in its own savepoint, each caller answered after the COMMIT (C11).
 //! - `unique` — [`UniqueKey`]: `#[cache(unique)]` keys and the fenced key → id index behind
 //!   [`Db::find_by`].
 //! - [`invalidation`] — cross-process invalidation: trigger SQL, the PostgreSQL `LISTEN`
@@ -180,6 +182,7 @@
 
 #![warn(missing_docs)]
 
+pub mod batch;
 mod config;
 mod db;
 mod entity;
@@ -194,6 +197,7 @@ mod stats;
 mod tx;
 mod unique;
 
+pub use batch::{BatchConfig, BatchStats, Batcher};
 pub use config::RegionConfig;
 pub use db::{CacheMode, Db, DbBuilder, DbPool, Reader, WarmUp};
 pub use diesel_l2_derive::Cached;

@@ -169,3 +169,216 @@ backend_tests! {
         assert_eq!(db.transaction(|tx| tx.update(&next)).unwrap().version, 2);
     }
 }
+
+/// The batcher (C11): many operations share one transaction and one COMMIT, each keeps
+/// its own result, its own failure and its own read-your-writes.
+mod batching {
+    use super::common;
+    use crate::backend_tests;
+    use common::models::{Product, User};
+    use diesel_l2::{BatchConfig, Error};
+    use std::sync::{Arc, Barrier, Mutex};
+    use std::time::Duration;
+
+    /// A batcher that waits long enough for every test thread to join one batch.
+    fn wide(n: usize) -> BatchConfig {
+        BatchConfig::new(n, Duration::from_millis(500))
+    }
+
+    fn seed<C>(db: &diesel_l2::Db<C>, n: i32)
+    where
+        C: diesel::r2d2::R2D2Connection + 'static,
+        Product: diesel_l2::CachedOps<C>,
+    {
+        db.transaction(|tx| {
+            for id in 1..=n {
+                tx.insert(&Product {
+                    id,
+                    version: 1,
+                    sku: format!("p{id}"),
+                    stock: 0,
+                })?;
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+    }
+
+    backend_tests! {
+        fn many_writers_share_commits_and_each_reads_its_write(t, common::TestDbOptions::default().max_size(4)) {
+            let db = common::cached_db(t);
+            seed(&db, 4);
+            let batcher = db.batcher(BatchConfig::new(64, Duration::from_millis(5))).unwrap();
+            std::thread::scope(|s| {
+                for w in 0..16 {
+                    let (b, db) = (batcher.clone(), db.clone());
+                    s.spawn(move || {
+                        for i in 0..10 {
+                            let id = (w + i) % 4 + 1;
+                            let stored = b.submit(move |tx| {
+                                let mut p = tx.get::<Product>(id)?;
+                                p.stock += 1;
+                                tx.update(&p)
+                            }).unwrap();
+                            // C2 for this caller: its write, or a newer one, from the cache.
+                            let read = db.find::<Product>(id).unwrap().unwrap();
+                            assert!(read.version >= stored.version, "C2: read v{} after writing v{}", read.version, stored.version);
+                        }
+                    });
+                }
+            });
+            let total: i32 = (1..=4).map(|id| db.find::<Product>(id).unwrap().unwrap().stock).sum();
+            assert_eq!(total, 160, "every increment applied once");
+            let st = batcher.stats();
+            assert_eq!(st.operations, 160);
+            assert!(st.batches < 160, "operations shared transactions: {st:?}");
+            println!("[{}] batcher: {} operations in {} batches (mean {:.1}, largest {}), mean wait {:?}", t.backend, st.operations, st.batches, st.mean_batch(), st.largest_batch, st.mean_wait());
+        }
+
+        fn a_conflict_in_the_middle_of_a_batch_fails_only_its_operation(t) {
+            let db = common::cached_db(t);
+            seed(&db, 3);
+            let stale = db.find::<Product>(2).unwrap().unwrap();
+            db.transaction(|tx| { let mut p = tx.get::<Product>(2)?; p.stock = 7; tx.update(&p) }).unwrap();
+            let batcher = db.batcher(wide(3)).unwrap();
+            let order = Arc::new(Mutex::new(Vec::new()));
+            let results = std::thread::scope(|s| {
+                let hs: Vec<_> = (1..=3).map(|id| {
+                    let (b, stale, order) = (batcher.clone(), (*stale).clone(), order.clone());
+                    std::thread::sleep(Duration::from_millis(20 * id as u64)); // submission order 1, 2, 3
+                    s.spawn(move || b.submit(move |tx| {
+                        order.lock().unwrap().push(id);
+                        let mut p = if id == 2 { stale.clone() } else { tx.get::<Product>(id)? };
+                        p.stock += 10;
+                        tx.update(&p)
+                    }))
+                }).collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+            });
+            assert_eq!(*order.lock().unwrap(), vec![1, 2, 3], "submission order");
+            assert_eq!(batcher.stats().batches, 1, "one transaction");
+            assert_eq!(results[0].as_ref().unwrap().stock, 10);
+            assert!(matches!(results[1], Err(Error::Conflict { expected: 1, found: Some(2), .. })), "{:?}", results[1]);
+            assert_eq!(results[2].as_ref().unwrap().stock, 10);
+            assert_eq!(db.find::<Product>(1).unwrap().unwrap().stock, 10);
+            assert_eq!(db.find::<Product>(2).unwrap().unwrap().stock, 7, "the conflicted operation wrote nothing");
+            assert_eq!(db.find::<Product>(3).unwrap().unwrap().stock, 10);
+        }
+
+        fn a_panic_is_its_callers_alone(t) {
+            let db = common::cached_db(t);
+            seed(&db, 2);
+            let batcher = db.batcher(wide(2)).unwrap();
+            let gate = Barrier::new(2);
+            std::thread::scope(|s| {
+                let b1 = batcher.clone();
+                let g = &gate;
+                let panicker = s.spawn(move || {
+                    g.wait();
+                    b1.submit(|tx| -> Result<(), Error> {
+                        let mut p = tx.get::<Product>(1)?;
+                        p.stock = 99;
+                        tx.update(&p)?;
+                        panic!("a handler bug");
+                    })
+                });
+                let b2 = batcher.clone();
+                let fine = s.spawn(move || {
+                    g.wait();
+                    b2.submit(|tx| { let mut p = tx.get::<Product>(2)?; p.stock = 5; tx.update(&p) })
+                });
+                assert!(panicker.join().is_err(), "the panic reached its caller");
+                assert_eq!(fine.join().unwrap().unwrap().stock, 5);
+            });
+            assert_eq!(db.find::<Product>(1).unwrap().unwrap().stock, 0, "the panicked write rolled back");
+            // The batcher carries on.
+            let p = batcher.submit(|tx| { let mut p = tx.get::<Product>(1)?; p.stock = 1; tx.update(&p) }).unwrap();
+            assert_eq!(p.stock, 1);
+            assert_eq!(batcher.stats().panics, 1);
+        }
+
+        /// A COMMIT that fails (a deferred foreign key) fails every operation of the batch
+        /// with a retryable error and caches nothing (C1); the next batch commits.
+        only(postgres, sqlite)
+        fn a_failed_commit_fails_the_whole_batch_and_caches_nothing(t) {
+            let db = common::cached_db(t);
+            seed(&db, 2);
+            let doomed = if BACKEND == common::Backend::Sqlite {
+                t.exec("CREATE TABLE commit_guard (id BIGINT PRIMARY KEY NOT NULL, \
+                        user_ref BIGINT NOT NULL REFERENCES users (id) DEFERRABLE INITIALLY DEFERRED)");
+                "INSERT INTO commit_guard (id, user_ref) VALUES (1, -1)"
+            } else {
+                "INSERT INTO posts (id, version, user_id, title) VALUES (1, 1, -1, 'doomed')"
+            };
+            let batcher = db.batcher(wide(2)).unwrap();
+            let gate = Barrier::new(2);
+            let (a, b) = std::thread::scope(|s| {
+                let (b1, b2, g) = (batcher.clone(), batcher.clone(), &gate);
+                let a = s.spawn(move || { g.wait(); b1.submit(|tx| { let mut p = tx.get::<Product>(1)?; p.stock = 1; tx.update(&p) }) });
+                let b = s.spawn(move || { g.wait(); b2.submit(move |tx| {
+                    use diesel::connection::SimpleConnection;
+                    tx.conn().batch_execute(doomed)?;
+                    tx.insert(&User::new(5, "in a doomed batch"))
+                }) });
+                (a.join().unwrap(), b.join().unwrap())
+            });
+            for r in [a.map(|_| ()), b.map(|_| ())] {
+                let e = r.unwrap_err();
+                assert!(matches!(e, Error::BatchCommitFailed(_)) && e.is_retryable(), "{e:?}");
+            }
+            assert_eq!(db.find::<Product>(1).unwrap().unwrap().stock, 0, "C1: nothing cached");
+            assert!(db.find::<User>(5).unwrap().is_none());
+            let p = batcher.submit(|tx| { let mut p = tx.get::<Product>(1)?; p.stock = 3; tx.update(&p) }).unwrap();
+            assert_eq!(p.stock, 3, "the next batch commits");
+            assert_eq!(batcher.stats().failed_commits, 1);
+        }
+
+        fn operation_ids_are_exactly_once_within_and_across_batches(t) {
+            let db = common::cached_db(t);
+            seed(&db, 1);
+            let batcher = db.batcher(wide(3)).unwrap();
+            let gate = Barrier::new(3);
+            let outcomes = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..3).map(|_| {
+                    let (b, g) = (batcher.clone(), &gate);
+                    s.spawn(move || { g.wait(); b.submit_once("take-4", |tx| {
+                        let mut p = tx.get::<Product>(1)?;
+                        p.stock -= 4;
+                        Ok(tx.update(&p)?.stock)
+                    }) })
+                }).collect();
+                hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect::<Vec<_>>()
+            });
+            assert_eq!(outcomes.iter().filter(|o| !o.is_replay()).count(), 1, "{outcomes:?}");
+            assert!(outcomes.iter().all(|o| **o == -4), "{outcomes:?}");
+            let later = batcher.submit_once("take-4", |_tx| Ok(0)).unwrap();
+            assert_eq!((later.is_replay(), *later), (true, -4), "a later batch replays");
+            assert_eq!(db.find::<Product>(1).unwrap().unwrap().stock, -4);
+        }
+
+        fn shutdown_drains_what_was_submitted(t) {
+            let db = common::cached_db(t);
+            seed(&db, 1);
+            let batcher = db.batcher(BatchConfig::new(4, Duration::from_millis(50))).unwrap();
+            std::thread::scope(|s| {
+                let hs: Vec<_> = (0..8).map(|_| {
+                    let b = batcher.clone();
+                    s.spawn(move || b.submit(|tx| { let mut p = tx.get::<Product>(1)?; p.stock += 1; tx.update(&p) }))
+                }).collect();
+                std::thread::sleep(Duration::from_millis(20));
+                batcher.shutdown();
+                for h in hs {
+                    match h.join().unwrap() {
+                        Ok(_) => {}
+                        // Submitted after the shutdown began: refused, never lost silently.
+                        Err(Error::Config(m)) => assert!(m.contains("shut down"), "{m}"),
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+            });
+            let applied = db.find::<Product>(1).unwrap().unwrap().stock as u64;
+            assert_eq!(applied, batcher.stats().operations, "every accepted operation committed");
+            assert!(matches!(batcher.submit(|_tx| Ok(())), Err(Error::Config(_))));
+        }
+    }
+}

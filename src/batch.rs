@@ -1,0 +1,547 @@
+//! The batcher: many writers, one transaction, one COMMIT; each caller still waits until
+//! its own operation is durable (C11).
+//!
+//! Write-through costs one transaction and one durable COMMIT per write. When many
+//! threads write at once, a [`Batcher`] collects their operations for a short window (at
+//! most `max_batch` operations or `max_wait`), runs them in **one** transaction, each in
+//! its own savepoint, and commits once. Every caller blocks until the batch that carried
+//! its operation has committed and the cache has applied it, then gets its own result:
+//!
+//! - **Isolation of failures.** An operation's `Err` (a [`Conflict`](Error::Conflict),
+//!   your own error) rolls back its savepoint only; the others commit. A panic in an
+//!   operation is re-raised in its caller's thread, and neither poisons the batch nor the
+//!   batcher.
+//! - **Order.** Operations run in submission order, so two operations on one key run in
+//!   the order they were submitted, within a batch and across batches.
+//! - **Aborted transactions.** Where the database aborts the whole transaction (a MariaDB
+//!   deadlock rolls back every savepoint), the operation that hit the abort fails with
+//!   its (retryable) error, and the others are re-run in the next batch: operations are
+//!   `FnMut` closures and must be re-runnable.
+//! - **A failed COMMIT** fails every operation of the batch with
+//!   [`Error::BatchCommitFailed`] (retryable), caches nothing (C1), and the batcher goes
+//!   on with the next batch. A COMMIT whose outcome is unknown (the connection died during
+//!   it) is [`Error::CommitOutcomeUnknown`]: retry such an operation only if it carries an
+//!   operation id ([`Batcher::submit_once`]), which makes the retry a replay if the
+//!   COMMIT did land.
+//! - **Read-your-writes per caller (C2).** The cache changes of every operation are
+//!   applied after the COMMIT and before any caller of the batch returns.
+//! - **One batch in flight.** One thread runs the batches, one after the other: while a
+//!   batch runs, new operations queue up and form the next batch once it has committed.
+//!   One batch at a time keeps submission order per key across batches, keeps two batches
+//!   from deadlocking on each other's rows, and puts two deliveries of one operation id in
+//!   order. Throughput comes from the size of the batches (one COMMIT for many writes),
+//!   which grows by itself under load, not from their number.
+//! - **Shutdown** ([`Batcher::shutdown`], or dropping the last clone) runs what was
+//!   submitted before it, then stops the thread.
+
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use diesel::r2d2::R2D2Connection;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::inbox::{Operation, OperationLog, Outcome, Step};
+use crate::tx::Tx;
+
+/// How a [`Batcher`] groups operations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchConfig {
+    /// Most operations in one transaction.
+    pub max_batch: usize,
+    /// Longest time the first operation of a batch waits for others to join it.
+    pub max_wait: Duration,
+}
+
+impl Default for BatchConfig {
+    /// 128 operations, 2 ms.
+    fn default() -> Self {
+        BatchConfig {
+            max_batch: 128,
+            max_wait: Duration::from_millis(2),
+        }
+    }
+}
+
+impl BatchConfig {
+    /// A batch of at most `max_batch` operations, waiting at most `max_wait`.
+    pub fn new(max_batch: usize, max_wait: Duration) -> Self {
+        BatchConfig {
+            max_batch,
+            max_wait,
+        }
+    }
+}
+
+/// A batcher's counters, from [`Batcher::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct BatchStats {
+    /// Transactions committed or attempted.
+    pub batches: u64,
+    /// Operations run (re-runs after an aborted transaction count again).
+    pub operations: u64,
+    /// The largest batch so far.
+    pub largest_batch: u64,
+    /// Total time operations waited in the queue before their batch started, in µs.
+    pub wait_us: u64,
+    /// Operations that returned an error (their own).
+    pub failed_operations: u64,
+    /// Operations that panicked.
+    pub panics: u64,
+    /// Batches whose COMMIT failed (every operation failed).
+    pub failed_commits: u64,
+    /// Batches aborted by the database mid-way, their survivors re-run.
+    pub aborted_batches: u64,
+}
+
+impl BatchStats {
+    /// Operations per batch, on average.
+    pub fn mean_batch(&self) -> f64 {
+        if self.batches == 0 {
+            0.0
+        } else {
+            self.operations as f64 / self.batches as f64
+        }
+    }
+
+    /// Mean time an operation waited before its batch started.
+    pub fn mean_wait(&self) -> Duration {
+        Duration::from_micros(self.wait_us.checked_div(self.operations).unwrap_or(0))
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    operations: AtomicU64,
+    largest_batch: AtomicU64,
+    wait_us: AtomicU64,
+    failed_operations: AtomicU64,
+    panics: AtomicU64,
+    failed_commits: AtomicU64,
+    aborted_batches: AtomicU64,
+}
+
+/// What an operation produced, before its caller downcasts it.
+type Value = Box<dyn Any + Send>;
+
+/// How one operation ended.
+enum Done {
+    Value(Value),
+    Failed(Error),
+    Panicked(Box<dyn Any + Send>),
+}
+
+/// What running an operation in the batch's transaction gave.
+enum Ran {
+    /// Ok: its result, to deliver after COMMIT.
+    Value(Value),
+    /// Its id was taken: replay it after COMMIT.
+    Replay,
+}
+
+/// One submitted operation.
+struct Job<C: R2D2Connection + 'static> {
+    run: Box<dyn FnMut(&mut Tx<'_, C>) -> Result<Ran> + Send>,
+    /// Reads the recorded outcome of an operation id after COMMIT (replays only).
+    replay: Option<Box<dyn Fn(&Db<C>) -> Result<Value> + Send>>,
+    reply: SyncSender<Done>,
+    queued: Instant,
+}
+
+struct Shared<C: R2D2Connection + 'static> {
+    queue: Mutex<Option<Sender<Job<C>>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<Counters>,
+}
+
+impl<C: R2D2Connection + 'static> Drop for Shared<C> {
+    fn drop(&mut self) {
+        stop(&self.queue, &self.thread);
+    }
+}
+
+fn stop<C: R2D2Connection + 'static>(
+    queue: &Mutex<Option<Sender<Job<C>>>>,
+    thread: &Mutex<Option<JoinHandle<()>>>,
+) {
+    // Closing the queue lets the thread drain what was submitted, then end.
+    drop(queue.lock().unwrap_or_else(PoisonError::into_inner).take());
+    if let Some(t) = thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        let _ = t.join();
+    }
+}
+
+/// Runs operations from many threads in shared transactions. Cheap to clone; see the
+/// [module docs](crate::batch) for the contract (C11).
+///
+/// ```
+/// # use diesel::prelude::*;
+/// # use diesel::connection::SimpleConnection;
+/// # use diesel_l2::{Cached, Db};
+/// # diesel::table! { counters (id) { id -> BigInt, version -> BigInt, hits -> BigInt } }
+/// # #[derive(Queryable, Selectable, Clone, Debug, Cached)]
+/// # #[diesel(table_name = counters)]
+/// # #[cache(max_entries = 100)]
+/// # struct Counter { id: i64, version: i64, hits: i64 }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let pool = diesel_l2::sqlite_pool(dir.path().join("b.db").to_str().unwrap(), 4)?;
+/// # pool.get()?.batch_execute("CREATE TABLE counters (id BIGINT PRIMARY KEY, version BIGINT NOT NULL, hits BIGINT NOT NULL); INSERT INTO counters VALUES (1, 1, 0)")?;
+/// let db = Db::builder(pool).cache::<Counter>().build()?;
+/// let batcher = db.batcher(diesel_l2::BatchConfig::default())?;
+/// std::thread::scope(|s| {
+///     for _ in 0..8 {
+///         let b = batcher.clone();
+///         s.spawn(move || {
+///             // Returns once the batch that carried it has committed.
+///             b.submit(|tx| {
+///                 let mut c = tx.get::<Counter>(1)?;
+///                 c.hits += 1;
+///                 tx.update(&c)
+///             })
+///         });
+///     }
+/// });
+/// assert_eq!(db.find::<Counter>(1)?.unwrap().hits, 8);
+/// # Ok(()) }
+/// ```
+pub struct Batcher<C: R2D2Connection + 'static> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C: R2D2Connection + 'static> Clone for Batcher<C> {
+    fn clone(&self) -> Self {
+        Batcher {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<C: R2D2Connection + 'static> Db<C> {
+    /// Starts a [`Batcher`] over this `Db` (one thread that runs the batches).
+    pub fn batcher(&self, config: BatchConfig) -> Result<Batcher<C>> {
+        if config.max_batch == 0 {
+            return Err(Error::Config(
+                "batcher: max_batch is 0; a batch needs room for at least one operation".into(),
+            ));
+        }
+        let (queue, jobs) = mpsc::channel::<Job<C>>();
+        let counters = Arc::new(Counters::default());
+        let db = self.clone();
+        let thread_counters = Arc::clone(&counters);
+        let thread = std::thread::Builder::new()
+            .name("diesel-l2-batcher".into())
+            .spawn(move || run_batches(db, config, jobs, thread_counters))
+            .map_err(|e| Error::Config(format!("could not start the batcher thread: {e}")))?;
+        Ok(Batcher {
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Some(queue)),
+                thread: Mutex::new(Some(thread)),
+                counters,
+            }),
+        })
+    }
+}
+
+impl<C: R2D2Connection + 'static> Batcher<C> {
+    /// Runs `op` in the next batch and returns its result once that batch has committed
+    /// and the cache has applied it. `op` may run more than once if the database aborts
+    /// the batch's transaction (write it like a [`Db::retry`] closure: read what you
+    /// write inside it). A panic in `op` is resumed here.
+    pub fn submit<T, F>(&self, mut op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Tx<'_, C>) -> Result<T> + Send + 'static,
+    {
+        let run = Box::new(move |tx: &mut Tx<'_, C>| -> Result<Ran> {
+            tx.savepoint(|sp| op(sp))
+                .map(|v| Ran::Value(Box::new(v) as Value))
+        });
+        self.enqueue(run, None)
+    }
+
+    /// [`submit`](Batcher::submit) under an operation id: exactly once across batches,
+    /// retries and redeliveries (C6). A delivery of an id that committed before, or
+    /// earlier in the same batch, runs nothing and returns the recorded outcome.
+    pub fn submit_once<T, F>(&self, op: impl Into<Operation>, mut f: F) -> Result<Outcome<T>>
+    where
+        C: OperationLog,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F: FnMut(&mut Tx<'_, C>) -> Result<T> + Send + 'static,
+    {
+        let op = op.into();
+        op.validate()?;
+        let for_replay = op.clone();
+        let run = Box::new(move |tx: &mut Tx<'_, C>| -> Result<Ran> {
+            match tx.once_step(&op, &mut f)? {
+                Step::Ran(v) => Ok(Ran::Value(Box::new(Outcome::ran(v)) as Value)),
+                Step::Taken => Ok(Ran::Replay),
+            }
+        });
+        let replay = Box::new(move |db: &Db<C>| -> Result<Value> {
+            match db.replay::<T>(&for_replay)? {
+                Some(v) => Ok(Box::new(Outcome::replayed(v)) as Value),
+                None => Err(Error::InvalidOperation(format!(
+                    "operation {:?} was taken in a batch but its record is gone (pruned?); \
+                     submit it again",
+                    for_replay.id()
+                ))),
+            }
+        });
+        self.enqueue(run, Some(replay))
+    }
+
+    fn enqueue<T: 'static>(
+        &self,
+        run: Box<dyn FnMut(&mut Tx<'_, C>) -> Result<Ran> + Send>,
+        replay: Option<Box<dyn Fn(&Db<C>) -> Result<Value> + Send>>,
+    ) -> Result<T> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job = Job {
+            run,
+            replay,
+            reply,
+            queued: Instant::now(),
+        };
+        let shut = || Error::Config("the batcher is shut down; submit to a running one".into());
+        {
+            let queue = self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            queue
+                .as_ref()
+                .ok_or_else(shut)?
+                .send(job)
+                .map_err(|_| shut())?;
+        }
+        match answer.recv().map_err(|_| shut())? {
+            Done::Value(v) => v.downcast::<T>().map(|b| *b).map_err(|_| {
+                Error::Config("batcher: an operation's result had an unexpected type".into())
+            }),
+            Done::Failed(e) => Err(e),
+            Done::Panicked(payload) => panic::resume_unwind(payload),
+        }
+    }
+
+    /// Runs what was submitted, then stops the batcher's thread. Later submissions fail
+    /// with [`Error::Config`]. Dropping the last clone does the same.
+    pub fn shutdown(&self) {
+        stop(&self.shared.queue, &self.shared.thread);
+    }
+
+    /// The batcher's counters.
+    pub fn stats(&self) -> BatchStats {
+        let c = &self.shared.counters;
+        BatchStats {
+            batches: c.batches.load(Relaxed),
+            operations: c.operations.load(Relaxed),
+            largest_batch: c.largest_batch.load(Relaxed),
+            wait_us: c.wait_us.load(Relaxed),
+            failed_operations: c.failed_operations.load(Relaxed),
+            panics: c.panics.load(Relaxed),
+            failed_commits: c.failed_commits.load(Relaxed),
+            aborted_batches: c.aborted_batches.load(Relaxed),
+        }
+    }
+}
+
+/// The batcher thread: collects a batch, runs it, answers its callers, until the queue
+/// is closed and empty.
+fn run_batches<C: R2D2Connection + 'static>(
+    db: Db<C>,
+    config: BatchConfig,
+    jobs: Receiver<Job<C>>,
+    counters: Arc<Counters>,
+) {
+    let mut carried: Vec<Job<C>> = Vec::new();
+    loop {
+        let mut batch = std::mem::take(&mut carried);
+        if batch.is_empty() {
+            match jobs.recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => return, // closed and drained
+            }
+        }
+        let deadline = Instant::now() + config.max_wait;
+        while batch.len() < config.max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match jobs.recv_timeout(left) {
+                Ok(j) => batch.push(j),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        carried = run_batch(&db, batch, &counters);
+    }
+}
+
+/// What one operation did in the batch's transaction.
+enum Slot {
+    Ok(Value),
+    Replay,
+    Failed(Error),
+    Panicked(Box<dyn Any + Send>),
+}
+
+/// Runs one batch in one transaction. Returns the operations to run again in the next
+/// batch (when the database aborted this one).
+fn run_batch<C: R2D2Connection + 'static>(
+    db: &Db<C>,
+    mut batch: Vec<Job<C>>,
+    counters: &Counters,
+) -> Vec<Job<C>> {
+    let started = Instant::now();
+    let n = batch.len() as u64;
+    counters.batches.fetch_add(1, Relaxed);
+    counters.operations.fetch_add(n, Relaxed);
+    counters.largest_batch.fetch_max(n, Relaxed);
+    for job in &batch {
+        let waited = started.saturating_duration_since(job.queued).as_micros();
+        counters
+            .wait_us
+            .fetch_add(u64::try_from(waited).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    let mut slots: Vec<Slot> = Vec::with_capacity(batch.len());
+    let mut ran_all = false;
+    let result = db.transaction(|tx| {
+        for job in batch.iter_mut() {
+            let slot = match panic::catch_unwind(AssertUnwindSafe(|| (job.run)(tx))) {
+                Ok(Ok(Ran::Value(v))) => Slot::Ok(v),
+                Ok(Ok(Ran::Replay)) => Slot::Replay,
+                Ok(Err(e)) => Slot::Failed(e),
+                // The savepoint rolled back before the panic left it.
+                Err(payload) => Slot::Panicked(payload),
+            };
+            slots.push(slot);
+        }
+        ran_all = true;
+        Ok::<_, Error>(())
+    });
+
+    match result {
+        Ok(()) => {
+            // Committed, and the cache has applied every operation's writes (C2): answer.
+            for (job, slot) in batch.into_iter().zip(slots) {
+                let done = match slot {
+                    Slot::Ok(v) => Done::Value(v),
+                    Slot::Replay => match job.replay.as_ref().map(|r| r(db)) {
+                        Some(Ok(v)) => Done::Value(v),
+                        Some(Err(e)) => Done::Failed(e),
+                        None => Done::Failed(Error::Config(
+                            "batcher: a replay without an operation id".into(),
+                        )),
+                    },
+                    Slot::Failed(e) => {
+                        counters.failed_operations.fetch_add(1, Relaxed);
+                        Done::Failed(e)
+                    }
+                    Slot::Panicked(p) => {
+                        counters.panics.fetch_add(1, Relaxed);
+                        Done::Panicked(p)
+                    }
+                };
+                let _ = job.reply.send(done);
+            }
+            Vec::new()
+        }
+        Err(e) if ran_all && !aborted(&e, &slots) => {
+            // COMMIT itself failed: nothing committed, nothing cached (C1).
+            counters.failed_commits.fetch_add(1, Relaxed);
+            let unknown = outcome_unknown(&e);
+            tracing::debug!(error = %e, unknown, operations = n, "batch COMMIT failed");
+            let message = e.to_string();
+            for (job, slot) in batch.into_iter().zip(slots) {
+                let done = match slot {
+                    Slot::Panicked(p) => {
+                        counters.panics.fetch_add(1, Relaxed);
+                        Done::Panicked(p)
+                    }
+                    Slot::Failed(own) => {
+                        counters.failed_operations.fetch_add(1, Relaxed);
+                        Done::Failed(own)
+                    }
+                    _ if unknown => Done::Failed(Error::CommitOutcomeUnknown(message.clone())),
+                    _ => Done::Failed(Error::BatchCommitFailed(message.clone())),
+                };
+                let _ = job.reply.send(done);
+            }
+            Vec::new()
+        }
+        Err(e) => {
+            // The database aborted the whole transaction mid-way (a MariaDB deadlock rolls
+            // back every savepoint): the operation that hit it fails with its own error;
+            // the others run again in the next batch.
+            counters.aborted_batches.fetch_add(1, Relaxed);
+            tracing::debug!(error = %e, operations = n, "batch aborted by the database; re-running the survivors");
+            // Without an operation to blame, re-running could abort again forever: fail the
+            // batch as a failed COMMIT instead (retryable).
+            let victim = slots.iter().any(|s| {
+                matches!(s, Slot::Failed(own) if !matches!(own, Error::RolledBack))
+                    || matches!(s, Slot::Panicked(_))
+            });
+            let mut again = Vec::new();
+            let mut slots = slots.into_iter();
+            for job in batch {
+                if !victim {
+                    counters.failed_operations.fetch_add(1, Relaxed);
+                    let _ = job
+                        .reply
+                        .send(Done::Failed(Error::BatchCommitFailed(e.to_string())));
+                    continue;
+                }
+                match slots.next() {
+                    Some(Slot::Failed(own)) if !matches!(own, Error::RolledBack) => {
+                        counters.failed_operations.fetch_add(1, Relaxed);
+                        let _ = job.reply.send(Done::Failed(own));
+                    }
+                    Some(Slot::Panicked(p)) => {
+                        counters.panics.fetch_add(1, Relaxed);
+                        let _ = job.reply.send(Done::Panicked(p));
+                    }
+                    // Ran fine, refused after the abort, or never reached: run it again.
+                    _ => again.push(job),
+                }
+            }
+            again
+        }
+    }
+}
+
+/// Whether the database ended the transaction before COMMIT (it reports `RolledBack`,
+/// and our later statements were refused with it), as opposed to COMMIT failing.
+fn aborted(e: &Error, slots: &[Slot]) -> bool {
+    matches!(e, Error::RolledBack)
+        || slots
+            .iter()
+            .any(|s| matches!(s, Slot::Failed(Error::RolledBack)))
+}
+
+/// A COMMIT error after which the transaction may or may not have committed: the
+/// connection went away during it.
+fn outcome_unknown(e: &Error) -> bool {
+    use diesel::result::{DatabaseErrorKind as K, Error as D};
+    match e {
+        Error::Database(D::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, _)) => true,
+        Error::Database(D::DatabaseError(_, info)) => {
+            let m = info.message().to_ascii_lowercase();
+            m.contains("lost connection")
+                || m.contains("gone away")
+                || m.contains("server closed the connection")
+                || m.contains("terminating connection")
+                || m.contains("connection reset")
+        }
+        _ => false,
+    }
+}
