@@ -134,6 +134,12 @@ struct Counters {
 /// What an operation produced, before its caller downcasts it.
 type Value = Box<dyn Any + Send>;
 
+/// A submitted operation, as the batch thread runs it (re-runnable).
+type RunOp<C> = Box<dyn FnMut(&mut Tx<'_, C>) -> Result<Ran> + Send>;
+
+/// Reads the recorded outcome of an operation id after COMMIT.
+type ReplayOp<C> = Box<dyn Fn(&Db<C>) -> Result<Value> + Send>;
+
 /// How one operation ended.
 enum Done {
     Value(Value),
@@ -151,9 +157,9 @@ enum Ran {
 
 /// One submitted operation.
 struct Job<C: R2D2Connection + 'static> {
-    run: Box<dyn FnMut(&mut Tx<'_, C>) -> Result<Ran> + Send>,
+    run: RunOp<C>,
     /// Reads the recorded outcome of an operation id after COMMIT (replays only).
-    replay: Option<Box<dyn Fn(&Db<C>) -> Result<Value> + Send>>,
+    replay: Option<ReplayOp<C>>,
     reply: SyncSender<Done>,
     queued: Instant,
 }
@@ -301,11 +307,7 @@ impl<C: R2D2Connection + 'static> Batcher<C> {
         self.enqueue(run, Some(replay))
     }
 
-    fn enqueue<T: 'static>(
-        &self,
-        run: Box<dyn FnMut(&mut Tx<'_, C>) -> Result<Ran> + Send>,
-        replay: Option<Box<dyn Fn(&Db<C>) -> Result<Value> + Send>>,
-    ) -> Result<T> {
+    fn enqueue<T: 'static>(&self, run: RunOp<C>, replay: Option<ReplayOp<C>>) -> Result<T> {
         let (reply, answer) = mpsc::sync_channel(1);
         let job = Job {
             run,
