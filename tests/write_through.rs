@@ -333,6 +333,57 @@ mod batching {
             assert_eq!(batcher.stats().failed_commits, 1);
         }
 
+        /// MariaDB rolls the whole transaction back on a deadlock, savepoints included.
+        /// The batch's operation that hit the deadlock fails with its (retryable) error;
+        /// the operations before and after it run again in the next batch, once.
+        only(mysql)
+        fn a_deadlock_fails_its_victim_and_reruns_the_others(t) {
+            use diesel::connection::SimpleConnection;
+            let db = common::cached_db(t);
+            seed(&db, 3);
+            // The other transaction writes many rows first, so InnoDB picks the batch (the
+            // lighter transaction) as the deadlock victim.
+            db.transaction(|tx| { for id in 100..160 { tx.insert(&User::new(id, "weight"))?; } Ok::<_, Error>(()) }).unwrap();
+            let mut other = t.raw_connection();
+            other.batch_execute("BEGIN; UPDATE users SET bio = 'heavy' WHERE id >= 100; UPDATE products SET sku = 'locked' WHERE id = 2").unwrap();
+            let batcher = db.batcher(wide(3)).unwrap();
+            let runs = Arc::new(Mutex::new(Vec::new()));
+            let results = std::thread::scope(|s| {
+                let hs: Vec<_> = (1..=3).map(|id| {
+                    let (b, runs) = (batcher.clone(), runs.clone());
+                    std::thread::sleep(Duration::from_millis(20));
+                    s.spawn(move || b.submit(move |tx| {
+                        runs.lock().unwrap().push(id);
+                        let mut p = tx.get::<Product>(id)?;
+                        p.stock += 10;
+                        tx.update(&p)
+                    }))
+                }).collect();
+                // Operation 2 now waits for `other`'s lock on product 2; `other` asks for
+                // product 1, which the batch holds: a deadlock.
+                std::thread::sleep(Duration::from_millis(600));
+                let closing = other.batch_execute("UPDATE products SET sku = 'x' WHERE id = 1");
+                other.batch_execute("ROLLBACK").unwrap();
+                println!("[mysql] the other transaction's second statement: {closing:?}");
+                hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+            });
+            assert_eq!(results[0].as_ref().unwrap().stock, 10, "op 1 applied once");
+            assert_eq!(results[2].as_ref().unwrap().stock, 10, "op 3 applied once");
+            match &results[1] {
+                Err(e) => {
+                    assert!(e.is_retryable(), "the victim's error is retryable: {e:?}");
+                    assert_eq!(batcher.stats().aborted_batches, 1);
+                    assert_eq!(*runs.lock().unwrap(), vec![1, 2, 3, 1, 3], "the survivors ran again, in order");
+                    assert_eq!(db.find::<Product>(2).unwrap().unwrap().stock, 0);
+                }
+                // InnoDB chose the other transaction after all: the batch simply committed.
+                Ok(p) => assert_eq!(p.stock, 10),
+            }
+            for id in [1, 3] {
+                assert_eq!(db.find::<Product>(id).unwrap().unwrap().stock, 10, "C1/C2: product {id} once, cached as committed");
+            }
+        }
+
         fn operation_ids_are_exactly_once_within_and_across_batches(t) {
             let db = common::cached_db(t);
             seed(&db, 1);
