@@ -69,7 +69,14 @@ where
         .cache_with::<Tag>(|c| c.max_entries(TAGS_MAX).ttl(TAGS_TTL))
         .build()
         .expect("valid regions");
-    Ours { db }
+    // Small batches and a short wait: the workload's threads meet in batches often.
+    let batcher = db
+        .batcher(diesel_l2::BatchConfig::new(
+            8,
+            std::time::Duration::from_millis(1),
+        ))
+        .expect("batcher");
+    Ours { db, batcher }
 }
 
 pub fn naive<C>(t: &TestDb<C>) -> Naive<C>

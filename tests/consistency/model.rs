@@ -131,6 +131,14 @@ pub trait Store: Sync {
         op: &str,
         body: &mut dyn FnMut(&mut dyn TxOps) -> Result<Row, Error>,
     ) -> Result<(Row, bool), Error>;
+    /// A versioned update of `key` to `payload` run through the batcher (C11), reading the
+    /// row inside the batch; every row it tried to write is pushed to `attempted`.
+    fn submit_update(
+        &self,
+        key: Key,
+        payload: String,
+        attempted: std::sync::Arc<std::sync::Mutex<Vec<Row>>>,
+    ) -> Result<Row, Error>;
     /// Drops one cached entry (an explicit eviction).
     fn evict(&self, key: Key);
     /// Drops every cached entry of a kind.

@@ -202,6 +202,33 @@ where
         }
     }
 
+    fn submit_update(
+        &self,
+        key: Key,
+        payload: String,
+        attempted: std::sync::Arc<std::sync::Mutex<Vec<Row>>>,
+    ) -> Result<Row, Error> {
+        // No batcher in the baseline: one transaction per write.
+        let mut out = None;
+        self.run(false, &mut |tx| {
+            let cur = tx.get(key)?.ok_or_else(|| super::workload::gone(key))?;
+            let row = Row {
+                key,
+                version: cur.version,
+                payload: payload.clone(),
+            };
+            let mut next = row.clone();
+            next.version += 1;
+            attempted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(next);
+            out = Some(tx.update(&row)?);
+            Ok(())
+        })?;
+        Ok(out.expect("a committed run returned its row"))
+    }
+
     fn run_once(
         &self,
         op: &str,

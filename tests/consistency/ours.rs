@@ -8,6 +8,8 @@ use crate::common::models::{Tag, User};
 
 pub struct Ours<C: R2D2Connection + 'static> {
     pub db: Db<C>,
+    /// Runs the workload's batched updates (C11).
+    pub batcher: diesel_l2::Batcher<C>,
 }
 
 /// Attempts for `retry`: enough that contention on 8 hot keys rarely exhausts them.
@@ -101,6 +103,29 @@ where
             },
             replay,
         ))
+    }
+
+    fn submit_update(
+        &self,
+        key: Key,
+        payload: String,
+        attempted: std::sync::Arc<std::sync::Mutex<Vec<Row>>>,
+    ) -> Result<Row, Error> {
+        self.batcher.submit(move |tx| {
+            let cur = TxOps::get(tx, key)?.ok_or_else(|| super::workload::gone(key))?;
+            let row = Row {
+                key,
+                version: cur.version,
+                payload: payload.clone(),
+            };
+            let mut next = row.clone();
+            next.version += 1;
+            attempted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(next);
+            TxOps::update(tx, &row)
+        })
     }
 
     fn evict(&self, key: Key) {

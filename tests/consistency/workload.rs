@@ -104,6 +104,7 @@ pub enum Op {
     CommitFailure,
     Evict,
     EvictAll,
+    Batched,
 }
 
 /// Faults injected, per kind (closure errors, panics, commit failures, savepoint
@@ -281,7 +282,7 @@ impl Keys {
     }
 }
 
-fn gone(key: Key) -> Error {
+pub fn gone(key: Key) -> Error {
     Error::NotFound {
         table: key.kind.name(),
         id: key.id.to_string(),
@@ -342,7 +343,8 @@ impl Worker<'_> {
             82..=85 => Op::ClosureError,
             86..=88 => Op::Panic,
             89..=93 => Op::CommitFailure,
-            94..=98 => Op::Evict,
+            94..=96 => Op::Evict,
+            97..=98 => Op::Batched,
             _ => Op::EvictAll,
         };
         *self.per_op.entry(op).or_default() += 1;
@@ -534,6 +536,27 @@ impl Worker<'_> {
             Op::Evict => {
                 let k = self.any_key();
                 store.evict(k);
+            }
+            Op::Batched => {
+                // Shares a transaction and a COMMIT with other threads' batched updates.
+                let k = self.any_key();
+                let p = self.payload();
+                let attempted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                let start = self.history.now();
+                let r = store.submit_update(k, p, attempted.clone());
+                let end = self.history.now();
+                match r {
+                    Ok(row) => self.record(start, end, true, vec![Effect::Put(row)]),
+                    Err(_) => {
+                        let tried = std::mem::take(&mut *attempted.lock().unwrap());
+                        self.record(
+                            start,
+                            end,
+                            false,
+                            tried.into_iter().map(Effect::Put).collect(),
+                        );
+                    }
+                }
             }
             Op::EvictAll => store.evict_all(kind(&mut self.rng)),
         }
