@@ -533,10 +533,18 @@ fn aborted(e: &Error, slots: &[Slot]) -> bool {
 /// A COMMIT error after which the transaction may or may not have committed: the
 /// connection went away during it.
 fn outcome_unknown(e: &Error) -> bool {
+    matches!(e, Error::Database(d) if connection_lost(d))
+}
+
+fn connection_lost(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind as K, Error as D};
     match e {
-        Error::Database(D::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, _)) => true,
-        Error::Database(D::DatabaseError(_, info)) => {
+        // COMMIT failed and so did the ROLLBACK after it: judge by the COMMIT's error.
+        D::RollbackErrorOnCommit { commit_error, .. } => connection_lost(commit_error),
+        // The connection's transaction state was lost on the way: no one can tell.
+        D::BrokenTransactionManager => true,
+        D::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, _) => true,
+        D::DatabaseError(_, info) => {
             let m = info.message().to_ascii_lowercase();
             m.contains("lost connection")
                 || m.contains("gone away")

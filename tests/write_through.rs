@@ -384,6 +384,47 @@ mod batching {
             }
         }
 
+        /// The connection dies before the batch's COMMIT: from the client's side the
+        /// outcome is unknown, which is its own error (not retryable without an operation
+        /// id); nothing is cached, and the batcher carries on with a new connection.
+        only(postgres)
+        fn a_lost_connection_at_commit_is_an_unknown_outcome(t) {
+            use diesel::connection::SimpleConnection;
+            use diesel::prelude::*;
+            let db = common::cached_db(t);
+            seed(&db, 2);
+            let batcher = db.batcher(wide(2)).unwrap();
+            let killer = Arc::new(Mutex::new(t.raw_connection()));
+            let gate = Barrier::new(2);
+            let (a, b) = std::thread::scope(|s| {
+                let (b1, b2, g) = (batcher.clone(), batcher.clone(), &gate);
+                let _ = g;
+                let a = s.spawn(move || b1.submit(|tx| { let mut p = tx.get::<Product>(1)?; p.stock = 1; tx.update(&p) }));
+                std::thread::sleep(Duration::from_millis(50)); // op 1 first, then op 2
+                let k = killer.clone();
+                let b = s.spawn(move || { b2.submit(move |tx| {
+                    #[derive(QueryableByName)]
+                    struct Pid { #[diesel(sql_type = diesel::sql_types::Integer)] pid: i32 }
+                    let pid: Pid = diesel::sql_query("SELECT pg_backend_pid() AS pid").get_result(tx.conn())?;
+                    k.lock().unwrap().batch_execute(&format!("SELECT pg_terminate_backend({})", pid.pid)).unwrap();
+                    Ok(())
+                }) });
+                (a.join().unwrap(), b.join().unwrap())
+            });
+            let e = a.unwrap_err();
+            assert!(matches!(e, Error::CommitOutcomeUnknown(_)) && !e.is_retryable(), "{e:?}");
+            assert!(b.is_err(), "{b:?}");
+            assert_eq!(db.find::<Product>(1).unwrap().unwrap().stock, 0, "nothing cached (C1)");
+            let mut ok = None;
+            for _ in 0..20 {
+                match batcher.submit(|tx| { let mut p = tx.get::<Product>(2)?; p.stock = 2; tx.update(&p) }) {
+                    Ok(p) => { ok = Some(p); break; }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+            assert_eq!(ok.expect("the batcher recovers").stock, 2);
+        }
+
         fn operation_ids_are_exactly_once_within_and_across_batches(t) {
             let db = common::cached_db(t);
             seed(&db, 1);
