@@ -265,6 +265,28 @@ mod batching {
             assert_eq!(db.find::<Product>(3).unwrap().unwrap().stock, 10);
         }
 
+        /// Operations on one key run in submission order, in one batch and across batches
+        /// (each appends a digit: 1, 2, 3 in order makes 123).
+        fn same_key_operations_run_in_submission_order(t) {
+            let db = common::cached_db(t);
+            seed(&db, 2);
+            for (id, config) in [(1, wide(3)), (2, BatchConfig::new(1, Duration::from_millis(1)))] {
+                let batcher = db.batcher(config).unwrap();
+                std::thread::scope(|s| {
+                    for digit in 1..=3 {
+                        let b = batcher.clone();
+                        s.spawn(move || b.submit(move |tx| {
+                            let mut p = tx.get::<Product>(id)?;
+                            p.stock = p.stock * 10 + digit;
+                            tx.update(&p)
+                        }).unwrap());
+                        std::thread::sleep(Duration::from_millis(40));
+                    }
+                });
+                assert_eq!(db.find::<Product>(id).unwrap().unwrap().stock, 123, "order kept (product {id})");
+            }
+        }
+
         fn a_panic_is_its_callers_alone(t) {
             let db = common::cached_db(t);
             seed(&db, 2);
