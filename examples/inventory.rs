@@ -279,7 +279,7 @@ where
         let policy =
             RetryPolicy::attempts(200).backoff(Duration::from_millis(1), Duration::from_millis(20));
         let mut attempts = 0u64;
-        let outcome = db.retry_once(policy, msg.op_id(), |tx| {
+        let outcome = db.retry_once(policy, msg.op_id(), |tx| -> Result<_, Error> {
             attempts += 1;
             // From the cache: a hit runs no SQL. A copy that is stale by now costs one
             // conflict, because the versioned UPDATE below is the check, and `retry_once`

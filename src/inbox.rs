@@ -47,7 +47,7 @@ use serde::Serialize;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::tx::{RetryPolicy, Tx};
+use crate::tx::{RetryPolicy, RetryableError, Tx};
 
 /// The library's table of recorded operations.
 pub const OPERATIONS_TABLE: &str = "diesel_l2_operations";
@@ -568,15 +568,16 @@ impl<C: OperationLog> Db<C> {
     /// id on a retryable error (a version conflict, a deadlock, a lock wait that timed
     /// out), like [`Db::retry`]. Failed attempts record nothing, so the id stays free
     /// until an attempt commits.
-    pub fn retry_once<T, F>(
+    pub fn retry_once<T, E, F>(
         &self,
         policy: RetryPolicy,
         op: impl Into<Operation>,
         mut f: F,
-    ) -> Result<Outcome<T>>
+    ) -> std::result::Result<Outcome<T>, E>
     where
         T: Serialize + DeserializeOwned,
-        F: FnMut(&mut Tx<'_, C>) -> Result<T>,
+        E: RetryableError,
+        F: FnMut(&mut Tx<'_, C>) -> std::result::Result<T, E>,
     {
         let op = op.into();
         self.retrying(policy, || self.transaction_once(op.clone(), &mut f))

@@ -208,7 +208,7 @@ pub use invalidation::{ChangeFeed, ListenConfig, ListenerStats};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{sqlite_pool, SqliteSetup};
 pub use stats::{RegionStats, Stats};
-pub use tx::{RetryPolicy, Tx};
+pub use tx::{RetryPolicy, RetryableError, Tx};
 pub use unique::{UniqueKey, UniqueOps};
 
 /// The README's examples, compiled and run as doctests.

@@ -618,40 +618,87 @@ impl<C: R2D2Connection + 'static> Db<C> {
     /// Runs `f` in a transaction, re-running it on a retryable error (a version conflict,
     /// a serialization failure, a deadlock) with jittered exponential backoff.
     ///
-    /// `f` must re-read what it writes: each attempt is a fresh transaction. When every
-    /// attempt fails, the error is [`Error::RetriesExhausted`] with the attempt count.
-    pub fn retry<T, F>(&self, policy: RetryPolicy, mut f: F) -> Result<T>
+    /// `f` must re-read what it writes: each attempt is a fresh transaction. The closure
+    /// may return this crate's [`Error`] or your application's own error type, as long as
+    /// it converts from ours and says which errors are worth another attempt
+    /// ([`RetryableError`]); no downcasting. When every attempt fails, the error is the
+    /// last attempt's, which for [`Error`] is wrapped in [`Error::RetriesExhausted`].
+    pub fn retry<T, E, F>(&self, policy: RetryPolicy, mut f: F) -> std::result::Result<T, E>
     where
-        F: FnMut(&mut Tx<'_, C>) -> Result<T>,
+        E: RetryableError,
+        F: FnMut(&mut Tx<'_, C>) -> std::result::Result<T, E>,
     {
         self.retrying(policy, || self.transaction(&mut f))
     }
 
     /// Runs `attempt` until it succeeds, fails with an error that is not retryable, or
     /// `policy` runs out of attempts.
-    pub(crate) fn retrying<T>(
+    pub(crate) fn retrying<T, E: RetryableError>(
         &self,
         policy: RetryPolicy,
-        mut attempt: impl FnMut() -> Result<T>,
-    ) -> Result<T> {
+        mut attempt: impl FnMut() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
         let max = policy.max_attempts.max(1);
         let mut n = 1;
         loop {
             match attempt() {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() && n < max => {
-                    tracing::debug!(attempt = n, error = %e, "retrying transaction");
+                    tracing::debug!(attempt = n, "retrying transaction after a retryable error");
                     std::thread::sleep(policy.delay(n));
                     n += 1;
                 }
-                Err(e) if e.is_retryable() => {
-                    return Err(Error::RetriesExhausted {
-                        attempts: n,
-                        last: Box::new(e),
-                    })
-                }
+                Err(e) if e.is_retryable() => return Err(e.exhausted(n)),
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// An error type [`Db::retry`] can return: it converts from this crate's [`Error`] (so
+/// `?` works on the library's calls inside the closure) and says which errors another
+/// attempt may cure.
+///
+/// ```
+/// use diesel_l2::RetryableError;
+///
+/// #[derive(Debug)]
+/// enum AppError { Db(diesel_l2::Error), InsufficientFunds }
+///
+/// impl From<diesel_l2::Error> for AppError {
+///     fn from(e: diesel_l2::Error) -> Self { AppError::Db(e) }
+/// }
+///
+/// impl RetryableError for AppError {
+///     fn is_retryable(&self) -> bool {
+///         matches!(self, AppError::Db(e) if e.is_retryable())
+///     }
+/// }
+/// ```
+pub trait RetryableError: From<Error> {
+    /// True when running the transaction again may succeed (a conflict, a deadlock).
+    fn is_retryable(&self) -> bool;
+
+    /// The error returned when the attempts ran out with `self` as the last one; by
+    /// default `self`.
+    fn exhausted(self, attempts: u32) -> Self
+    where
+        Self: Sized,
+    {
+        let _ = attempts;
+        self
+    }
+}
+
+impl RetryableError for Error {
+    fn is_retryable(&self) -> bool {
+        Error::is_retryable(self)
+    }
+
+    fn exhausted(self, attempts: u32) -> Self {
+        Error::RetriesExhausted {
+            attempts,
+            last: Box::new(self),
         }
     }
 }

@@ -13,7 +13,56 @@ fn quick(n: u32) -> RetryPolicy {
     RetryPolicy::attempts(n).backoff(Duration::from_millis(1), Duration::from_millis(5))
 }
 
+/// An application's own error type, as handlers return it.
+#[derive(Debug)]
+enum AppError {
+    Db(Error),
+    OutOfStock { left: i32 },
+}
+
+impl From<Error> for AppError {
+    fn from(e: Error) -> Self {
+        AppError::Db(e)
+    }
+}
+
+impl diesel_l2::RetryableError for AppError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, AppError::Db(e) if e.is_retryable())
+    }
+}
+
 backend_tests! {
+    /// `retry` takes closures returning the application's error type: `?` converts the
+    /// library's errors, conflicts are retried, the app's own errors end it at once, and
+    /// the caller gets the app's error back without downcasting.
+    fn retry_works_with_the_applications_own_error_type(t) {
+        let db = common::cached_db(t);
+        let p = db.transaction(|tx| tx.insert(&Product { id: 1, version: 1, sku: "A".into(), stock: 5 })).unwrap();
+        let attempts = AtomicU32::new(0);
+        let take = |qty: i32| db.retry(quick(5), |tx| -> Result<Product, AppError> {
+            let n = attempts.fetch_add(1, Ordering::SeqCst);
+            let mut cur = tx.get::<Product>(1)?;
+            if cur.stock < qty {
+                return Err(AppError::OutOfStock { left: cur.stock });
+            }
+            if n == 0 {
+                cur = p.clone(); // a stale copy: the first attempt conflicts
+                db.transaction(|tx2| { let mut o = p.clone(); o.sku = "B".into(); tx2.update(&o) })?;
+            }
+            cur.stock -= qty;
+            Ok(tx.update(&cur)?)
+        });
+        assert_eq!(take(3).unwrap().stock, 2);
+        assert_eq!(attempts.load(Ordering::SeqCst), 2, "the conflict was retried");
+        attempts.store(1, Ordering::SeqCst);
+        match take(3) {
+            Err(AppError::OutOfStock { left: 2 }) => {}
+            other => panic!("the app's own error, at once: {other:?}"),
+        }
+        assert_eq!(attempts.load(Ordering::SeqCst), 2, "not retried");
+    }
+
     fn retry_reruns_after_a_conflict_and_succeeds(t) {
         let db = common::cached_db(t);
         let p = db.transaction(|tx| tx.insert(&Product { id: 1, version: 1, sku: "A".into(), stock: 10 })).unwrap();

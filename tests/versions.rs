@@ -273,7 +273,7 @@ mod exactly_once {
             // first attempt reads is stale, so its versioned write conflicts.
             t.exec("UPDATE products SET stock = stock - 1, version = version + 1 WHERE id = 1");
             let attempts = AtomicUsize::new(0);
-            let take = |op: &str| db.retry_once(RetryPolicy::default(), op, |tx| {
+            let take = |op: &str| db.retry_once(RetryPolicy::default(), op, |tx| -> Result<_, Error> {
                 attempts.fetch_add(1, SeqCst);
                 let mut p = (*db.get::<Product>(1)?).clone();
                 p.stock -= 3;
@@ -429,7 +429,7 @@ mod exactly_once {
                 let workers: Vec<_> = (0..THREADS).map(|_| s.spawn(|| {
                     loop {
                         let Some((n, from, to, amount)) = queue.lock().unwrap().pop_front() else { return };
-                        let out = db.retry_once(policy.clone(), format!("transfer-{n}"), |tx| {
+                        let out = db.retry_once(policy.clone(), format!("transfer-{n}"), |tx| -> Result<_, Error> {
                             // Read from the cache, as the README does: a stale copy is a
                             // conflict, retried under the same id.
                             let mut ids = [from, to];
