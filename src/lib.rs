@@ -101,6 +101,8 @@
 //!   result in the same transaction as the writes, and a replay runs nothing and returns
 //!   the recorded result ([`inbox`]).
 //! - **C8 Bad input is a typed error**, never a panic in library code.
+//! - **C11 Batches.** An operation run through a [`Batcher`] has the guarantees of its own
+//!   transaction (C1, C2, C6) and its own result, while many operations share one COMMIT.
 //!
 //! - **C7 Across processes.** With the change-feed triggers installed (see
 //!   [`invalidation`]) and [`DbBuilder::listen`], a write committed by any process or SQL
