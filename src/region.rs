@@ -162,6 +162,9 @@ pub(crate) struct LoadTicket {
 pub(crate) struct KeyLock {
     /// The key's epoch right after this lock was taken.
     epoch: u64,
+    /// The region's clear generation when this lock was taken: a region-wide clear while
+    /// the key is held fences the commit like a single-key invalidation does (C7).
+    generation: u64,
 }
 
 /// The final effect of a committed transaction on one key.
@@ -182,7 +185,8 @@ pub(crate) struct Region<E: CachedEntity> {
     cache: Cache<E::Id, Slot<E>>,
     keys: Box<[KeyShard<E>]>,
     hasher: RandomState,
-    /// Bumped by `clear`: a load that started before a clear never fills.
+    /// Bumped by `clear` and by loss of trust, under every shard lock: a load that started
+    /// before, and a commit whose lock was taken before, never fill or put (C3, C7).
     generation: AtomicU64,
     /// Bumped (under the key's shard lock) by every lock, commit, release and
     /// invalidation in the region, and by `clear`: warm-up fills check it per key.
@@ -691,6 +695,8 @@ impl<E: CachedEntity> Region<E> {
         st.locks += 1;
         st.epoch += 1;
         let epoch = st.epoch;
+        // Read under the shard lock, which every clear also takes.
+        let generation = self.generation.load(Ordering::Acquire);
         self.write_seq.fetch_add(1, Ordering::AcqRel);
         self.cache.insert(id.clone(), Slot::Locked);
         drop(keys);
@@ -704,14 +710,15 @@ impl<E: CachedEntity> Region<E> {
             region: self.config.name.clone(),
             id: format!("{id:?}"),
         });
-        (KeyLock { epoch }, previous)
+        (KeyLock { epoch, generation }, previous)
     }
 
     /// Applies a committed transaction's final write on `id` and releases its lock (C1, C2).
     ///
     /// The value is put only when this transaction was the key's sole writer for the whole
-    /// time it held the lock; otherwise another transaction's commit may be newer, so the
-    /// key is invalidated and the next read loads the truth.
+    /// time it held the lock and no region-wide clear (`evict_all`, a remote flush, a gap,
+    /// a reconnect) happened meanwhile; otherwise another commit may be newer, so the key
+    /// is invalidated and the next read loads the truth (C7).
     pub(crate) fn commit(&self, id: &E::Id, lock: &KeyLock, write: FinalWrite<E>) {
         let mut keys = self.shard(id);
         self.write_seq.fetch_add(1, Ordering::AcqRel);
@@ -720,9 +727,14 @@ impl<E: CachedEntity> Region<E> {
             FinalWrite::Delete { version } => *version,
             FinalWrite::Invalidate => i64::MIN,
         };
+        // A clear takes every shard lock, so this check cannot straddle one.
+        let uncleared = self.generation.load(Ordering::Acquire) == lock.generation;
         let sole = match keys.get_mut(id) {
             Some(st) => {
-                let sole = st.locks == 1 && st.epoch == lock.epoch && written >= st.remote_floor;
+                let sole = st.locks == 1
+                    && st.epoch == lock.epoch
+                    && written >= st.remote_floor
+                    && uncleared;
                 st.locks = st.locks.saturating_sub(1);
                 st.epoch += 1;
                 if st.idle() {

@@ -344,6 +344,26 @@ backend_tests! {
         assert_eq!(db.find::<User>(1).unwrap().unwrap().version, 2);
     }
 
+    /// C7 (region-wide clears fence commits in flight): COMMIT(v2) returned, the buffer is
+    /// not applied yet → another client commits v3 → a region-wide clear (`evict_all`
+    /// here; a PostgreSQL bulk flush, an outbox gap flush and a listener reconnect end in
+    /// the same clear) → the apply must not put v2 over v3.
+    fn a_region_clear_between_commit_and_apply_fences_the_commit(t) {
+        let s = Script::default();
+        let db = db_with(t, &s);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().version, 1);
+        s.arm("writer", "after_commit");
+        let w = { let db = db.clone(); let n = renamed(&v1, "v2"); spawn("writer", move || db.transaction(|tx| tx.update(&n))) };
+        s.wait("writer", "after_commit");
+        t.exec("UPDATE users SET name = 'v3 elsewhere', version = 3 WHERE id = 1");
+        db.evict_all::<User>().unwrap();
+        s.release("writer", "after_commit");
+        assert_eq!(w.join().unwrap().unwrap().version, 2);
+        let read = db.find::<User>(1).unwrap().unwrap();
+        assert_eq!((read.version, read.name.as_str()), (3, "v3 elsewhere"), "C7: the clear fenced the commit in flight; v2 must not hide v3");
+    }
+
     // ---- Regressions: bugs the consistency work found, now fixed -------------------
 
     /// Was a bug (C1, PostgreSQL), fixed by the pre-COMMIT probe: a statement error swallowed inside the closure aborts the

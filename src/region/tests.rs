@@ -403,3 +403,54 @@ fn expired_entries_are_counted() {
     let s = r.snapshot("rows");
     assert_eq!((s.expired, s.entries), (1, 0), "{s:?}");
 }
+
+/// C7 (region-wide clears fence commits in flight): a transaction locked key 1, committed
+/// v2 in the database, and a region-wide clear lands before its buffer is applied. The
+/// clear may stand for a newer version committed elsewhere (v3, reported only as a flush,
+/// a gap or a reconnect), so the apply must invalidate, not put v2.
+fn clear_between_commit_and_apply(name: &str, clear: impl Fn(&Region<Row>)) {
+    for write in [
+        FinalWrite::Put(Arc::new(row(1, 2))),
+        FinalWrite::Delete { version: 2 },
+    ] {
+        let r = region();
+        r.fill(&1, &Some(Arc::new(row(1, 1))));
+        let (lock, _) = r.lock(&1);
+        clear(&r);
+        r.commit(&1, &lock, write);
+        assert_eq!(
+            r.cached_version(&1),
+            None,
+            "{name}: the commit applied after the clear must invalidate"
+        );
+        assert_eq!(r.tracked_keys(), 0);
+    }
+}
+
+#[test]
+fn evict_all_between_commit_and_apply_fences_the_commit() {
+    clear_between_commit_and_apply("clear", Region::clear);
+}
+
+#[test]
+fn remote_flush_between_commit_and_apply_fences_the_commit() {
+    clear_between_commit_and_apply("remote_flush", AnyRegion::remote_flush);
+}
+
+#[test]
+fn reconnect_between_commit_and_apply_fences_the_commit() {
+    clear_between_commit_and_apply("reconnect", |r| {
+        r.set_trusted(false);
+        r.set_trusted(true);
+    });
+}
+
+/// The fence is per transaction: a lock taken after the clear puts as usual.
+#[test]
+fn a_lock_taken_after_a_clear_puts() {
+    let r = region();
+    r.clear();
+    let (lock, _) = r.lock(&1);
+    r.commit(&1, &lock, FinalWrite::Put(Arc::new(row(1, 2))));
+    assert_eq!(r.cached_version(&1), Some(2));
+}
