@@ -322,6 +322,8 @@ impl<C: R2D2Connection + 'static> Db<C> {
     /// like `UserByEmail("ada@example.com".into())`): a cached key → id mapping and a
     /// cached row answer without SQL; otherwise one `SELECT … WHERE email = ?` fills both.
     /// A key no row has is negatively cached until a write gives a row that key.
+    /// While the change listener is disconnected, key entries are neither served nor
+    /// filled, like rows (C7).
     pub fn find_by<K>(&self, key: K) -> Result<Option<Arc<K::Entity>>>
     where
         K: UniqueOps<C>,
@@ -548,7 +550,10 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
                 K::Entity::TABLE
             ))
         })?;
-        if self.mode != CacheMode::Refresh {
+        // While the listener is disconnected, key entries are neither served nor filled
+        // (C7): the region's rows are not either.
+        let trusted = region.trusted();
+        if self.mode != CacheMode::Refresh && trusted {
             match index.lookup(&key) {
                 Some(IndexSlot::Id(id)) => {
                     // The mapping is a hint: use it only if the row still has the key.
@@ -576,7 +581,7 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
             K::load_by(&mut conn, &key)?
         };
         region.counters.add_load(started.elapsed());
-        let fill = self.mode != CacheMode::NoFill;
+        let fill = self.mode != CacheMode::NoFill && trusted;
         match row {
             Some(row) => {
                 let row = Arc::new(row);

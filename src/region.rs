@@ -621,6 +621,12 @@ impl<E: CachedEntity> Region<E> {
             .find_map(|i| i.as_any().downcast_ref::<Index<K>>())
     }
 
+    /// Whether the region may serve and fill now: false while the listener covering it is
+    /// disconnected (C7). Unique-key lookups check it too.
+    pub(crate) fn trusted(&self) -> bool {
+        self.trusted.load(Ordering::Acquire)
+    }
+
     /// Whether the entity has unique keys (whose values writes must track).
     pub(crate) fn has_indexes(&self) -> bool {
         !self.indexes.is_empty()
@@ -826,6 +832,11 @@ impl<E: CachedEntity> Region<E> {
             self.trusted.store(false, Ordering::Release);
             // Fences loads that started while trusted.
             self.generation.fetch_add(1, Ordering::AcqRel);
+            // Unique-key entries too: drops them and fences key loads in flight, so none is
+            // filled during the outage (C7).
+            for index in &self.indexes {
+                index.clear();
+            }
         }
     }
 

@@ -7,10 +7,23 @@ mod common;
 use std::sync::mpsc;
 
 use common::models::{Account, AccountByTenantIdEmail, User, UserByEmail};
-use diesel_l2::{Db, Error};
+use diesel_l2::{Db, Error, ListenConfig};
 
 fn by_email(e: &str) -> UserByEmail {
     UserByEmail(e.to_string())
+}
+
+/// A listener that can never connect: the regions it covers stay untrusted, as after a
+/// lost connection (C7).
+fn unreachable_listener(backend: common::Backend) -> ListenConfig {
+    let url = match backend {
+        common::Backend::Sqlite => "/nonexistent-diesel-l2-dir/none.db",
+        common::Backend::Postgres => "postgres://postgres@127.0.0.1:1/test",
+        common::Backend::Mysql => "mysql://root@127.0.0.1:1/test",
+    };
+    let mut config = ListenConfig::new(url);
+    config.connect_timeout = std::time::Duration::from_millis(20);
+    config
 }
 
 backend_tests! {
@@ -148,5 +161,26 @@ backend_tests! {
         };
         let sql = stmts[0].to_lowercase();
         assert!(sql.contains("tenant_id") && sql.contains("email"), "{sql}");
+    }
+
+    /// C7: while the listener is disconnected the region is untrusted, unique-key entries
+    /// included: `find_by` neither serves nor fills a key entry (positive or negative),
+    /// so a row another process inserts meanwhile is found at once.
+    fn find_by_neither_serves_nor_fills_key_entries_while_untrusted(t) {
+        let db = Db::builder(t.pool.clone()).cache::<User>().listen(unreachable_listener(t.backend)).build().unwrap();
+        assert!(!db.stats().listener.unwrap().connected);
+        assert!(db.find_by(by_email("new@x.org")).unwrap().is_none());
+        // Another process inserts the key; its notification is lost with the listener.
+        t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'new@x.org', 'New')");
+        let found = db.find_by(by_email("new@x.org")).unwrap();
+        assert_eq!(found.map(|u| u.id), Some(1), "C7: a negative key entry was served while untrusted");
+        // And it moves the key away again.
+        t.exec("UPDATE users SET email = 'moved@x.org', version = 2 WHERE id = 1");
+        assert!(db.find_by(by_email("new@x.org")).unwrap().is_none());
+        assert_eq!(db.find_by(by_email("moved@x.org")).unwrap().map(|u| u.version), Some(2));
+        let u = db.stats();
+        let u = u.region("users").unwrap();
+        assert_eq!(u.key_hits, 0, "no key entry is served while untrusted");
+        assert_eq!(u.key_misses, 4);
     }
 }
