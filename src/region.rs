@@ -800,7 +800,11 @@ impl<E: CachedEntity> Region<E> {
         if let Some(st) = keys.get_mut(id) {
             st.remote_floor = st.remote_floor.max(version);
             if st.locks > 0 {
-                // The slot is empty while locked; the commit compares with the floor.
+                // The slot is empty while locked; the commit compares with the floor. The
+                // row's key values may have changed, and the local transaction's end only
+                // drops the values it saw: drop every key entry now (C7).
+                drop(keys);
+                self.clear_key_entries();
                 return false;
             }
         }
@@ -814,11 +818,16 @@ impl<E: CachedEntity> Region<E> {
         self.cache.invalidate(id);
         drop(keys);
         // The row's new key values are unknown: no negative key entry may outlive it.
+        self.clear_key_entries();
+        Counters::bump(&self.counters.remote_invalidations);
+        true
+    }
+
+    /// Drops every unique-key entry and fences key loads in flight.
+    fn clear_key_entries(&self) {
         for index in &self.indexes {
             index.clear();
         }
-        Counters::bump(&self.counters.remote_invalidations);
-        true
     }
 
     /// Stops (false) or resumes (true) serving and filling this region. Resuming clears
@@ -834,9 +843,7 @@ impl<E: CachedEntity> Region<E> {
             self.generation.fetch_add(1, Ordering::AcqRel);
             // Unique-key entries too: drops them and fences key loads in flight, so none is
             // filled during the outage (C7).
-            for index in &self.indexes {
-                index.clear();
-            }
+            self.clear_key_entries();
         }
     }
 
@@ -848,9 +855,7 @@ impl<E: CachedEntity> Region<E> {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.write_seq.fetch_add(1, Ordering::AcqRel);
         self.cache.invalidate_all();
-        for index in &self.indexes {
-            index.clear();
-        }
+        self.clear_key_entries();
     }
 
     pub(crate) fn snapshot(&self, table: &'static str) -> RegionStats {
