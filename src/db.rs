@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
 
-use crate::config::RegionConfig;
+use crate::config::{KeyCompare, RegionConfig};
 use crate::entity::{CachedEntity, CachedOps};
 use crate::error::{Error, Result};
 use crate::hooks::Hook;
@@ -586,13 +586,18 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
             Some(row) => {
                 let row = Arc::new(row);
                 if fill {
-                    index.fill_id(key, row.id().clone());
+                    // A row found under a looser database equality (`ADA@X.ORG` finding
+                    // `ada@x.org`) would fail the check on every hit: map only its own key.
+                    if K::of(&row) == key {
+                        index.fill_id(key, row.id().clone());
+                    }
                     region.fill_if_unchanged(&row, seq);
                 }
                 Ok(Some(row))
             }
             None => {
-                if fill && !index.fill_absent(key, &ticket) {
+                let negative = fill && negative_key_entries::<C, K>(region.config().key_compare);
+                if negative && !index.fill_absent(key, &ticket) {
                     Counters::bump(&region.counters.rejected_stale_fills);
                 }
                 Ok(None)
@@ -671,6 +676,25 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
             }
         }
     }
+}
+
+/// Whether "no row has this key" may be cached for key `K` on connection type `C`: only
+/// where the database compares the key as `K`'s `Eq` does (see [`KeyCompare`]).
+fn negative_key_entries<C: 'static, K: crate::unique::UniqueKey>(compare: KeyCompare) -> bool {
+    match compare {
+        KeyCompare::Exact => true,
+        KeyCompare::Loose => false,
+        _ => !(K::TEXTUAL && collates_text_loosely::<C>()),
+    }
+}
+
+/// MariaDB/MySQL: default collations ignore case, accents and trailing spaces.
+fn collates_text_loosely<C: 'static>() -> bool {
+    #[cfg(feature = "mysql")]
+    if TypeId::of::<C>() == TypeId::of::<diesel::mysql::MysqlConnection>() {
+        return true;
+    }
+    false
 }
 
 /// What [`Db::warm_up`] did.

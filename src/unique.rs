@@ -30,6 +30,12 @@ pub trait UniqueKey: Clone + Eq + Hash + Debug + Send + Sync + 'static {
     type Entity: CachedEntity;
     /// The key's column names, for messages and tracing.
     const NAME: &'static str;
+    /// Whether a column of the key may be compared by a text collation: true unless every
+    /// column is of a number, boolean or UUID type (the derive decides from the field
+    /// types; hand-written impls keep the conservative default). On MariaDB/MySQL such
+    /// keys are not negatively cached unless the region declares
+    /// [`KeyCompare::Exact`](crate::KeyCompare::Exact).
+    const TEXTUAL: bool = true;
     /// The key value a row carries.
     fn of(row: &Self::Entity) -> Self;
 }

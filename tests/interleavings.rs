@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use common::models::{Post, User, UserByEmail};
 use diesel::connection::SimpleConnection;
 use diesel_l2::testing::{Hook, Point};
-use diesel_l2::{CachedOps, Db, Error, ListenConfig};
+use diesel_l2::{CachedOps, Db, Error, KeyCompare, ListenConfig};
 
 /// Which pause point, without its fields.
 fn tag(p: &Point) -> &'static str {
@@ -393,7 +393,13 @@ backend_tests! {
     /// rolls back → `find_by("new@x.org")` must find row 1.
     fn a_remote_key_change_while_the_row_is_held_clears_the_negative_key_entry(t) {
         let s = Script::default();
-        let db = common::builder(t).listen(listen_to(t)).test_hook(s.hook()).build().unwrap();
+        // Declared exact so that MariaDB caches "not found" too (the keys are lower case).
+        let db = Db::builder(t.pool.clone())
+            .cache_with::<User>(|c| c.key_compare(KeyCompare::Exact))
+            .listen(listen_to(t))
+            .test_hook(s.hook())
+            .build()
+            .unwrap();
         assert!(db.stats().listener.unwrap().connected);
         let mut ada = User::new(1, "Ada");
         ada.email = "old@x.org".into();

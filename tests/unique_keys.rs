@@ -7,7 +7,7 @@ mod common;
 use std::sync::mpsc;
 
 use common::models::{Account, AccountByTenantIdEmail, User, UserByEmail};
-use diesel_l2::{Db, Error, ListenConfig};
+use diesel_l2::{Db, Error, KeyCompare, ListenConfig};
 
 fn by_email(e: &str) -> UserByEmail {
     UserByEmail(e.to_string())
@@ -46,7 +46,9 @@ backend_tests! {
     }
 
     fn a_negative_entry_does_not_survive_an_insert(t) {
-        let db = common::cached_db(t);
+        // Declared exact so that MariaDB caches "not found" too (its default collation
+        // would turn negative key entries off; see the collation tests below).
+        let db = Db::builder(t.pool.clone()).cache_with::<User>(|c| c.key_compare(KeyCompare::Exact)).build().unwrap();
         assert!(db.find_by(by_email("new@x.org")).unwrap().is_none());
         assert!(db.find_by(by_email("new@x.org")).unwrap().is_none());
         assert_eq!(t.sql.selects(), 1, "the absent key is negatively cached");
@@ -137,7 +139,8 @@ backend_tests! {
     }
 
     fn composite_unique_keys(t) {
-        let db = Db::builder(t.pool.clone()).cache::<Account>().build().unwrap();
+        // Declared exact so that MariaDB caches "not found" too (the keys here are lower case).
+        let db = Db::builder(t.pool.clone()).cache_with::<Account>(|c| c.key_compare(KeyCompare::Exact)).build().unwrap();
         let acct = |id, tenant, email: &str| Account { id, version: 1, tenant_id: tenant, email: email.into(), plan: "free".into() };
         db.transaction(|tx| {
             tx.insert(&acct(1, 10, "a@x.org"))?;
@@ -182,5 +185,46 @@ backend_tests! {
         let u = u.region("users").unwrap();
         assert_eq!(u.key_hits, 0, "no key entry is served while untrusted");
         assert_eq!(u.key_misses, 4);
+    }
+
+    /// C3/C7 under MariaDB's default collation (case-insensitive, trailing spaces
+    /// ignored): `find_by("ADA@X.ORG")` finds no row, then `ada@x.org` is inserted, which
+    /// the database takes as the same key. A cached "not found" for `ADA@X.ORG` would not
+    /// be cleared by that insert, so none is cached for text keys on MariaDB.
+    only(mysql)
+    fn an_insert_clears_not_found_for_every_spelling_the_database_matches(t) {
+        let db = common::cached_db(t);
+        assert!(db.find_by(by_email("ADA@X.ORG")).unwrap().is_none());
+        assert!(db.find_by(by_email("ada@x.org ")).unwrap().is_none());
+        let mut ada = User::new(1, "Ada");
+        ada.email = "ada@x.org".into();
+        db.transaction(|tx| tx.insert(&ada)).unwrap();
+        for spelling in ["ADA@X.ORG", "ada@x.org ", "ada@x.org"] {
+            let found = db.find_by(by_email(spelling)).unwrap();
+            assert_eq!(found.map(|u| u.id), Some(1), "C3: a stale \"not found\" for {spelling:?}, which the database matches to ada@x.org");
+        }
+        // The looser match is not cached as a key → id mapping either (it would fail the
+        // check on every hit); the exact spelling is.
+        t.sql.reset();
+        db.find_by(by_email("ada@x.org")).unwrap();
+        assert_eq!(t.sql.count(), 0, "{:?}", t.sql.statements());
+    }
+
+    /// Which backends cache "not found" for a text key (see `KeyCompare`): PostgreSQL and
+    /// SQLite by default, MariaDB only when declared exact; nobody when declared loose
+    /// (`citext`, `COLLATE NOCASE`).
+    fn key_compare_decides_whether_not_found_is_cached(t) {
+        for (compare, cached) in [
+            (KeyCompare::BackendDefault, BACKEND != common::Backend::Mysql),
+            (KeyCompare::Exact, true),
+            (KeyCompare::Loose, false),
+        ] {
+            let db = Db::builder(t.pool.clone()).cache_with::<User>(|c| c.key_compare(compare)).build().unwrap();
+            t.sql.reset();
+            assert!(db.find_by(by_email("nobody@x.org")).unwrap().is_none());
+            assert!(db.find_by(by_email("nobody@x.org")).unwrap().is_none());
+            let expected = if cached { 1 } else { 2 };
+            assert_eq!(t.sql.selects(), expected, "{compare:?} on {BACKEND:?}: {:?}", t.sql.statements());
+        }
     }
 }
