@@ -15,7 +15,7 @@ use crate::entity::{CachedEntity, CachedOps};
 use crate::error::{Error, Result};
 use crate::hooks::Hook;
 use crate::invalidation::{ChangeFeed, ListenConfig, Listener};
-use crate::region::{AnyRegion, FillMode, Lookup, Region};
+use crate::region::{AnyRegion, BatchLoad, FillMode, Lookup, Region};
 use crate::stats::{Counters, Stats};
 use crate::unique::{IndexSlot, UniqueOps};
 
@@ -638,15 +638,14 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
             return Ok(out);
         }
         let _span = tracing::debug_span!("diesel_l2.load_many", region = %region.config().name, misses = missing.len()).entered();
-        let mut tickets = Vec::with_capacity(missing.len());
+        // Ends every registered key's load even if loading panics.
+        let mut batch = BatchLoad::new(region, missing.len());
         for (id, slots) in &missing {
-            match region.begin_load(id, fill) {
-                Ok(ticket) => tickets.push((*id, ticket)),
-                Err(Lookup::Hit(e)) => slots.iter().for_each(|&i| out[i] = Some(Arc::clone(&e))),
-                Err(_) => {}
+            if let Err(Lookup::Hit(e)) = batch.begin(id, fill) {
+                slots.iter().for_each(|&i| out[i] = Some(Arc::clone(&e)));
             }
         }
-        let keys: Vec<E::Id> = tickets.iter().map(|(id, _)| (*id).clone()).collect();
+        let keys = batch.keys();
         let started = std::time::Instant::now();
         let loaded = self.db.load_batch::<E>(&keys);
         region.counters.add_load(started.elapsed());
@@ -659,21 +658,17 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
         );
         match loaded {
             Ok(found) => {
-                for (id, ticket) in &tickets {
-                    let row = found.get(*id).cloned();
-                    region.finish_load(id, ticket, Some(&row), None);
+                batch.finish(&found);
+                for id in &keys {
+                    let row = found.get(id);
                     for &i in &missing[id] {
-                        out[i] = row.clone();
+                        out[i] = row.cloned();
                     }
                 }
                 Ok(out)
             }
-            Err(e) => {
-                for (id, ticket) in &tickets {
-                    region.finish_load(id, ticket, None, None);
-                }
-                Err(e)
-            }
+            // Dropping the batch ends its loads without filling.
+            Err(e) => Err(e),
         }
     }
 }

@@ -887,6 +887,52 @@ impl<E: CachedEntity> Drop for LoadGuard<'_, E> {
     }
 }
 
+/// A batch load in progress (`find_many`): the keys it registered with `begin_load`.
+/// [`finish`](BatchLoad::finish) fills them (fenced); dropped without it (the load failed
+/// or panicked), it ends every key's load without filling, so no key state outlives it.
+pub(crate) struct BatchLoad<'a, E: CachedEntity> {
+    region: &'a Region<E>,
+    tickets: Vec<(E::Id, LoadTicket)>,
+}
+
+impl<'a, E: CachedEntity> BatchLoad<'a, E> {
+    pub(crate) fn new(region: &'a Region<E>, capacity: usize) -> Self {
+        BatchLoad {
+            region,
+            tickets: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Registers `id`; `Err` carries the cache's answer if one landed meanwhile.
+    pub(crate) fn begin(&mut self, id: &E::Id, mode: FillMode) -> Result<(), Lookup<E>> {
+        let ticket = self.region.begin_load(id, mode)?;
+        self.tickets.push((id.clone(), ticket));
+        Ok(())
+    }
+
+    /// The registered keys, to load.
+    pub(crate) fn keys(&self) -> Vec<E::Id> {
+        self.tickets.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    /// The load returned `found`: fills every registered key (absent ones negatively),
+    /// where the fence allows.
+    pub(crate) fn finish(mut self, found: &HashMap<E::Id, Arc<E>>) {
+        for (id, ticket) in std::mem::take(&mut self.tickets) {
+            let row = found.get(&id).cloned();
+            self.region.finish_load(&id, &ticket, Some(&row), None);
+        }
+    }
+}
+
+impl<E: CachedEntity> Drop for BatchLoad<'_, E> {
+    fn drop(&mut self) {
+        for (id, ticket) in std::mem::take(&mut self.tickets) {
+            self.region.finish_load(&id, &ticket, None, None);
+        }
+    }
+}
+
 /// Type-erased view of a region, for the `Db`'s registry.
 pub(crate) trait AnyRegion: Send + Sync + 'static {
     fn as_any(&self) -> &dyn Any;

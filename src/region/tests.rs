@@ -454,3 +454,26 @@ fn a_lock_taken_after_a_clear_puts() {
     r.commit(&1, &lock, FinalWrite::Put(Arc::new(row(1, 2))));
     assert_eq!(r.cached_version(&1), Some(2));
 }
+
+/// A batch load (`find_many`) whose loader panics ends every key's load: no key state
+/// (load count, fence) outlives it, and the keys load and fill normally afterwards.
+#[test]
+fn panicking_batch_loader_leaves_no_state_behind() {
+    let r = region();
+    let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut batch = BatchLoad::new(&r, 3);
+        for id in [1, 2, 3] {
+            assert!(batch.begin(&id, FillMode::Fill).is_ok());
+        }
+        let _keys = batch.keys();
+        panic!("loader bug");
+    }));
+    assert!(caught.is_err());
+    assert_eq!(r.tracked_keys(), 0, "the panicked batch leaked key state");
+    let mut batch = BatchLoad::new(&r, 1);
+    assert!(batch.begin(&1, FillMode::Fill).is_ok());
+    let found = HashMap::from([(1, Arc::new(row(1, 1)))]);
+    batch.finish(&found);
+    assert_eq!(r.cached_version(&1), Some(1));
+    assert_eq!(r.tracked_keys(), 0);
+}
