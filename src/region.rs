@@ -14,6 +14,7 @@
 //! a key locked by a transaction is neither served nor filled (C4).
 
 use std::any::Any;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -222,6 +223,29 @@ impl SlotExpiry {
     }
 }
 
+thread_local! {
+    /// Set while this thread reads a slot for the library's own bookkeeping (a peek, a
+    /// version check): moka calls `expire_after_read` synchronously on the reading
+    /// thread, which then leaves the time-to-idle as it was.
+    static QUIET_READ: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Clears `QUIET_READ` when dropped, even if the read unwinds.
+struct QuietRead;
+
+impl QuietRead {
+    fn start() -> Self {
+        QUIET_READ.with(|q| q.set(true));
+        QuietRead
+    }
+}
+
+impl Drop for QuietRead {
+    fn drop(&mut self) {
+        QUIET_READ.with(|q| q.set(false));
+    }
+}
+
 impl<K, E> moka::Expiry<K, Slot<E>> for SlotExpiry {
     fn expire_after_create(&self, _: &K, slot: &Slot<E>, _: Instant) -> Option<Duration> {
         self.lifetime(slot)
@@ -248,6 +272,10 @@ impl<K, E> moka::Expiry<K, Slot<E>> for SlotExpiry {
         let (Some(tti), Slot::Present(_)) = (self.tti, slot) else {
             return until_expiry;
         };
+        if QUIET_READ.with(Cell::get) {
+            // Not an access: a peek or an internal lookup.
+            return until_expiry;
+        }
         match self.ttl {
             Some(ttl) => {
                 let age = read_at.saturating_duration_since(last_modified_at);
@@ -373,10 +401,17 @@ impl<E: CachedEntity> Region<E> {
         if !self.trusted.load(Ordering::Acquire) {
             return None;
         }
-        match self.cache.get(id) {
+        match self.quiet_get(id) {
             Some(Slot::Present(e)) => Some(e),
             _ => None,
         }
+    }
+
+    /// The slot for `id`, read without counting as an access: its time-to-idle is not
+    /// extended (peeks, version checks and other bookkeeping).
+    fn quiet_get(&self, id: &E::Id) -> Option<Slot<E>> {
+        let _quiet = QuietRead::start();
+        self.cache.get(id)
     }
 
     /// Read-through for one key after a miss: joins a load in flight or runs `load`,
@@ -588,7 +623,7 @@ impl<E: CachedEntity> Region<E> {
             None if self.config.negative_ttl.is_some() => Slot::Absent,
             None => return,
         };
-        let put = match (self.cache.get(id), &slot) {
+        let put = match (self.quiet_get(id), &slot) {
             (None | Some(Slot::Locked), _) => true,
             (Some(Slot::Present(old)), Slot::Present(new)) if old.version() < new.version() => true,
             (Some(Slot::Present(old)), Slot::Present(new)) if old.version() > new.version() => {
@@ -691,7 +726,7 @@ impl<E: CachedEntity> Region<E> {
         let previous = if self.indexes.is_empty() {
             None
         } else {
-            match self.cache.get(id) {
+            match self.quiet_get(id) {
                 Some(Slot::Present(e)) => Some(e),
                 _ => None,
             }
@@ -792,7 +827,7 @@ impl<E: CachedEntity> Region<E> {
     /// remembered so that transaction's commit cannot put anything older.
     pub(crate) fn remote_invalidate(&self, id: &E::Id, version: i64) -> bool {
         let mut keys = self.shard(id);
-        let cached = match self.cache.get(id) {
+        let cached = match self.quiet_get(id) {
             Some(Slot::Present(e)) => Some(e.version()),
             Some(Slot::Tombstone(v)) => Some(v),
             Some(Slot::Absent | Slot::Locked) | None => None,

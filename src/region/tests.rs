@@ -477,3 +477,31 @@ fn panicking_batch_loader_leaves_no_state_behind() {
     assert_eq!(r.cached_version(&1), Some(1));
     assert_eq!(r.tracked_keys(), 0);
 }
+
+/// Only reads that serve a row extend its time-to-idle: `peek`, the version check of a
+/// fill and the check of a remote change are not accesses, so an entry nobody reads
+/// expires after `tti` however often they look at it.
+#[test]
+fn peeks_and_internal_lookups_do_not_extend_time_to_idle() {
+    let tti = Duration::from_millis(200);
+    let r = Region::<Row>::new(RegionConfig::new("rows").tti(tti));
+    r.fill(&1, &Some(Arc::new(row(1, 2))));
+    let started = std::time::Instant::now();
+    while started.elapsed() < tti * 2 {
+        r.peek(&1);
+        r.fill(&1, &Some(Arc::new(row(1, 1))));
+        r.remote_invalidate(&1, 1);
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        matches!(r.lookup(&1), Lookup::Miss),
+        "the entry was not read for twice its tti, yet is still served"
+    );
+    // A real read does extend it.
+    r.fill(&2, &Some(Arc::new(row(2, 1))));
+    let started = std::time::Instant::now();
+    while started.elapsed() < tti * 2 {
+        assert!(matches!(r.lookup(&2), Lookup::Hit(_)));
+        thread::sleep(Duration::from_millis(10));
+    }
+}
