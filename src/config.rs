@@ -20,7 +20,9 @@ pub struct RegionConfig {
     pub tti: Option<Duration>,
     /// Upper bound on the number of entries (used when `max_bytes` is `None`).
     pub max_entries: Option<u64>,
-    /// Upper bound on the estimated bytes held (rows weighed by `CachedEntity::approx_bytes`).
+    /// Upper bound on the estimated bytes held: rows weighed by
+    /// `CachedEntity::approx_bytes` and, for an entity with unique keys, its key entries
+    /// (weighed by `UniqueKey::approx_bytes`), which get a quarter of the budget.
     pub max_bytes: Option<u64>,
     /// How long "no such row" is remembered; `None` disables negative caching.
     pub negative_ttl: Option<Duration>,
@@ -111,7 +113,8 @@ impl RegionConfig {
         self
     }
 
-    /// Bound the region by estimated bytes (clears any entry count).
+    /// Bound the region by estimated bytes (clears any entry count). The budget covers the
+    /// rows and, for an entity with unique keys, the key entries (a quarter of it).
     #[must_use]
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = Some(bytes);

@@ -320,10 +320,19 @@ impl<E: CachedEntity> Region<E> {
                 tracing::trace!(region = %region_name, id = ?id, ?cause, "cache entry removed");
             });
         }
+        let mut unique = UniqueKeys { makers: Vec::new() };
+        E::unique_keys(&mut unique);
+        // A byte budget covers the key entries too: a quarter of it is shared by the
+        // entity's unique-key indexes, the rows get the rest.
+        let key_share = match (config.max_bytes, unique.makers.len()) {
+            (Some(bytes), n) if n > 0 => Some((bytes / 4).max(1)),
+            _ => None,
+        };
         builder = match (config.max_bytes, config.max_entries) {
             (Some(bytes), _) => {
+                let rows = bytes - key_share.unwrap_or(0);
                 builder
-                    .max_capacity(bytes)
+                    .max_capacity(rows.max(1))
                     .weigher(|id: &E::Id, slot: &Slot<E>| {
                         let key = std::mem::size_of_val(id) as u64;
                         let value = match slot {
@@ -338,14 +347,15 @@ impl<E: CachedEntity> Region<E> {
             (None, Some(n)) => builder.max_capacity(n),
             (None, None) => builder,
         };
-        let mut unique = UniqueKeys {
-            config: config.clone(),
-            indexes: Vec::new(),
-        };
-        E::unique_keys(&mut unique);
+        let per_index = key_share.map(|b| (b / unique.makers.len() as u64).max(1));
+        let indexes = unique
+            .makers
+            .into_iter()
+            .map(|make| make(&config, per_index))
+            .collect();
         Region {
             trusted: AtomicBool::new(true),
-            indexes: unique.indexes,
+            indexes,
             cache: builder.build(),
             keys: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
