@@ -10,13 +10,13 @@ use serde::Serialize;
 
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
 
-use crate::config::RegionConfig;
+use crate::config::{KeyCompare, RegionConfig};
 use crate::entity::{CachedEntity, CachedOps};
 use crate::error::{Error, Result};
 use crate::hooks::Hook;
 use crate::inbox::Inbox;
 use crate::invalidation::{ChangeFeed, ListenConfig, Listener};
-use crate::region::{AnyRegion, FillMode, Lookup, Region};
+use crate::region::{AnyRegion, BatchLoad, FillMode, Lookup, Region};
 use crate::stats::{Counters, RegionStats, Stats};
 use crate::unique::{IndexSlot, UniqueOps};
 
@@ -344,6 +344,8 @@ impl<C: R2D2Connection + 'static> Db<C> {
     /// like `UserByEmail("ada@example.com".into())`): a cached key → id mapping and a
     /// cached row answer without SQL; otherwise one `SELECT … WHERE email = ?` fills both.
     /// A key no row has is negatively cached until a write gives a row that key.
+    /// While the change listener is disconnected, key entries are neither served nor
+    /// filled, like rows (C7).
     pub fn find_by<K>(&self, key: K) -> Result<Option<Arc<K::Entity>>>
     where
         K: UniqueOps<C>,
@@ -577,7 +579,10 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
                 K::Entity::TABLE
             ))
         })?;
-        if self.mode != CacheMode::Refresh {
+        // While the listener is disconnected, key entries are neither served nor filled
+        // (C7): the region's rows are not either.
+        let trusted = region.trusted();
+        if self.mode != CacheMode::Refresh && trusted {
             match index.lookup(&key) {
                 Some(IndexSlot::Id(id)) => {
                     // The mapping is a hint: use it only if the row still has the key.
@@ -605,18 +610,23 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
             K::load_by(&mut conn, &key)?
         };
         region.counters.add_load(started.elapsed());
-        let fill = self.mode != CacheMode::NoFill;
+        let fill = self.mode != CacheMode::NoFill && trusted;
         match row {
             Some(row) => {
                 let row = Arc::new(row);
                 if fill {
-                    index.fill_id(key, row.id().clone());
+                    // A row found under a looser database equality (`ADA@X.ORG` finding
+                    // `ada@x.org`) would fail the check on every hit: map only its own key.
+                    if K::of(&row) == key {
+                        index.fill_id(key, row.id().clone());
+                    }
                     region.fill_if_unchanged(&row, seq);
                 }
                 Ok(Some(row))
             }
             None => {
-                if fill && !index.fill_absent(key, &ticket) {
+                let negative = fill && negative_key_entries::<C, K>(region.config().key_compare);
+                if negative && !index.fill_absent(key, &ticket) {
                     Counters::bump(&region.counters.rejected_stale_fills);
                 }
                 Ok(None)
@@ -657,15 +667,14 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
             return Ok(out);
         }
         let _span = tracing::debug_span!("diesel_l2.load_many", region = %region.config().name, misses = missing.len()).entered();
-        let mut tickets = Vec::with_capacity(missing.len());
+        // Ends every registered key's load even if loading panics.
+        let mut batch = BatchLoad::new(region, missing.len());
         for (id, slots) in &missing {
-            match region.begin_load(id, fill) {
-                Ok(ticket) => tickets.push((*id, ticket)),
-                Err(Lookup::Hit(e)) => slots.iter().for_each(|&i| out[i] = Some(Arc::clone(&e))),
-                Err(_) => {}
+            if let Err(Lookup::Hit(e)) = batch.begin(id, fill) {
+                slots.iter().for_each(|&i| out[i] = Some(Arc::clone(&e)));
             }
         }
-        let keys: Vec<E::Id> = tickets.iter().map(|(id, _)| (*id).clone()).collect();
+        let keys = batch.keys();
         let started = std::time::Instant::now();
         let loaded = self.db.load_batch::<E>(&keys);
         region.counters.add_load(started.elapsed());
@@ -678,23 +687,38 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
         );
         match loaded {
             Ok(found) => {
-                for (id, ticket) in &tickets {
-                    let row = found.get(*id).cloned();
-                    region.finish_load(id, ticket, Some(&row), None);
+                batch.finish(&found);
+                for id in &keys {
+                    let row = found.get(id);
                     for &i in &missing[id] {
-                        out[i] = row.clone();
+                        out[i] = row.cloned();
                     }
                 }
                 Ok(out)
             }
-            Err(e) => {
-                for (id, ticket) in &tickets {
-                    region.finish_load(id, ticket, None, None);
-                }
-                Err(e)
-            }
+            // Dropping the batch ends its loads without filling.
+            Err(e) => Err(e),
         }
     }
+}
+
+/// Whether "no row has this key" may be cached for key `K` on connection type `C`: only
+/// where the database compares the key as `K`'s `Eq` does (see [`KeyCompare`]).
+fn negative_key_entries<C: 'static, K: crate::unique::UniqueKey>(compare: KeyCompare) -> bool {
+    match compare {
+        KeyCompare::Exact => true,
+        KeyCompare::Loose => false,
+        _ => !(K::TEXTUAL && collates_text_loosely::<C>()),
+    }
+}
+
+/// MariaDB/MySQL: default collations ignore case, accents and trailing spaces.
+fn collates_text_loosely<C: 'static>() -> bool {
+    #[cfg(feature = "mysql")]
+    if TypeId::of::<C>() == TypeId::of::<diesel::mysql::MysqlConnection>() {
+        return true;
+    }
+    false
 }
 
 /// What [`Db::warm_up`] did.

@@ -123,7 +123,17 @@
 //!   generates a key type such as `UserByEmail(String)` for [`Db::find_by`]. The key → id
 //!   mapping is cached and verified against the row on every hit; a key no row has is
 //!   negatively cached, and every insert, update or delete clears the old and new key
-//!   values on commit, so "not found" never survives the insert of that key.
+//!   values on commit, so "not found" never survives the insert of that key. While the
+//!   change listener is disconnected, key entries are neither served nor filled (C7).
+//! - "Not found" is cached only where the database compares key values as the key type's
+//!   `Eq` does, since a write clears exactly the values it wrote ([`KeyCompare`]). By
+//!   default: on PostgreSQL and SQLite, whose default collations compare text byte for
+//!   byte, yes; on MariaDB/MySQL, whose default collations ignore case, accents and
+//!   trailing spaces (`ada@x.org` = `ADA@X.ORG`), not for keys with a text column
+//!   (keys of numbers, booleans or UUIDs only are still cached). Declare
+//!   `.key_compare(KeyCompare::Exact)` in [`DbBuilder::cache_with`] for `_bin`
+//!   collations, and `KeyCompare::Loose` for PostgreSQL `citext`, nondeterministic
+//!   collations or SQLite `COLLATE NOCASE` columns, which the library cannot detect.
 //! - Per call: [`Db::no_fill`] (read the cache, do not fill), [`Db::refresh`] (always load
 //!   and put), [`Db::bypass`] (ignore the cache), or [`Db::read`] with a [`CacheMode`].
 //! - [`Db::evict`], [`Db::evict_many`], [`Db::evict_all`], [`Db::evict_everything`].
@@ -200,7 +210,7 @@ mod tx;
 mod unique;
 
 pub use batch::{BatchConfig, BatchStats, Batcher};
-pub use config::RegionConfig;
+pub use config::{KeyCompare, RegionConfig};
 pub use db::{CacheMode, Db, DbBuilder, DbPool, Reader, WarmUp};
 pub use diesel_l2_derive::Cached;
 pub use entity::{CachedEntity, CachedOps, HeapSize};

@@ -14,6 +14,7 @@
 //! a key locked by a transaction is neither served nor filled (C4).
 
 use std::any::Any;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -162,6 +163,9 @@ pub(crate) struct LoadTicket {
 pub(crate) struct KeyLock {
     /// The key's epoch right after this lock was taken.
     epoch: u64,
+    /// The region's clear generation when this lock was taken: a region-wide clear while
+    /// the key is held fences the commit like a single-key invalidation does (C7).
+    generation: u64,
 }
 
 /// The final effect of a committed transaction on one key.
@@ -182,7 +186,8 @@ pub(crate) struct Region<E: CachedEntity> {
     cache: Cache<E::Id, Slot<E>>,
     keys: Box<[KeyShard<E>]>,
     hasher: RandomState,
-    /// Bumped by `clear`: a load that started before a clear never fills.
+    /// Bumped by `clear` and by loss of trust, under every shard lock: a load that started
+    /// before, and a commit whose lock was taken before, never fill or put (C3, C7).
     generation: AtomicU64,
     /// Bumped (under the key's shard lock) by every lock, commit, release and
     /// invalidation in the region, and by `clear`: warm-up fills check it per key.
@@ -218,6 +223,29 @@ impl SlotExpiry {
     }
 }
 
+thread_local! {
+    /// Set while this thread reads a slot for the library's own bookkeeping (a peek, a
+    /// version check): moka calls `expire_after_read` synchronously on the reading
+    /// thread, which then leaves the time-to-idle as it was.
+    static QUIET_READ: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Clears `QUIET_READ` when dropped, even if the read unwinds.
+struct QuietRead;
+
+impl QuietRead {
+    fn start() -> Self {
+        QUIET_READ.with(|q| q.set(true));
+        QuietRead
+    }
+}
+
+impl Drop for QuietRead {
+    fn drop(&mut self) {
+        QUIET_READ.with(|q| q.set(false));
+    }
+}
+
 impl<K, E> moka::Expiry<K, Slot<E>> for SlotExpiry {
     fn expire_after_create(&self, _: &K, slot: &Slot<E>, _: Instant) -> Option<Duration> {
         self.lifetime(slot)
@@ -244,6 +272,10 @@ impl<K, E> moka::Expiry<K, Slot<E>> for SlotExpiry {
         let (Some(tti), Slot::Present(_)) = (self.tti, slot) else {
             return until_expiry;
         };
+        if QUIET_READ.with(Cell::get) {
+            // Not an access: a peek or an internal lookup.
+            return until_expiry;
+        }
         match self.ttl {
             Some(ttl) => {
                 let age = read_at.saturating_duration_since(last_modified_at);
@@ -288,10 +320,19 @@ impl<E: CachedEntity> Region<E> {
                 tracing::trace!(region = %region_name, id = ?id, ?cause, "cache entry removed");
             });
         }
+        let mut unique = UniqueKeys { makers: Vec::new() };
+        E::unique_keys(&mut unique);
+        // A byte budget covers the key entries too: a quarter of it is shared by the
+        // entity's unique-key indexes, the rows get the rest.
+        let key_share = match (config.max_bytes, unique.makers.len()) {
+            (Some(bytes), n) if n > 0 => Some((bytes / 4).max(1)),
+            _ => None,
+        };
         builder = match (config.max_bytes, config.max_entries) {
             (Some(bytes), _) => {
+                let rows = bytes - key_share.unwrap_or(0);
                 builder
-                    .max_capacity(bytes)
+                    .max_capacity(rows.max(1))
                     .weigher(|id: &E::Id, slot: &Slot<E>| {
                         let key = std::mem::size_of_val(id) as u64;
                         let value = match slot {
@@ -306,14 +347,15 @@ impl<E: CachedEntity> Region<E> {
             (None, Some(n)) => builder.max_capacity(n),
             (None, None) => builder,
         };
-        let mut unique = UniqueKeys {
-            config: config.clone(),
-            indexes: Vec::new(),
-        };
-        E::unique_keys(&mut unique);
+        let per_index = key_share.map(|b| (b / unique.makers.len() as u64).max(1));
+        let indexes = unique
+            .makers
+            .into_iter()
+            .map(|make| make(&config, per_index))
+            .collect();
         Region {
             trusted: AtomicBool::new(true),
-            indexes: unique.indexes,
+            indexes,
             cache: builder.build(),
             keys: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
@@ -369,10 +411,17 @@ impl<E: CachedEntity> Region<E> {
         if !self.trusted.load(Ordering::Acquire) {
             return None;
         }
-        match self.cache.get(id) {
+        match self.quiet_get(id) {
             Some(Slot::Present(e)) => Some(e),
             _ => None,
         }
+    }
+
+    /// The slot for `id`, read without counting as an access: its time-to-idle is not
+    /// extended (peeks, version checks and other bookkeeping).
+    fn quiet_get(&self, id: &E::Id) -> Option<Slot<E>> {
+        let _quiet = QuietRead::start();
+        self.cache.get(id)
     }
 
     /// Read-through for one key after a miss: joins a load in flight or runs `load`,
@@ -584,7 +633,7 @@ impl<E: CachedEntity> Region<E> {
             None if self.config.negative_ttl.is_some() => Slot::Absent,
             None => return,
         };
-        let put = match (self.cache.get(id), &slot) {
+        let put = match (self.quiet_get(id), &slot) {
             (None | Some(Slot::Locked), _) => true,
             (Some(Slot::Present(old)), Slot::Present(new)) if old.version() < new.version() => true,
             (Some(Slot::Present(old)), Slot::Present(new)) if old.version() > new.version() => {
@@ -615,6 +664,12 @@ impl<E: CachedEntity> Region<E> {
         self.indexes
             .iter()
             .find_map(|i| i.as_any().downcast_ref::<Index<K>>())
+    }
+
+    /// Whether the region may serve and fill now: false while the listener covering it is
+    /// disconnected (C7). Unique-key lookups check it too.
+    pub(crate) fn trusted(&self) -> bool {
+        self.trusted.load(Ordering::Acquire)
     }
 
     /// Whether the entity has unique keys (whose values writes must track).
@@ -681,7 +736,7 @@ impl<E: CachedEntity> Region<E> {
         let previous = if self.indexes.is_empty() {
             None
         } else {
-            match self.cache.get(id) {
+            match self.quiet_get(id) {
                 Some(Slot::Present(e)) => Some(e),
                 _ => None,
             }
@@ -691,6 +746,8 @@ impl<E: CachedEntity> Region<E> {
         st.locks += 1;
         st.epoch += 1;
         let epoch = st.epoch;
+        // Read under the shard lock, which every clear also takes.
+        let generation = self.generation.load(Ordering::Acquire);
         self.write_seq.fetch_add(1, Ordering::AcqRel);
         self.cache.insert(id.clone(), Slot::Locked);
         drop(keys);
@@ -704,14 +761,15 @@ impl<E: CachedEntity> Region<E> {
             region: self.config.name.clone(),
             id: format!("{id:?}"),
         });
-        (KeyLock { epoch }, previous)
+        (KeyLock { epoch, generation }, previous)
     }
 
     /// Applies a committed transaction's final write on `id` and releases its lock (C1, C2).
     ///
     /// The value is put only when this transaction was the key's sole writer for the whole
-    /// time it held the lock; otherwise another transaction's commit may be newer, so the
-    /// key is invalidated and the next read loads the truth.
+    /// time it held the lock and no region-wide clear (`evict_all`, a remote flush, a gap,
+    /// a reconnect) happened meanwhile; otherwise another commit may be newer, so the key
+    /// is invalidated and the next read loads the truth (C7).
     pub(crate) fn commit(&self, id: &E::Id, lock: &KeyLock, write: FinalWrite<E>) {
         let mut keys = self.shard(id);
         self.write_seq.fetch_add(1, Ordering::AcqRel);
@@ -720,9 +778,14 @@ impl<E: CachedEntity> Region<E> {
             FinalWrite::Delete { version } => *version,
             FinalWrite::Invalidate => i64::MIN,
         };
+        // A clear takes every shard lock, so this check cannot straddle one.
+        let uncleared = self.generation.load(Ordering::Acquire) == lock.generation;
         let sole = match keys.get_mut(id) {
             Some(st) => {
-                let sole = st.locks == 1 && st.epoch == lock.epoch && written >= st.remote_floor;
+                let sole = st.locks == 1
+                    && st.epoch == lock.epoch
+                    && written >= st.remote_floor
+                    && uncleared;
                 st.locks = st.locks.saturating_sub(1);
                 st.epoch += 1;
                 if st.idle() {
@@ -774,7 +837,7 @@ impl<E: CachedEntity> Region<E> {
     /// remembered so that transaction's commit cannot put anything older.
     pub(crate) fn remote_invalidate(&self, id: &E::Id, version: i64) -> bool {
         let mut keys = self.shard(id);
-        let cached = match self.cache.get(id) {
+        let cached = match self.quiet_get(id) {
             Some(Slot::Present(e)) => Some(e.version()),
             Some(Slot::Tombstone(v)) => Some(v),
             Some(Slot::Absent | Slot::Locked) | None => None,
@@ -782,7 +845,11 @@ impl<E: CachedEntity> Region<E> {
         if let Some(st) = keys.get_mut(id) {
             st.remote_floor = st.remote_floor.max(version);
             if st.locks > 0 {
-                // The slot is empty while locked; the commit compares with the floor.
+                // The slot is empty while locked; the commit compares with the floor. The
+                // row's key values may have changed, and the local transaction's end only
+                // drops the values it saw: drop every key entry now (C7).
+                drop(keys);
+                self.clear_key_entries();
                 return false;
             }
         }
@@ -796,11 +863,16 @@ impl<E: CachedEntity> Region<E> {
         self.cache.invalidate(id);
         drop(keys);
         // The row's new key values are unknown: no negative key entry may outlive it.
+        self.clear_key_entries();
+        Counters::bump(&self.counters.remote_invalidations);
+        true
+    }
+
+    /// Drops every unique-key entry and fences key loads in flight.
+    fn clear_key_entries(&self) {
         for index in &self.indexes {
             index.clear();
         }
-        Counters::bump(&self.counters.remote_invalidations);
-        true
     }
 
     /// Stops (false) or resumes (true) serving and filling this region. Resuming clears
@@ -814,6 +886,9 @@ impl<E: CachedEntity> Region<E> {
             self.trusted.store(false, Ordering::Release);
             // Fences loads that started while trusted.
             self.generation.fetch_add(1, Ordering::AcqRel);
+            // Unique-key entries too: drops them and fences key loads in flight, so none is
+            // filled during the outage (C7).
+            self.clear_key_entries();
         }
     }
 
@@ -825,9 +900,7 @@ impl<E: CachedEntity> Region<E> {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.write_seq.fetch_add(1, Ordering::AcqRel);
         self.cache.invalidate_all();
-        for index in &self.indexes {
-            index.clear();
-        }
+        self.clear_key_entries();
     }
 
     pub(crate) fn snapshot(&self, table: &'static str) -> RegionStats {
@@ -855,6 +928,52 @@ impl<E: CachedEntity> Drop for LoadGuard<'_, E> {
             self.region
                 .finish_load(self.id, &ticket, None, Some(self.flight));
             self.flight.finish(FlightResult::Failed);
+        }
+    }
+}
+
+/// A batch load in progress (`find_many`): the keys it registered with `begin_load`.
+/// [`finish`](BatchLoad::finish) fills them (fenced); dropped without it (the load failed
+/// or panicked), it ends every key's load without filling, so no key state outlives it.
+pub(crate) struct BatchLoad<'a, E: CachedEntity> {
+    region: &'a Region<E>,
+    tickets: Vec<(E::Id, LoadTicket)>,
+}
+
+impl<'a, E: CachedEntity> BatchLoad<'a, E> {
+    pub(crate) fn new(region: &'a Region<E>, capacity: usize) -> Self {
+        BatchLoad {
+            region,
+            tickets: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Registers `id`; `Err` carries the cache's answer if one landed meanwhile.
+    pub(crate) fn begin(&mut self, id: &E::Id, mode: FillMode) -> Result<(), Lookup<E>> {
+        let ticket = self.region.begin_load(id, mode)?;
+        self.tickets.push((id.clone(), ticket));
+        Ok(())
+    }
+
+    /// The registered keys, to load.
+    pub(crate) fn keys(&self) -> Vec<E::Id> {
+        self.tickets.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    /// The load returned `found`: fills every registered key (absent ones negatively),
+    /// where the fence allows.
+    pub(crate) fn finish(mut self, found: &HashMap<E::Id, Arc<E>>) {
+        for (id, ticket) in std::mem::take(&mut self.tickets) {
+            let row = found.get(&id).cloned();
+            self.region.finish_load(&id, &ticket, Some(&row), None);
+        }
+    }
+}
+
+impl<E: CachedEntity> Drop for BatchLoad<'_, E> {
+    fn drop(&mut self) {
+        for (id, ticket) in std::mem::take(&mut self.tickets) {
+            self.region.finish_load(&id, &ticket, None, None);
         }
     }
 }

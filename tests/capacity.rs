@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::models::User;
-use diesel_l2::Db;
+use common::models::{User, UserByEmail};
+use diesel_l2::{Db, KeyCompare};
 
 fn seed<C: diesel::r2d2::R2D2Connection + 'static>(t: &common::TestDb<C>, n: i64) {
     let values: Vec<String> = (1..=n)
@@ -48,5 +48,27 @@ backend_tests! {
         assert!(one > std::mem::size_of::<User>() as u64, "heap bytes are counted");
         assert!(entries * one <= budget + one, "{entries} entries of ~{one} bytes in a {budget}-byte budget");
         assert!(entries > 0);
+    }
+
+    /// The byte budget bounds the unique-key entries too (they get a quarter of it), not
+    /// only the rows: 2,000 long keys looked up in a 16 KiB region cannot all stay cached.
+    fn byte_budget_bounds_the_unique_key_index(t) {
+        let budget = 16 * 1024;
+        // Declared exact so that MariaDB caches the "not found" entries too.
+        let db = Db::builder(t.pool.clone())
+            .cache_with::<User>(|c| c.max_bytes(budget).key_compare(KeyCompare::Exact))
+            .build()
+            .unwrap();
+        let key = |i: usize| UserByEmail(format!("{}-{i}@x.org", "k".repeat(200)));
+        for i in 0..2_000 {
+            assert!(db.find_by(key(i)).unwrap().is_none());
+        }
+        t.sql.reset();
+        for i in 0..2_000 {
+            assert!(db.find_by(key(i)).unwrap().is_none());
+        }
+        let reloaded = t.sql.selects();
+        // About 4 KiB of ~300-byte entries fit; moka may lag behind by a write buffer.
+        assert!(reloaded >= 1_500, "only {reloaded} of 2,000 keys were reloaded: the key index outgrew the {budget}-byte budget");
     }
 }

@@ -14,6 +14,25 @@ fn seed<C: diesel::r2d2::R2D2Connection + 'static>(t: &common::TestDb<C>) {
 }
 
 backend_tests! {
+    /// `peek` is for tests and diagnostics, not a read: it does not extend a row's
+    /// time-to-idle, so a row only peeked at expires after `tti`.
+    fn peek_does_not_extend_time_to_idle(t) {
+        seed(t);
+        let tti = Duration::from_millis(200);
+        let db = Db::builder(t.pool.clone()).cache_with::<User>(|c| c.tti(tti)).build().unwrap();
+        db.find::<User>(1).unwrap();
+        assert!(db.peek::<User>(&1).unwrap().is_some());
+        let started = std::time::Instant::now();
+        while started.elapsed() < tti * 2 {
+            db.peek::<User>(&1).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(db.peek::<User>(&1).unwrap().is_none(), "peeks kept an idle row alive");
+        t.sql.reset();
+        db.find::<User>(1).unwrap();
+        assert_eq!(t.sql.selects(), 1, "the idle row expired and was loaded again");
+    }
+
     fn evict_one_many_region_and_everything(t) {
         seed(t);
         let db = common::cached_db(t);

@@ -15,10 +15,10 @@ use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use common::models::{Post, User};
+use common::models::{Post, User, UserByEmail};
 use diesel::connection::SimpleConnection;
 use diesel_l2::testing::{Hook, Point};
-use diesel_l2::{CachedOps, Db, Error};
+use diesel_l2::{CachedOps, Db, Error, KeyCompare, ListenConfig};
 
 /// Which pause point, without its fields.
 fn tag(p: &Point) -> &'static str {
@@ -138,6 +138,28 @@ where
     User: CachedOps<C>,
 {
     User::load_one(&mut t.raw_connection(), &id).unwrap()
+}
+
+/// A change listener on the test's database (C7).
+fn listen_to<C: common::TestBackend>(t: &common::TestDb<C>) -> ListenConfig {
+    let mut config =
+        ListenConfig::new(t.url.clone()).poll_interval(std::time::Duration::from_millis(1));
+    if let Some(schema) = t.pg_schema() {
+        config = config.schema(schema);
+    }
+    config
+}
+
+/// Waits (up to 10 s, then fails) until `cond` holds.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 backend_tests! {
@@ -342,6 +364,64 @@ backend_tests! {
         s.release("writer", "after_lock");
         w.join().unwrap().unwrap();
         assert_eq!(db.find::<User>(1).unwrap().unwrap().version, 2);
+    }
+
+    /// C7 (region-wide clears fence commits in flight): COMMIT(v2) returned, the buffer is
+    /// not applied yet → another client commits v3 → a region-wide clear (`evict_all`
+    /// here; a PostgreSQL bulk flush, an outbox gap flush and a listener reconnect end in
+    /// the same clear) → the apply must not put v2 over v3.
+    fn a_region_clear_between_commit_and_apply_fences_the_commit(t) {
+        let s = Script::default();
+        let db = db_with(t, &s);
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        assert_eq!(db.find::<User>(1).unwrap().unwrap().version, 1);
+        s.arm("writer", "after_commit");
+        let w = { let db = db.clone(); let n = renamed(&v1, "v2"); spawn("writer", move || db.transaction(|tx| tx.update(&n))) };
+        s.wait("writer", "after_commit");
+        t.exec("UPDATE users SET name = 'v3 elsewhere', version = 3 WHERE id = 1");
+        db.evict_all::<User>().unwrap();
+        s.release("writer", "after_commit");
+        assert_eq!(w.join().unwrap().unwrap().version, 2);
+        let read = db.find::<User>(1).unwrap().unwrap();
+        assert_eq!((read.version, read.name.as_str()), (3, "v3 elsewhere"), "C7: the clear fenced the commit in flight; v2 must not hide v3");
+    }
+
+    /// C7 with unique keys ("is this email taken?" under contention): "new@x.org" is
+    /// cached as taken by no row → a local transaction locks row 1 (paused before its
+    /// UPDATE) → another client moves row 1 to "new@x.org", and the notification arrives
+    /// while the key is soft-locked → the local transaction fails (version conflict) and
+    /// rolls back → `find_by("new@x.org")` must find row 1.
+    fn a_remote_key_change_while_the_row_is_held_clears_the_negative_key_entry(t) {
+        let s = Script::default();
+        // Declared exact so that MariaDB caches "not found" too (the keys are lower case).
+        let db = Db::builder(t.pool.clone())
+            .cache_with::<User>(|c| c.key_compare(KeyCompare::Exact))
+            .listen(listen_to(t))
+            .test_hook(s.hook())
+            .build()
+            .unwrap();
+        assert!(db.stats().listener.unwrap().connected);
+        let mut ada = User::new(1, "Ada");
+        ada.email = "old@x.org".into();
+        let v1 = db.transaction(|tx| tx.insert(&ada)).unwrap();
+        wait_until("the insert's own notification", || db.stats().listener.unwrap().changes >= 1);
+        let new_key = || UserByEmail("new@x.org".into());
+        assert!(db.find_by(new_key()).unwrap().is_none());
+        t.sql.reset();
+        assert!(db.find_by(new_key()).unwrap().is_none());
+        assert_eq!(t.sql.selects(), 0, "\"new@x.org\" is negatively cached");
+        s.arm("writer", "after_lock");
+        let w = { let db = db.clone(); let n = renamed(&v1, "local"); spawn("writer", move || db.transaction(|tx| tx.update(&n))) };
+        s.wait("writer", "after_lock");
+        let before = db.stats().listener.unwrap().changes;
+        t.exec("UPDATE users SET email = 'new@x.org', version = 2 WHERE id = 1");
+        wait_until("the remote change's notification", || db.stats().listener.unwrap().changes > before);
+        s.release("writer", "after_lock");
+        let r = w.join().unwrap();
+        assert!(matches!(r, Err(Error::Conflict { .. })), "the local write conflicts and rolls back: {r:?}");
+        let found = db.find_by(new_key()).unwrap();
+        assert_eq!(found.map(|u| u.version), Some(2), "C7: a stale \"not found\" outlived the remote key change");
+        assert!(db.find_by(UserByEmail("old@x.org".into())).unwrap().is_none());
     }
 
     // ---- Regressions: bugs the consistency work found, now fixed -------------------

@@ -7,10 +7,23 @@ mod common;
 use std::sync::mpsc;
 
 use common::models::{Account, AccountByTenantIdEmail, User, UserByEmail};
-use diesel_l2::{Db, Error};
+use diesel_l2::{Db, Error, KeyCompare, ListenConfig};
 
 fn by_email(e: &str) -> UserByEmail {
     UserByEmail(e.to_string())
+}
+
+/// A listener that can never connect: the regions it covers stay untrusted, as after a
+/// lost connection (C7).
+fn unreachable_listener(backend: common::Backend) -> ListenConfig {
+    let url = match backend {
+        common::Backend::Sqlite => "/nonexistent-diesel-l2-dir/none.db",
+        common::Backend::Postgres => "postgres://postgres@127.0.0.1:1/test",
+        common::Backend::Mysql => "mysql://root@127.0.0.1:1/test",
+    };
+    let mut config = ListenConfig::new(url);
+    config.connect_timeout = std::time::Duration::from_millis(20);
+    config
 }
 
 backend_tests! {
@@ -33,7 +46,9 @@ backend_tests! {
     }
 
     fn a_negative_entry_does_not_survive_an_insert(t) {
-        let db = common::cached_db(t);
+        // Declared exact so that MariaDB caches "not found" too (its default collation
+        // would turn negative key entries off; see the collation tests below).
+        let db = Db::builder(t.pool.clone()).cache_with::<User>(|c| c.key_compare(KeyCompare::Exact)).build().unwrap();
         assert!(db.find_by(by_email("new@x.org")).unwrap().is_none());
         assert!(db.find_by(by_email("new@x.org")).unwrap().is_none());
         assert_eq!(t.sql.selects(), 1, "the absent key is negatively cached");
@@ -124,7 +139,8 @@ backend_tests! {
     }
 
     fn composite_unique_keys(t) {
-        let db = Db::builder(t.pool.clone()).cache::<Account>().build().unwrap();
+        // Declared exact so that MariaDB caches "not found" too (the keys here are lower case).
+        let db = Db::builder(t.pool.clone()).cache_with::<Account>(|c| c.key_compare(KeyCompare::Exact)).build().unwrap();
         let acct = |id, tenant, email: &str| Account { id, version: 1, tenant_id: tenant, email: email.into(), plan: "free".into() };
         db.transaction(|tx| {
             tx.insert(&acct(1, 10, "a@x.org"))?;
@@ -148,5 +164,67 @@ backend_tests! {
         };
         let sql = stmts[0].to_lowercase();
         assert!(sql.contains("tenant_id") && sql.contains("email"), "{sql}");
+    }
+
+    /// C7: while the listener is disconnected the region is untrusted, unique-key entries
+    /// included: `find_by` neither serves nor fills a key entry (positive or negative),
+    /// so a row another process inserts meanwhile is found at once.
+    fn find_by_neither_serves_nor_fills_key_entries_while_untrusted(t) {
+        let db = Db::builder(t.pool.clone()).cache::<User>().listen(unreachable_listener(t.backend)).build().unwrap();
+        assert!(!db.stats().listener.unwrap().connected);
+        assert!(db.find_by(by_email("new@x.org")).unwrap().is_none());
+        // Another process inserts the key; its notification is lost with the listener.
+        t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'new@x.org', 'New')");
+        let found = db.find_by(by_email("new@x.org")).unwrap();
+        assert_eq!(found.map(|u| u.id), Some(1), "C7: a negative key entry was served while untrusted");
+        // And it moves the key away again.
+        t.exec("UPDATE users SET email = 'moved@x.org', version = 2 WHERE id = 1");
+        assert!(db.find_by(by_email("new@x.org")).unwrap().is_none());
+        assert_eq!(db.find_by(by_email("moved@x.org")).unwrap().map(|u| u.version), Some(2));
+        let u = db.stats();
+        let u = u.region("users").unwrap();
+        assert_eq!(u.key_hits, 0, "no key entry is served while untrusted");
+        assert_eq!(u.key_misses, 4);
+    }
+
+    /// C3/C7 under MariaDB's default collation (case-insensitive, trailing spaces
+    /// ignored): `find_by("ADA@X.ORG")` finds no row, then `ada@x.org` is inserted, which
+    /// the database takes as the same key. A cached "not found" for `ADA@X.ORG` would not
+    /// be cleared by that insert, so none is cached for text keys on MariaDB.
+    only(mysql)
+    fn an_insert_clears_not_found_for_every_spelling_the_database_matches(t) {
+        let db = common::cached_db(t);
+        assert!(db.find_by(by_email("ADA@X.ORG")).unwrap().is_none());
+        assert!(db.find_by(by_email("ada@x.org ")).unwrap().is_none());
+        let mut ada = User::new(1, "Ada");
+        ada.email = "ada@x.org".into();
+        db.transaction(|tx| tx.insert(&ada)).unwrap();
+        for spelling in ["ADA@X.ORG", "ada@x.org ", "ada@x.org"] {
+            let found = db.find_by(by_email(spelling)).unwrap();
+            assert_eq!(found.map(|u| u.id), Some(1), "C3: a stale \"not found\" for {spelling:?}, which the database matches to ada@x.org");
+        }
+        // The looser match is not cached as a key → id mapping either (it would fail the
+        // check on every hit); the exact spelling is.
+        t.sql.reset();
+        db.find_by(by_email("ada@x.org")).unwrap();
+        assert_eq!(t.sql.count(), 0, "{:?}", t.sql.statements());
+    }
+
+    /// Which backends cache "not found" for a text key (see `KeyCompare`): PostgreSQL and
+    /// SQLite by default, MariaDB only when declared exact; nobody when declared loose
+    /// (`citext`, `COLLATE NOCASE`).
+    fn key_compare_decides_whether_not_found_is_cached(t) {
+        for (compare, cached) in [
+            (KeyCompare::BackendDefault, BACKEND != common::Backend::Mysql),
+            (KeyCompare::Exact, true),
+            (KeyCompare::Loose, false),
+        ] {
+            let db = Db::builder(t.pool.clone()).cache_with::<User>(|c| c.key_compare(compare)).build().unwrap();
+            t.sql.reset();
+            assert!(db.find_by(by_email("nobody@x.org")).unwrap().is_none());
+            assert!(db.find_by(by_email("nobody@x.org")).unwrap().is_none());
+            let expected = if cached { 1 } else { 2 };
+            assert_eq!(t.sql.selects(), expected, "{compare:?} on {BACKEND:?}: {:?}", t.sql.statements());
+        }
     }
 }

@@ -391,6 +391,32 @@ fn unique_keys_generate_named_key_types() {
     assert!(out.contains("accounts::email.eq(&key.1)"), "{out}");
 }
 
+/// C7/C3: keys with a text column are marked `TEXTUAL` (MariaDB collations may compare them
+/// loosely, so their "not found" is not cached there); numbers, booleans and UUIDs are not.
+#[test]
+fn unique_keys_say_whether_a_collation_may_compare_them() {
+    let out = expand(quote! {
+        #[diesel(table_name = accounts)]
+        #[cache(unique(tenant_id, email), unique(tenant_id, seat))]
+        pub struct Account { id: i64, version: i64, tenant_id: i64, seat: Option<i32>, #[cache(unique)] login: String, #[cache(unique)] token: uuid::Uuid, email: String }
+    });
+    let textual = |key: &str| {
+        let at = out
+            .find(&format!("impl::diesel_l2::__private::UniqueKeyfor{key}"))
+            .unwrap_or_else(|| panic!("no UniqueKey impl for {key}: {out}"));
+        let rest = &out[at..];
+        let c = rest
+            .find("constTEXTUAL:bool=")
+            .expect("TEXTUAL is generated")
+            + 18;
+        rest[c..].starts_with("true;")
+    };
+    assert!(textual("AccountByLogin"));
+    assert!(textual("AccountByTenantIdEmail"));
+    assert!(!textual("AccountByToken"));
+    assert!(!textual("AccountByTenantIdSeat"));
+}
+
 #[test]
 fn unique_key_errors() {
     let e = single_error(quote! {

@@ -400,3 +400,105 @@ fn expired_entries_are_counted() {
     let s = r.snapshot("rows");
     assert_eq!((s.expired, s.entries), (1, 0), "{s:?}");
 }
+
+/// C7 (region-wide clears fence commits in flight): a transaction locked key 1, committed
+/// v2 in the database, and a region-wide clear lands before its buffer is applied. The
+/// clear may stand for a newer version committed elsewhere (v3, reported only as a flush,
+/// a gap or a reconnect), so the apply must invalidate, not put v2.
+fn clear_between_commit_and_apply(name: &str, clear: impl Fn(&Region<Row>)) {
+    for write in [
+        FinalWrite::Put(Arc::new(row(1, 2))),
+        FinalWrite::Delete { version: 2 },
+    ] {
+        let r = region();
+        r.fill(&1, &Some(Arc::new(row(1, 1))));
+        let (lock, _) = r.lock(&1);
+        clear(&r);
+        r.commit(&1, &lock, write);
+        assert_eq!(
+            r.cached_version(&1),
+            None,
+            "{name}: the commit applied after the clear must invalidate"
+        );
+        assert_eq!(r.tracked_keys(), 0);
+    }
+}
+
+#[test]
+fn evict_all_between_commit_and_apply_fences_the_commit() {
+    clear_between_commit_and_apply("clear", Region::clear);
+}
+
+#[test]
+fn remote_flush_between_commit_and_apply_fences_the_commit() {
+    clear_between_commit_and_apply("remote_flush", AnyRegion::remote_flush);
+}
+
+#[test]
+fn reconnect_between_commit_and_apply_fences_the_commit() {
+    clear_between_commit_and_apply("reconnect", |r| {
+        r.set_trusted(false);
+        r.set_trusted(true);
+    });
+}
+
+/// The fence is per transaction: a lock taken after the clear puts as usual.
+#[test]
+fn a_lock_taken_after_a_clear_puts() {
+    let r = region();
+    r.clear();
+    let (lock, _) = r.lock(&1);
+    r.commit(&1, &lock, FinalWrite::Put(Arc::new(row(1, 2))));
+    assert_eq!(r.cached_version(&1), Some(2));
+}
+
+/// A batch load (`find_many`) whose loader panics ends every key's load: no key state
+/// (load count, fence) outlives it, and the keys load and fill normally afterwards.
+#[test]
+fn panicking_batch_loader_leaves_no_state_behind() {
+    let r = region();
+    let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut batch = BatchLoad::new(&r, 3);
+        for id in [1, 2, 3] {
+            assert!(batch.begin(&id, FillMode::Fill).is_ok());
+        }
+        let _keys = batch.keys();
+        panic!("loader bug");
+    }));
+    assert!(caught.is_err());
+    assert_eq!(r.tracked_keys(), 0, "the panicked batch leaked key state");
+    let mut batch = BatchLoad::new(&r, 1);
+    assert!(batch.begin(&1, FillMode::Fill).is_ok());
+    let found = HashMap::from([(1, Arc::new(row(1, 1)))]);
+    batch.finish(&found);
+    assert_eq!(r.cached_version(&1), Some(1));
+    assert_eq!(r.tracked_keys(), 0);
+}
+
+/// Only reads that serve a row extend its time-to-idle: `peek`, the version check of a
+/// fill and the check of a remote change are not accesses, so an entry nobody reads
+/// expires after `tti` however often they look at it.
+#[test]
+fn peeks_and_internal_lookups_do_not_extend_time_to_idle() {
+    let tti = Duration::from_millis(200);
+    let r = Region::<Row>::new(RegionConfig::new("rows").tti(tti));
+    r.fill(&1, &Some(Arc::new(row(1, 2))));
+    let started = std::time::Instant::now();
+    while started.elapsed() < tti * 2 {
+        r.peek(&1);
+        r.fill(&1, &Some(Arc::new(row(1, 1))));
+        r.remote_invalidate(&1, 1);
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        matches!(r.lookup(&1), Lookup::Miss),
+        "the entry was not read for twice its tti, yet is still served"
+    );
+    // A real read does extend it.
+    r.fill(&2, &Some(Arc::new(row(2, 1))));
+    let started = std::time::Instant::now();
+    while started.elapsed() < tti * 2 {
+        assert!(matches!(r.lookup(&2), Lookup::Hit(_)));
+        thread::sleep(Duration::from_millis(10));
+    }
+}
