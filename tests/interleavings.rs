@@ -386,6 +386,28 @@ backend_tests! {
         assert_eq!((read.version, read.name.as_str()), (3, "v3 elsewhere"), "C7: the clear fenced the commit in flight; v2 must not hide v3");
     }
 
+    /// The same race with a real PostgreSQL bulk flush: COMMIT(v2) returned, not applied →
+    /// another client's many-row UPDATE moves row 1 on and is notified as one flush of the
+    /// region → the apply must not put v2 over the bulk write (C7).
+    only(postgres)
+    fn a_bulk_flush_between_commit_and_apply_fences_the_commit(t) {
+        let s = Script::default();
+        let db = Db::builder(t.pool.clone()).cache::<User>().listen(listen_to(t)).test_hook(s.hook()).build().unwrap();
+        let values: Vec<String> = (2..=300).map(|i| format!("({i}, 1, 'u{i}@x', 'U')")).collect();
+        t.exec(&format!("INSERT INTO users (id, version, email, name) VALUES {}", values.join(", ")));
+        let v1 = db.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+        s.arm("writer", "after_commit");
+        let w = { let db = db.clone(); let n = renamed(&v1, "v2"); spawn("writer", move || db.transaction(|tx| tx.update(&n))) };
+        s.wait("writer", "after_commit");
+        let before = db.stats().listener.unwrap().flushes;
+        t.exec("UPDATE users SET name = 'bulk', version = version + 1");
+        wait_until("the bulk statement's flush", || db.stats().listener.unwrap().flushes > before);
+        s.release("writer", "after_commit");
+        assert_eq!(w.join().unwrap().unwrap().version, 2);
+        let read = db.find::<User>(1).unwrap().unwrap();
+        assert_eq!((read.version, read.name.as_str()), (3, "bulk"), "C7: the flush fenced the commit in flight");
+    }
+
     /// C7 with unique keys ("is this email taken?" under contention): "new@x.org" is
     /// cached as taken by no row → a local transaction locks row 1 (paused before its
     /// UPDATE) → another client moves row 1 to "new@x.org", and the notification arrives
