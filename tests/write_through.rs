@@ -144,6 +144,32 @@ backend_tests! {
         assert_eq!(*db.find::<User>(1).unwrap().unwrap(), *row, "the cache agrees with the database");
     }
 
+    fn partial_update_reaches_the_cache_only_at_commit(t) {
+        use common::models::UserChanges;
+        let db = common::cached_db(t);
+        db.transaction(|tx| tx.insert(&User::new(1, "Ada"))).unwrap();
+        let changes = UserChanges { name: Some("Ada Lovelace".into()), ..Default::default() };
+        let r: Result<(), Error> = db.transaction(|tx| {
+            let stored = tx.update_changes::<User, _>(1, 1, &changes)?;
+            assert_eq!(stored.version, 2);
+            Err(Error::Other("rolled back".into()))
+        });
+        assert!(matches!(r, Err(Error::Other(_))));
+        let read = db.find::<User>(1).unwrap().unwrap();
+        assert_eq!((read.version, read.name.as_str()), (1, "Ada"), "C1: nothing of the rolled-back update");
+
+        let stored = db.transaction(|tx| tx.update_changes::<User, _>(1, 1, &changes)).unwrap();
+        t.sql.reset();
+        assert_eq!(*db.find::<User>(1).unwrap().unwrap(), stored);
+        assert_eq!(t.sql.count(), 0, "C2: the partial update was written through at commit");
+        let last = db
+            .transaction(|tx| tx.update_changes_unversioned::<User, _>(1, &UserChanges { name: Some("L".into()), ..Default::default() }))
+            .unwrap();
+        t.sql.reset();
+        assert_eq!((db.find::<User>(1).unwrap().unwrap().name.as_str(), t.sql.count()), ("L", 0));
+        assert_eq!(last.version, 3);
+    }
+
     only(postgres)
     fn commit_failing_on_a_deferred_constraint_leaves_the_cache_untouched(t) {
         let db = common::cached_db(t);
