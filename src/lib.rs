@@ -229,8 +229,6 @@ pub mod __private {
         CachedEntity, CachedOps, HeapSize, IdParser, ParseFallback, ParseViaFromStr,
     };
     pub use crate::unique::{UniqueKey, UniqueKeys, UniqueOps};
-    #[cfg(feature = "mysql")]
-    pub use crate::write::InsertReturning;
     pub use crate::write::{ChangesetOps, DeleteWhereOps, InsertOps, UpdateWhereOps};
     pub use diesel;
     pub use std::time::Duration;

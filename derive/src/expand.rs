@@ -493,14 +493,6 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
             },
         )
     } else {
-        let columns: Vec<TokenStream> = model
-            .fields
-            .iter()
-            .map(|f| {
-                let c = &f.column;
-                quote!(<#table::#c as #d::Column>::NAME)
-            })
-            .collect();
         let select_ids = quote! {
             let ids: ::std::vec::Vec<#id_ty> = #table::table
                 .filter(filter)
@@ -513,14 +505,29 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
         };
         (
             quote! {
-                const COLUMNS: &[&str] = &[#(#columns),*];
-                type SqlType = <<#ident as #d::Selectable<#db>>::SelectExpression
-                    as #d::expression::Expression>::SqlType;
-                #p::InsertReturning::<_, SqlType>::new(
-                    #d::insert_into(#table::table).values(new),
-                    COLUMNS,
-                )
-                .get_result(conn)
+                // MariaDB's INSERT … RETURNING has no result metadata as a prepared
+                // statement (diesel prepares every statement): LAST_INSERT_ID() instead,
+                // reset first so that a value left by an earlier insert on this pooled
+                // connection can never name another row.
+                #d::select(#d::dsl::sql::<#d::sql_types::Unsigned<#d::sql_types::BigInt>>(
+                    "LAST_INSERT_ID(0)",
+                ))
+                .get_result::<u64>(conn)?;
+                #d::insert_into(#table::table).values(new).execute(conn)?;
+                let generated = ::std::format!(
+                    "`{}` = LAST_INSERT_ID()",
+                    <#table::#id_col as #d::Column>::NAME,
+                );
+                #table::table
+                    .filter(#d::dsl::sql::<#d::sql_types::Bool>(&generated))
+                    .select(<Self as #d::SelectableHelper<#db>>::as_select())
+                    .first(conn)
+                    .optional()?
+                    .ok_or_else(|| #d::result::Error::QueryBuilderError(::std::convert::From::from(
+                        "insert_new on MariaDB/MySQL finds the new row by LAST_INSERT_ID(): \
+                         the table needs an AUTO_INCREMENT id that the Insertable leaves out; \
+                         to insert a row with an id of your own, use Tx::insert",
+                    )))
             },
             quote! {
                 .execute(conn)?;
