@@ -24,14 +24,14 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use diesel_l2::{CachedEntity, CachedOps, Db};
+use diesel_l2::{CachedEntity, CachedOps, ChangesetOps, Db};
 use moka::sync::Cache;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
 
-use support::{interleaved, median, random_ids, BenchDb, BenchRow, PoolOptions, Raw};
+use support::{interleaved, median, random_ids, BenchDb, BenchRow, EmailChange, PoolOptions, Raw};
 
 /// Counts live heap bytes for the memory section. Always on, so that nothing allocated
 /// before a measurement and freed during it is miscounted; it costs one uncontended
@@ -447,7 +447,7 @@ fn backend_section<C>(
     policy_sections: bool,
 ) where
     C: Raw,
-    BenchRow: CachedOps<C>,
+    BenchRow: CachedOps<C> + for<'a> ChangesetOps<C, &'a EmailChange>,
 {
     let pg = name == "PostgreSQL";
     let rows = cfg.rows;
@@ -656,6 +656,86 @@ fn backend_section<C>(
     });
     bar("tx.update (diesel-l2)", upd, true);
     bar("diesel versioned UPDATE in a transaction", raw_upd, false);
+
+    // P11: a partial versioned update from an `AsChangeset` struct against diesel's own
+    // `diesel::update(t.find(id)).set(&changes).returning(..)` in a transaction. Same halves
+    // of the table as P3. Five runs, each a median of single updates in rotating order; the
+    // ratio is reported with its run-to-run spread.
+    let p11_runs = 5;
+    let per_run = ((cfg.db_rounds * cfg.db_batch) / p11_runs).max(10);
+    let warm = per_run / 5 + 2;
+    let ours_ids = random_ids(p11_runs * (per_run + warm), half, 11);
+    let base_ids: Vec<i64> = random_ids(p11_runs * (per_run + warm), half, 12)
+        .into_iter()
+        .map(|id| id + half)
+        .collect();
+    let (mut oi, mut bi) = (0, 0);
+    let mut runs: Vec<(f64, f64)> = Vec::with_capacity(p11_runs);
+    for run in 0..p11_runs {
+        let (mut ours_t, mut base_t) = (Vec::new(), Vec::new());
+        for r in 0..per_run + warm {
+            let mut side = |which: usize| {
+                let changes = EmailChange {
+                    email: format!("p11-{run}-{r}@example.com"),
+                };
+                if which == 0 {
+                    let id = ours_ids[oi];
+                    oi += 1;
+                    let version = db.find::<BenchRow>(id).expect("find").expect("row").version;
+                    let t = Instant::now();
+                    let w = db
+                        .transaction::<_, diesel_l2::Error, _>(|tx| {
+                            tx.update_changes::<BenchRow, _>(id, version, &changes)
+                        })
+                        .expect("tx.update_changes");
+                    let e = t.elapsed();
+                    black_box(w);
+                    e
+                } else {
+                    let id = base_ids[bi];
+                    bi += 1;
+                    let t = Instant::now();
+                    let mut c = pool.get().expect("checkout");
+                    let stored = c.changeset_update(id, &changes).expect("update");
+                    drop(c);
+                    let e = t.elapsed();
+                    black_box(stored);
+                    e
+                }
+            };
+            let first = r % 2;
+            let a = side(first);
+            let b = side(1 - first);
+            let (o, bt) = if first == 0 { (a, b) } else { (b, a) };
+            if r >= warm {
+                ours_t.push(o.as_nanos() as f64);
+                base_t.push(bt.as_nanos() as f64);
+            }
+        }
+        runs.push((median(&mut ours_t), median(&mut base_t)));
+    }
+    let mut ratios: Vec<f64> = runs.iter().map(|(o, b)| (o / b - 1.0) * 100.0).collect();
+    let overhead = median(&mut ratios);
+    let (lo, hi) = (ratios[0], ratios[ratios.len() - 1]);
+    let mut ours_med: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let mut base_med: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    let (p11_ours, p11_base) = (median(&mut ours_med), median(&mut base_med));
+    lines.push(Line {
+        op: "P11 tx.update_changes vs diesel AsChangeset UPDATE … RETURNING in a transaction"
+            .into(),
+        ours: fmt_ns(p11_ours),
+        base: fmt_ns(p11_base),
+        ratio: format!(
+            "{overhead:+.1}% overhead (runs: min {lo:+.1}%, max {hi:+.1}%, {p11_runs} runs)"
+        ),
+        check: Some((overhead, Target::AtMost(if pg { 5.0 } else { 15.0 }))),
+    });
+    bar("tx.update_changes (diesel-l2)", p11_ours, true);
+    bar(
+        "diesel AsChangeset UPDATE in a transaction",
+        p11_base,
+        false,
+    );
 
     // P4: find_many of 1,000 ids, all misses (evicted first, untimed), against the plain
     // `eq_any` select and against that select plus a plain moka insert per row (a

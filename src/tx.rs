@@ -21,9 +21,9 @@ use crate::stats::Counters;
 /// they never fill the shared cache (C5). Writes soft-lock their keys (C4) and buffer the
 /// cache change, which is applied only after `COMMIT` returned Ok (C1).
 pub struct Tx<'a, C: R2D2Connection + 'static> {
-    conn: &'a mut C,
-    state: &'a mut TxState,
-    db: &'a Inner<C>,
+    pub(crate) conn: &'a mut C,
+    pub(crate) state: &'a mut TxState,
+    pub(crate) db: &'a Inner<C>,
 }
 
 impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
@@ -214,14 +214,24 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     }
 
     fn conflict<E: CachedEntity>(&self, row: &E, found: Option<i64>) -> Error {
+        self.conflict_on::<E>(row.id(), row.version(), found)
+    }
+
+    /// Counts and reports a version conflict on `id`, written from version `expected`.
+    pub(crate) fn conflict_on<E: CachedEntity>(
+        &self,
+        id: &E::Id,
+        expected: i64,
+        found: Option<i64>,
+    ) -> Error {
         if let Ok(region) = self.db.region::<E>() {
             Counters::bump(&region.counters.conflicts);
         }
-        tracing::debug!(table = E::TABLE, id = ?row.id(), expected = row.version(), ?found, "version conflict");
+        tracing::debug!(table = E::TABLE, id = ?id, expected, ?found, "version conflict");
         Error::Conflict {
             table: E::TABLE,
-            id: format!("{:?}", row.id()),
-            expected: row.version(),
+            id: format!("{id:?}"),
+            expected,
             found,
         }
     }
@@ -333,7 +343,7 @@ impl<E: From<Error>> Failure<E> {
 }
 
 /// A pending cache change for one key of type `E`.
-enum PendingWrite<E: CachedEntity> {
+pub(crate) enum PendingWrite<E: CachedEntity> {
     Put(Arc<E>),
     Delete { version: i64 },
     Invalidate,
@@ -419,7 +429,7 @@ pub(crate) struct TxState {
 
 impl TxState {
     /// Soft-locks `id` once per transaction; returns its index in `held`.
-    fn lock<C: R2D2Connection + 'static, E: CachedEntity>(
+    pub(crate) fn lock<C: R2D2Connection + 'static, E: CachedEntity>(
         &mut self,
         db: &Inner<C>,
         id: &E::Id,
@@ -461,7 +471,7 @@ impl TxState {
     /// Records that the transaction writes `row` under the held key `slot`, and drops its
     /// unique-key values from the indexes now (they are dropped again when it ends). Free
     /// for entities without unique keys.
-    fn touch<E: CachedEntity>(&mut self, slot: usize, row: &E) {
+    pub(crate) fn touch<E: CachedEntity>(&mut self, slot: usize, row: &E) {
         let held = self.held_mut::<E>(slot);
         if held.region().has_indexes() {
             held.region().touch_keys(row);
@@ -470,11 +480,11 @@ impl TxState {
     }
 
     /// Marks the held key `slot` as written with plain SQL.
-    fn touch_unknown<E: CachedEntity>(&mut self, slot: usize) {
+    pub(crate) fn touch_unknown<E: CachedEntity>(&mut self, slot: usize) {
         self.held_mut::<E>(slot).unknown = true;
     }
 
-    fn push<E: CachedEntity>(&mut self, slot: usize, write: PendingWrite<E>) {
+    pub(crate) fn push<E: CachedEntity>(&mut self, slot: usize, write: PendingWrite<E>) {
         self.writes.push((slot, Box::new(write)));
     }
 

@@ -59,6 +59,32 @@ backend_tests! {
         assert_eq!(found.map(|u| u.id), Some(9), "the insert cleared the negative entry");
     }
 
+    fn partial_updates_and_bulk_writes_invalidate_old_and_new_keys(t) {
+        use common::models::UserChanges;
+        use common::schema::users;
+        use diesel::prelude::*;
+        let db = common::cached_db(t);
+        let mut ada = User::new(1, "Ada");
+        ada.email = "old@x.org".into();
+        db.transaction(|tx| tx.insert(&ada)).unwrap();
+        // The row is not in the region any more: only the key → id entry is.
+        db.evict::<User>(&1).unwrap();
+        assert!(db.find_by(by_email("old@x.org")).unwrap().is_some());
+        db.evict::<User>(&1).unwrap();
+        assert!(db.find_by(by_email("new@x.org")).unwrap().is_none(), "negatively cached");
+        let changes = UserChanges { email: Some("new@x.org".into()), ..Default::default() };
+        db.transaction(|tx| tx.update_changes::<User, _>(1, 1, &changes)).unwrap();
+        assert!(db.find_by(by_email("old@x.org")).unwrap().is_none(), "old key no longer maps to the row");
+        assert_eq!(db.find_by(by_email("new@x.org")).unwrap().map(|u| u.version), Some(2));
+
+        // By predicate: the new values are unknown to the cache, and still never stale.
+        db.transaction(|tx| tx.update_where::<User, _, _>(users::id.eq(1), users::email.eq("bulk@x.org"))).unwrap();
+        assert!(db.find_by(by_email("new@x.org")).unwrap().is_none());
+        assert_eq!(db.find_by(by_email("bulk@x.org")).unwrap().map(|u| u.version), Some(3));
+        db.transaction(|tx| tx.delete_where::<User, _>(users::email.eq("bulk@x.org"))).unwrap();
+        assert!(db.find_by(by_email("bulk@x.org")).unwrap().is_none());
+    }
+
     fn an_update_invalidates_the_old_and_the_new_key(t) {
         let db = common::cached_db(t);
         let mut ada = User::new(1, "Ada");

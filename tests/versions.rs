@@ -5,8 +5,63 @@
 
 mod common;
 
-use common::models::{Product, User};
-use diesel_l2::Error;
+use common::models::{Product, User, UserChanges};
+use diesel::r2d2::R2D2Connection;
+use diesel_l2::{CachedOps, ChangesetOps, Error, Tx};
+
+/// Runs diesel's own versioned `AsChangeset` update (`own`, in a transaction) and then
+/// `Tx::update_changes` with the same changeset, and checks that both sent the same
+/// statements: BEGIN, one UPDATE (plus the reload on MariaDB), COMMIT.
+fn same_statements_as_diesels_own<C>(
+    t: &common::TestDb<C>,
+    own: impl Fn(&mut Tx<'_, C>, &UserChanges) -> Result<User, Error>,
+) where
+    C: R2D2Connection + common::TestBackend + 'static,
+    User: CachedOps<C> + for<'a> ChangesetOps<C, &'a UserChanges>,
+    Product: CachedOps<C>,
+    common::models::Tag: CachedOps<C>,
+    common::models::Post: CachedOps<C>,
+{
+    let db = common::cached_db(t);
+    db.transaction(|tx| {
+        tx.insert(&User::new(1, "Ada"))?;
+        tx.insert(&User::new(2, "Bob"))
+    })
+    .unwrap();
+    let changes = UserChanges {
+        name: Some("Grace".into()),
+        ..Default::default()
+    };
+    t.sql.reset();
+    let theirs = db.transaction(|tx| own(tx, &changes)).unwrap();
+    let diesels = t.sql.statements();
+    t.sql.reset();
+    let ours = db
+        .transaction(|tx| tx.update_changes::<User, _>(1, 1, &changes))
+        .unwrap();
+    let mine = t.sql.statements();
+    assert_eq!(
+        (ours.version, ours.email.as_str(), ours.name.as_str()),
+        (2, "ada-1@example.com", "Grace")
+    );
+    assert_eq!((theirs.version, theirs.name.as_str()), (2, "Grace"));
+    assert_eq!(
+        mine.len(),
+        diesels.len(),
+        "ours: {mine:#?}\ndiesel's: {diesels:#?}"
+    );
+    let text = |s: &str| s.split("-- binds").next().unwrap().trim().to_string();
+    for (a, b) in mine.iter().zip(&diesels) {
+        assert_eq!(text(a), text(b), "same SQL, only the id bound differs");
+    }
+    assert_eq!(t.sql.writes(), 1, "{mine:#?}");
+    let reload = usize::from(t.backend == common::Backend::Mysql);
+    assert_eq!(
+        t.sql.selects(),
+        reload,
+        "RETURNING brings the row back (a reload on MariaDB): {mine:#?}"
+    );
+}
 
 backend_tests! {
     fn update_checks_and_bumps_the_version_in_one_statement(t) {
@@ -110,6 +165,81 @@ backend_tests! {
         // A row that never existed is no different.
         let never = db.transaction(|tx| tx.delete(&User::new(99, "nobody"))).unwrap_err();
         assert!(matches!(never, Error::Conflict { found: None, .. }), "{never:?}");
+    }
+
+    only(sqlite, postgres)
+    fn partial_update_issues_the_same_statements_as_diesels_own(t) {
+        use diesel::prelude::*;
+        use common::schema::users;
+        same_statements_as_diesels_own(t, |tx, changes| {
+            Ok(diesel::update(users::table.filter(users::id.eq(2)).filter(users::version.eq(1)))
+                .set((changes, users::version.eq(users::version + 1)))
+                .returning(User::as_returning())
+                .get_result(tx.conn())?)
+        });
+    }
+
+    only(mysql)
+    fn partial_update_issues_the_same_statements_as_diesels_own_and_a_reload(t) {
+        use diesel::prelude::*;
+        use common::schema::users;
+        same_statements_as_diesels_own(t, |tx, changes| {
+            diesel::update(users::table.filter(users::id.eq(2)).filter(users::version.eq(1)))
+                .set((changes, users::version.eq(users::version + 1)))
+                .execute(tx.conn())?;
+            Ok(users::table.find(2).select(User::as_select()).first(tx.conn())?)
+        });
+    }
+
+    fn partial_update_from_a_stale_version_is_a_conflict(t) {
+        use common::models::UserChanges;
+        let db = common::cached_db(t);
+        db.transaction(|tx| tx.insert(&User::new(1, "Ada"))).unwrap();
+        let first = UserChanges { name: Some("first".into()), ..Default::default() };
+        let v2 = db.transaction(|tx| tx.update_changes::<User, _>(1, 1, &first)).unwrap();
+        assert_eq!((v2.version, v2.name.as_str()), (2, "first"));
+        let stale = UserChanges { name: Some("stale".into()), ..Default::default() };
+        let err = db.transaction(|tx| tx.update_changes::<User, _>(1, 1, &stale)).unwrap_err();
+        assert!(matches!(err, Error::Conflict { expected: 1, found: Some(2), table: "users", .. }), "{err}");
+        assert!(err.is_retryable());
+        let err = db.transaction(|tx| tx.update_changes::<User, _>(9, 1, &stale)).unwrap_err();
+        assert!(matches!(err, Error::Conflict { expected: 1, found: None, .. }), "{err}");
+        let row = db.bypass().get::<User>(1).unwrap();
+        assert_eq!((row.version, row.name.as_str()), (2, "first"), "never overwritten");
+        assert_eq!(*db.find::<User>(1).unwrap().unwrap(), *row);
+        assert_eq!(db.stats().region("users").unwrap().conflicts, 2);
+    }
+
+    fn unversioned_partial_update_wins_and_still_bumps_the_version(t) {
+        use common::models::UserChanges;
+        let db = common::cached_db(t);
+        db.transaction(|tx| tx.insert(&User::new(1, "Ada"))).unwrap();
+        let a = UserChanges { name: Some("a".into()), ..Default::default() };
+        let b = UserChanges { email: Some("b@example.com".into()), ..Default::default() };
+        db.transaction(|tx| tx.update_changes_unversioned::<User, _>(1, &a)).unwrap();
+        let stored = db.transaction(|tx| tx.update_changes_unversioned::<User, _>(1, &b)).unwrap();
+        assert_eq!((stored.version, stored.name.as_str(), stored.email.as_str()), (3, "a", "b@example.com"));
+        t.sql.reset();
+        assert_eq!(*db.find::<User>(1).unwrap().unwrap(), stored);
+        assert_eq!(t.sql.count(), 0, "C2: written through at commit");
+        // A versioned writer from an old version conflicts with it.
+        let err = db.transaction(|tx| tx.update_changes::<User, _>(1, 2, &a)).unwrap_err();
+        assert!(matches!(err, Error::Conflict { expected: 2, found: Some(3), .. }), "{err}");
+        let err = db.transaction(|tx| tx.update_changes_unversioned::<User, _>(9, &a)).unwrap_err();
+        assert!(matches!(err, Error::NotFound { table: "users", .. }), "{err}");
+    }
+
+    fn partial_update_of_an_i32_version(t) {
+        use diesel::prelude::*;
+        use common::schema::products;
+        let db = common::cached_db(t);
+        db.transaction(|tx| tx.insert(&Product { id: 1, version: 1, sku: "A".into(), stock: 5 })).unwrap();
+        let p = db.transaction(|tx| tx.update_changes::<Product, _>(1, 1, products::stock.eq(4))).unwrap();
+        assert_eq!((p.version, p.stock), (2, 4));
+        let err = db
+            .transaction(|tx| tx.update_changes::<Product, _>(1, i64::MAX, products::stock.eq(3)))
+            .unwrap_err();
+        assert!(matches!(err, Error::Conflict { found: Some(2), .. }), "{err}");
     }
 
     fn i32_versions_work_and_overflow_is_a_typed_error(t) {

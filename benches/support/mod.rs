@@ -48,6 +48,13 @@ pub struct BenchRow {
     pub score: i64,
 }
 
+/// A partial change of a [`BenchRow`], as applications write them (P11).
+#[derive(AsChangeset, Clone, Debug)]
+#[diesel(table_name = bench_rows)]
+pub struct EmailChange {
+    pub email: String,
+}
+
 /// 110 characters appended to every `bio`, so a row carries ~200 bytes of data.
 const FILLER: &str = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod \
                       tempor incididunt ut labore et dolore.";
@@ -263,6 +270,9 @@ pub trait Raw: R2D2Connection + Send + 'static {
     fn select_many(&mut self, ids: &[i64]) -> QueryResult<Vec<BenchRow>>;
     /// `BEGIN; UPDATE … SET every column WHERE id = ? AND version = ? RETURNING …; COMMIT`.
     fn versioned_update(&mut self, row: &BenchRow) -> QueryResult<Option<BenchRow>>;
+    /// `BEGIN; UPDATE … SET <changes> WHERE id = ? RETURNING …; COMMIT`: diesel's own
+    /// `AsChangeset` update (P11's baseline).
+    fn changeset_update(&mut self, id: i64, changes: &EmailChange) -> QueryResult<BenchRow>;
 }
 
 macro_rules! impl_raw {
@@ -301,6 +311,19 @@ macro_rules! impl_raw {
                     .returning(BenchRow::as_returning())
                     .get_result(c)
                     .optional()
+                })
+            }
+
+            fn changeset_update(
+                &mut self,
+                id: i64,
+                changes: &EmailChange,
+            ) -> QueryResult<BenchRow> {
+                self.transaction(|c| {
+                    diesel::update(bench_rows::table.find(id))
+                        .set(changes)
+                        .returning(BenchRow::as_returning())
+                        .get_result(c)
                 })
             }
         }

@@ -86,7 +86,8 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
         .map(|backend| {
             let ops = ops_impl(model, backend);
             let unique = unique_ops(model, backend);
-            quote!(#ops #unique)
+            let partial = partial_ops(model, backend);
+            quote!(#ops #unique #partial)
         })
         .collect();
     let unique_types = unique_types(model);
@@ -466,6 +467,243 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
                             .filter(#table::#v_col.eq(version)),
                     )
                     .execute(conn)
+                }
+            }
+        }
+    }
+}
+
+/// `InsertOps`, `ChangesetOps`, `UpdateWhereOps` and `DeleteWhereOps` on one backend:
+/// generic over the user's `Insertable`, `AsChangeset` and filter types, with the diesel
+/// bounds that make the statements type-check for this table.
+fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
+    let ident = &model.ident;
+    let table = &model.table;
+    let id = model.id_field();
+    let id_ty = &id.ty;
+    let id_col = &id.column;
+    let version = model.version_field();
+    let v_col = &version.column;
+    let v_ty = &version.ty;
+
+    let gate = backend.gate();
+    let conn = backend.connection();
+    let db = backend.backend();
+    let d = quote!(::diesel_l2::__private::diesel);
+    let p = quote!(::diesel_l2::__private);
+    let traits = quote! {
+        #[allow(unused_imports)]
+        use ::diesel_l2::__private::diesel::prelude::{
+            ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, RunQueryDsl as _,
+            SelectableHelper as _,
+        };
+    };
+    let returning = quote!(<Self as #d::SelectableHelper<#db>>::as_returning());
+    let ops = quote!(<Self as #p::CachedOps<#conn>>);
+    let bump = quote!(#table::#v_col.eq(#table::#v_col + (1 as #v_ty)));
+    let changeset_bounds = quote! {
+        __Ch: #d::query_builder::AsChangeset<Target = #table::table>,
+        <__Ch as #d::query_builder::AsChangeset>::Changeset: #d::query_builder::QueryFragment<#db>,
+    };
+    let filter_bounds = quote! {
+        __F: #d::expression::Expression
+            + #d::expression::SelectableExpression<#table::table>
+            + #d::expression::ValidGrouping<(), IsAggregate = #d::expression::is_aggregate::No>
+            + #d::query_builder::QueryFragment<#db>
+            + #d::query_builder::QueryId,
+        <__F as #d::expression::Expression>::SqlType: #d::sql_types::BoolOrNullableBool,
+    };
+
+    let (insert_body, update_one, update_where_body, delete_where_body) = if backend.has_returning()
+    {
+        (
+            quote! {
+                #d::insert_into(#table::table)
+                    .values(new)
+                    .returning(#returning)
+                    .get_result(conn)
+            },
+            quote!(.returning(#returning).get_result(conn).optional()),
+            quote! {
+                #d::update(#table::table)
+                    .filter(filter)
+                    .set((changes, #bump))
+                    .returning(#table::#id_col)
+                    .load(conn)
+            },
+            quote! {
+                #d::delete(#table::table)
+                    .filter(filter)
+                    .returning(#table::#id_col)
+                    .load(conn)
+            },
+        )
+    } else {
+        let select_ids = quote! {
+            let ids: ::std::vec::Vec<#id_ty> = #table::table
+                .filter(filter)
+                .select(#table::#id_col)
+                .for_update()
+                .load(conn)?;
+            if ids.is_empty() {
+                return ::core::result::Result::Ok(ids);
+            }
+        };
+        (
+            quote! {
+                // MariaDB's INSERT … RETURNING has no result metadata as a prepared
+                // statement (diesel prepares every statement): LAST_INSERT_ID() instead,
+                // reset first so that a value left by an earlier insert on this pooled
+                // connection can never name another row.
+                #d::select(#d::dsl::sql::<#d::sql_types::Unsigned<#d::sql_types::BigInt>>(
+                    "LAST_INSERT_ID(0)",
+                ))
+                .get_result::<u64>(conn)?;
+                #d::insert_into(#table::table).values(new).execute(conn)?;
+                let generated = ::std::format!(
+                    "`{}` = LAST_INSERT_ID()",
+                    <#table::#id_col as #d::Column>::NAME,
+                );
+                #table::table
+                    .filter(#d::dsl::sql::<#d::sql_types::Bool>(&generated))
+                    .select(<Self as #d::SelectableHelper<#db>>::as_select())
+                    .first(conn)
+                    .optional()?
+                    .ok_or_else(|| #d::result::Error::QueryBuilderError(::std::convert::From::from(
+                        "insert_new on MariaDB/MySQL finds the new row by LAST_INSERT_ID(): \
+                         the table needs an AUTO_INCREMENT id that the Insertable leaves out; \
+                         to insert a row with an id of your own, use Tx::insert",
+                    )))
+            },
+            quote! {
+                .execute(conn)?;
+                if n == 0 {
+                    ::core::result::Result::Ok(::core::option::Option::None)
+                } else {
+                    #ops::load_one(conn, id)
+                }
+            },
+            quote! {
+                #select_ids
+                #d::update(#table::table.filter(#table::#id_col.eq_any(&ids)))
+                    .set((changes, #bump))
+                    .execute(conn)?;
+                ::core::result::Result::Ok(ids)
+            },
+            quote! {
+                #select_ids
+                #d::delete(#table::table.filter(#table::#id_col.eq_any(&ids))).execute(conn)?;
+                ::core::result::Result::Ok(ids)
+            },
+        )
+    };
+    let (versioned, unversioned) = if backend.has_returning() {
+        (
+            quote! {
+                #d::update(
+                    #table::table
+                        .filter(#table::#id_col.eq(id))
+                        .filter(#table::#v_col.eq(expected)),
+                )
+                .set((changes, #bump))
+                #update_one
+            },
+            quote! {
+                #d::update(#table::table.filter(#table::#id_col.eq(id)))
+                    .set((changes, #bump))
+                    #update_one
+            },
+        )
+    } else {
+        (
+            quote! {
+                let n = #d::update(
+                    #table::table
+                        .filter(#table::#id_col.eq(id))
+                        .filter(#table::#v_col.eq(expected)),
+                )
+                .set((changes, #bump))
+                #update_one
+            },
+            quote! {
+                let n = #d::update(#table::table.filter(#table::#id_col.eq(id)))
+                    .set((changes, #bump))
+                    #update_one
+            },
+        )
+    };
+
+    quote! {
+        #gate! {
+            #[automatically_derived]
+            impl<__N> #p::InsertOps<#conn, __N> for #ident
+            where
+                __N: #d::Insertable<#table::table>,
+                <__N as #d::Insertable<#table::table>>::Values: #d::query_builder::QueryFragment<#db>
+                    + #d::query_builder::QueryId
+                    + #d::insertable::CanInsertInSingleQuery<#db>,
+            {
+                fn insert_new(conn: &mut #conn, new: __N) -> #d::QueryResult<Self> {
+                    #traits
+                    #insert_body
+                }
+            }
+
+            #[automatically_derived]
+            impl<__Ch> #p::ChangesetOps<#conn, __Ch> for #ident
+            where
+                #changeset_bounds
+            {
+                fn update_changes(
+                    conn: &mut #conn,
+                    id: &#id_ty,
+                    expected: ::core::option::Option<i64>,
+                    changes: __Ch,
+                ) -> #d::QueryResult<::core::option::Option<Self>> {
+                    #traits
+                    match expected {
+                        ::core::option::Option::Some(expected) => {
+                            let ::core::option::Option::Some(expected) =
+                                <#v_ty as ::core::convert::TryFrom<i64>>::try_from(expected).ok()
+                            else {
+                                return ::core::result::Result::Ok(::core::option::Option::None);
+                            };
+                            #versioned
+                        }
+                        ::core::option::Option::None => {
+                            #unversioned
+                        }
+                    }
+                }
+            }
+
+            #[automatically_derived]
+            impl<__F, __Ch> #p::UpdateWhereOps<#conn, __F, __Ch> for #ident
+            where
+                #filter_bounds
+                #changeset_bounds
+            {
+                fn update_where(
+                    conn: &mut #conn,
+                    filter: __F,
+                    changes: __Ch,
+                ) -> #d::QueryResult<::std::vec::Vec<#id_ty>> {
+                    #traits
+                    #update_where_body
+                }
+            }
+
+            #[automatically_derived]
+            impl<__F> #p::DeleteWhereOps<#conn, __F> for #ident
+            where
+                #filter_bounds
+            {
+                fn delete_where(
+                    conn: &mut #conn,
+                    filter: __F,
+                ) -> #d::QueryResult<::std::vec::Vec<#id_ty>> {
+                    #traits
+                    #delete_where_body
                 }
             }
         }

@@ -85,7 +85,6 @@ fn expands_entity_with_defaults() {
         "fnid(&self)->&i64{&self.id}",
         "::core::convert::From::from(self.version)",
         "<i64as::core::convert::TryFrom<i64>>::try_from(version).ok()?",
-        "self.id==other.id&&self.email==other.email&&self.bio==other.bio",
         "::core::mem::size_of::<Self>()+::diesel_l2::__private::HeapSize::heap_size(&self.id)",
         "::diesel_l2::__with_sqlite!",
         "::diesel_l2::__with_postgres!",
@@ -104,8 +103,22 @@ fn expands_entity_with_defaults() {
     }
     // No content comparison is generated: replays are recognised by operation id (C6).
     assert!(!out.contains("same_content"));
-    // SQLite and PostgreSQL use RETURNING, MySQL reloads.
-    assert_eq!(out.matches(".returning(").count(), 4);
+    // SQLite and PostgreSQL use RETURNING, MySQL reloads: insert and update of whole rows,
+    // then insert_new, the versioned and unversioned partial update, update_where and
+    // delete_where.
+    assert_eq!(out.matches(".returning(").count(), 2 * (2 + 5));
+    for needle in [
+        "impl<__N>::diesel_l2::__private::InsertOps<::diesel_l2::__private::diesel::pg::PgConnection,__N>forUser",
+        "impl<__Ch>::diesel_l2::__private::ChangesetOps<::diesel_l2::__private::diesel::sqlite::SqliteConnection,__Ch>forUser",
+        "__Ch:::diesel_l2::__private::diesel::query_builder::AsChangeset<Target=users::table>",
+        ".set((changes,users::version.eq(users::version+(1asi64))))",
+        "impl<__F,__Ch>::diesel_l2::__private::UpdateWhereOps<::diesel_l2::__private::diesel::mysql::MysqlConnection,__F,__Ch>forUser",
+        "impl<__F>::diesel_l2::__private::DeleteWhereOps<::diesel_l2::__private::diesel::mysql::MysqlConnection,__F>forUser",
+        ".select(users::id).for_update().load(conn)?",
+        "\"LAST_INSERT_ID(0)\"",
+    ] {
+        assert!(out.contains(needle), "missing {needle} in\n{out}");
+    }
     assert!(out.contains(".execute(conn)?;<Selfas::diesel_l2::__private::CachedOps<::diesel_l2::__private::diesel::mysql::MysqlConnection>>::load_one(conn,&row.id)?.ok_or(::diesel_l2::__private::diesel::result::Error::NotFound)"));
 }
 

@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use diesel_l2::Cached;
 
-use super::schema::{accounts, documents_text, posts, products, tags, users};
+use super::schema::{accounts, articles, documents_text, posts, products, tags, users};
 
 /// `i64` id and version, a nullable column, a unique column.
 #[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
@@ -28,6 +28,14 @@ impl User {
             bio: None,
         }
     }
+}
+
+/// A partial change of a [`User`]: only the fields that are `Some` are set.
+#[derive(AsChangeset, Default, Clone, Debug)]
+#[diesel(table_name = users)]
+pub struct UserChanges {
+    pub email: Option<String>,
+    pub name: Option<String>,
 }
 
 /// `i32` id and `i32` version.
@@ -73,6 +81,35 @@ pub struct Post {
     pub version: i64,
     pub user_id: i64,
     pub title: String,
+}
+
+/// Database-generated id and defaults, inserted through [`NewArticle`].
+#[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
+#[diesel(table_name = articles)]
+pub struct Article {
+    pub id: i64,
+    pub version: i64,
+    #[cache(unique)]
+    pub slug: String,
+    pub title: String,
+    pub status: String,
+    pub created_at: chrono::NaiveDateTime,
+}
+
+/// What the application supplies for a new [`Article`]: no id, version, status or date.
+#[derive(Insertable, Clone, Debug)]
+#[diesel(table_name = articles)]
+pub struct NewArticle<'a> {
+    pub slug: &'a str,
+    pub title: &'a str,
+}
+
+/// A partial change of an [`Article`].
+#[derive(AsChangeset, Clone, Debug)]
+#[diesel(table_name = articles)]
+pub struct ArticleChanges<'a> {
+    pub title: Option<&'a str>,
+    pub status: Option<&'a str>,
 }
 
 /// Native `UUID` key (PostgreSQL only).

@@ -85,3 +85,18 @@ diesel::table! {
         plan -> Text,
     }
 }
+
+diesel::table! {
+    /// Database-generated id (`BIGSERIAL` / `AUTO_INCREMENT` / `INTEGER PRIMARY KEY`)
+    /// and column defaults (`version`, `status`, `created_at`).
+    articles (id) {
+        id -> BigInt,
+        version -> BigInt,
+        #[max_length = 255]
+        slug -> Varchar,
+        title -> Text,
+        #[max_length = 32]
+        status -> Varchar,
+        created_at -> Timestamp,
+    }
+}
