@@ -214,7 +214,10 @@ backend_tests! {
         t.sql.reset();
         assert!(db.find::<Article>(1).unwrap().is_none());
         assert!(db.find_by(ArticleBySlug("hello".into())).unwrap().is_none());
-        assert_eq!(t.sql.count(), 0, "both negative entries are cached");
+        // MariaDB compares text keys case-insensitively by default, so "not found" is not
+        // cached for the slug there (KeyCompare::BackendDefault); the id's is.
+        let uncached = usize::from(BACKEND == common::Backend::Mysql);
+        assert_eq!(t.sql.count(), uncached, "the negative entries are cached");
 
         let a = db
             .transaction(|tx| tx.insert_new::<Article, _>(&NewArticle { slug: "hello", title: "Hello" }))
