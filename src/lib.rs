@@ -215,6 +215,7 @@ pub mod __private {
     pub use crate::entity::{
         CachedEntity, CachedOps, HeapSize, IdParser, ParseFallback, ParseViaFromStr,
     };
+    pub use crate::invalidation::feed::sql_table_name;
     pub use crate::unique::{UniqueKey, UniqueKeys, UniqueOps};
     pub use diesel;
     pub use std::time::Duration;

@@ -49,6 +49,16 @@ where
     });
 }
 
+/// A narrow second entity type of the `users` table, which `build()` must refuse next to
+/// `User`.
+#[derive(diesel::Queryable, diesel::Selectable, Clone, Debug, PartialEq, diesel_l2::Cached)]
+#[diesel(table_name = common::schema::users)]
+pub struct UserName {
+    pub id: i64,
+    pub version: i64,
+    pub name: String,
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -208,6 +218,106 @@ backend_tests! {
         assert!(l.last_error.is_some());
     }
 
+    /// C7: the version is a row clock. An update that leaves the version as it was (an
+    /// admin script, psql) is bumped by the database and invalidated in a listening Db.
+    fn a_plain_sql_update_that_leaves_the_version_is_invalidated(t) {
+        let b = Db::builder(t.pool.clone()).cache::<User>().listen(listen(t, "l2_plain")).build().unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A')").unwrap();
+        cache_in(&b, 1);
+        raw.batch_execute("UPDATE users SET name = 'plain' WHERE id = 1").unwrap();
+        wait_for("the plain update to invalidate", || b.peek::<User>(&1).unwrap().is_none());
+        let read = b.find::<User>(1).unwrap().unwrap();
+        assert_eq!((read.version, read.name.as_str()), (2, "plain"), "the database bumped the version");
+        // Setting the version back is bumped too: versions never go backwards.
+        cache_in(&b, 1);
+        raw.batch_execute("UPDATE users SET name = 'back', version = 1 WHERE id = 1").unwrap();
+        wait_for("the backwards update to invalidate", || b.peek::<User>(&1).unwrap().is_none());
+        assert_eq!(b.find::<User>(1).unwrap().unwrap().version, 3);
+    }
+
+    /// C7: a local delete leaves a tombstone; a re-insert by another client (at version 1,
+    /// below the tombstone) clears it.
+    fn a_remote_reinsert_clears_a_local_tombstone(t) {
+        let b = Db::builder(t.pool.clone()).cache::<User>().listen(listen(t, "l2_reins")).build().unwrap();
+        let v1 = b.transaction(|tx| tx.insert(&User::new(1, "Ada"))).unwrap();
+        b.transaction(|tx| tx.delete(&v1)).unwrap();
+        assert!(b.find::<User>(1).unwrap().is_none(), "the tombstone answers");
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'again@x', 'Again')").unwrap();
+        let took = wait_for("the re-insert to be seen", || b.find::<User>(1).unwrap().is_some());
+        println!("C7 {BACKEND:?}: remote re-insert over a tombstone seen after {:.2} ms", took.as_secs_f64() * 1e3);
+        assert_eq!(b.find::<User>(1).unwrap().unwrap().name, "Again");
+    }
+
+    /// C7: notifications carry the SQL table name (`notes`), not the Rust name of the
+    /// `table!` (`memos`), and reach the region.
+    fn notifications_are_routed_by_the_sql_table_name(t) {
+        use common::models::Memo;
+        let b = Db::builder(t.pool.clone()).cache::<Memo>().listen(listen(t, "l2_sqlname")).build().unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO notes (id, version, body) VALUES ('n1', 1, 'first')").unwrap();
+        let id = "n1".to_string();
+        wait_for("the memo to be cached", || {
+            b.find::<Memo>(id.clone()).unwrap();
+            b.peek::<Memo>(&id).unwrap().is_some()
+        });
+        raw.batch_execute("UPDATE notes SET body = 'second', version = 2 WHERE id = 'n1'").unwrap();
+        wait_for("the update of `notes` to invalidate", || b.peek::<Memo>(&id).unwrap().is_none());
+        assert_eq!(b.find::<Memo>(id).unwrap().unwrap().body, "second");
+        assert_eq!(b.stats().listener.unwrap().ignored, 0, "no notification went unrouted");
+    }
+
+    /// C7, C8: a very long id (over pg_notify's 8,000 bytes on PostgreSQL, over the old
+    /// outbox's VARCHAR(255) on MariaDB) never fails the user's write, and is invalidated
+    /// (by a flush of the table where the payload cannot carry it).
+    fn long_ids_never_fail_the_write(t) {
+        use common::models::Memo;
+        // MariaDB's key is VARCHAR(700); PostgreSQL compresses the repetitive key in its index.
+        let len = if BACKEND == Backend::Mysql { 700 } else { 9000 };
+        let id = "x".repeat(len);
+        let (pool_b, _) = t.another_pool();
+        let a = Db::builder(t.pool.clone()).cache::<Memo>().listen(listen(t, "l2_long_a")).build().unwrap();
+        let b = Db::builder(pool_b).cache::<Memo>().listen(listen(t, "l2_long_b")).build().unwrap();
+        let v1 = a.transaction(|tx| tx.insert(&Memo::new(id.clone(), "long"))).expect("the insert commits");
+        wait_for("b to cache the memo", || {
+            b.find::<Memo>(id.clone()).unwrap();
+            b.peek::<Memo>(&id).unwrap().is_some()
+        });
+        let mut next = v1.clone();
+        next.body = "changed".into();
+        a.transaction(|tx| tx.update(&next)).expect("the update commits");
+        wait_for("b to drop the long-id memo", || b.peek::<Memo>(&id).unwrap().is_none());
+        assert_eq!(b.find::<Memo>(id.clone()).unwrap().unwrap().body, "changed");
+        let mut raw = t.raw_connection();
+        raw.batch_execute(&format!("DELETE FROM notes WHERE id = '{id}'")).expect("a raw delete commits");
+        wait_for("b to drop the deleted memo", || b.find::<Memo>(id.clone()).unwrap().is_none());
+    }
+
+    /// C7: `build()` with a listener refuses a cached table whose change feed is missing
+    /// or of another payload version, and says how to install it.
+    fn build_refuses_a_table_without_the_current_feed(t) {
+        let drop_sql = match BACKEND {
+            Backend::Postgres => "DROP TRIGGER users_diesel_l2_v2_upd ON users",
+            _ => "DROP TRIGGER users_diesel_l2_v2_upd",
+        };
+        t.exec(drop_sql);
+        let mut config = listen(t, "l2_nofeed");
+        config.connect_timeout = BOUND;
+        let err = Db::builder(t.pool.clone()).cache::<User>().listen(config).build().expect_err("no feed on users");
+        let message = err.to_string();
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        assert!(message.contains("users_diesel_l2_v2_upd") && message.contains("_triggers_sql"), "{message}");
+    }
+
+    /// C7: two cached entity types of one SQL table are refused at `build()` (a write
+    /// through one would leave the other stale).
+    fn two_entity_types_of_one_table_are_refused(t) {
+        let err = Db::builder(t.pool.clone()).cache::<User>().cache::<UserName>().build().expect_err("refused");
+        let message = err.to_string();
+        assert!(matches!(err, Error::Config(_)) && message.contains("`users`") && message.contains("stale"), "{message}");
+    }
+
     fn dropping_the_db_stops_the_listener(t) {
         let b = Db::builder(t.pool.clone()).cache::<User>().listen(listen(t, "l2_drop")).build().unwrap();
         let clone = b.clone();
@@ -254,7 +364,7 @@ mod outbox {
             }
             let count = || {
                 let mut c = t.conn();
-                diesel::sql_query("SELECT COUNT(*) AS n FROM diesel_l2_changes").get_result::<Count>(&mut c).unwrap().n
+                diesel::sql_query("SELECT COUNT(*) AS n FROM diesel_l2_changes_v2").get_result::<Count>(&mut c).unwrap().n
             };
             assert!(count() >= 1);
             wait_for("pruning", || count() == 0);

@@ -5,8 +5,9 @@
 //! `DIESEL_L2_WRITE_MIGRATIONS=1 cargo test --all-features --test trigger_migrations`.
 
 use diesel_l2::invalidation::{
-    mysql_changes_table_sql, mysql_table_triggers_sql, postgres_notify_function_sql,
-    postgres_table_triggers_sql, sqlite_changes_table_sql, sqlite_table_triggers_sql,
+    mysql_changes_table_sql, mysql_table_triggers_sql, outbox_drop_v1_sql, postgres_drop_v1_sql,
+    postgres_notify_function_sql, postgres_table_triggers_sql, sqlite_changes_table_sql,
+    sqlite_table_triggers_sql,
 };
 
 const TABLES: &[&str] = &[
@@ -16,8 +17,12 @@ const TABLES: &[&str] = &[
     "documents",
     "posts",
     "accounts",
+    "notes",
+    "note_lines",
 ];
-const DIR: &str = "2026-11-22-000003_change_feed";
+/// The change feed at payload version 2, upgrading the version 1 feed installed by
+/// `2026-11-22-000003_change_feed` (kept as it was: migrations already run never change).
+const DIR: &str = "2026-11-30-000002_change_feed_v2";
 /// Statements changing more rows than this send one flush per table.
 const PG_FLUSH_THRESHOLD: u32 = 100;
 
@@ -31,15 +36,16 @@ fn header(how: &str) -> String {
 
 fn expected() -> Vec<(&'static str, String, String)> {
     let per_table = |f: &dyn Fn(&str) -> String| TABLES.iter().map(|t| f(t)).collect::<String>();
-    let pg_up = header("PostgreSQL: statement triggers that pg_notify at commit")
+    let pg_up = header("PostgreSQL: statement triggers that pg_notify at commit, payload v2")
         + &postgres_notify_function_sql()
-        + &per_table(&|t| postgres_table_triggers_sql(t, "id", "version", PG_FLUSH_THRESHOLD));
+        + &per_table(&|t| postgres_table_triggers_sql(t, "id", "version", PG_FLUSH_THRESHOLD))
+        + &postgres_drop_v1_sql();
     let pg_down = per_table(&|t| {
-        ["ins", "upd", "del"]
-            .map(|s| format!("DROP TRIGGER IF EXISTS \"{t}_diesel_l2_{s}\" ON \"{t}\";\n"))
+        ["bump", "ins", "upd", "del", "trunc"]
+            .map(|s| format!("DROP TRIGGER IF EXISTS \"{t}_diesel_l2_v2_{s}\" ON \"{t}\";\n"))
             .concat()
-    }) + "DROP FUNCTION IF EXISTS diesel_l2_notify();\n";
-    let my_up = header("MariaDB/MySQL: row triggers appending to diesel_l2_changes")
+    }) + "DROP FUNCTION IF EXISTS diesel_l2_notify_v2();\nDROP FUNCTION IF EXISTS diesel_l2_bump_v2();\n";
+    let my_up = header("MariaDB/MySQL: row triggers appending to diesel_l2_changes_v2")
         + &mysql_changes_table_sql()
         + ";\n"
         + &per_table(&|t| {
@@ -47,21 +53,26 @@ fn expected() -> Vec<(&'static str, String, String)> {
                 .into_iter()
                 .map(|s| s + ";\n")
                 .collect()
-        });
-    let drops = |q: &str| {
+        })
+        + &outbox_drop_v1_sql()
+        + ";\n";
+    let drops = |q: &str, suffixes: &[&str]| {
         per_table(&|t| {
-            ["ins", "upd", "del"]
-                .map(|s| format!("DROP TRIGGER IF EXISTS {q}{t}_diesel_l2_{s}{q};\n"))
-                .concat()
-        }) + "DROP TABLE IF EXISTS diesel_l2_changes;\n"
+            suffixes
+                .iter()
+                .map(|s| format!("DROP TRIGGER IF EXISTS {q}{t}_diesel_l2_v2_{s}{q};\n"))
+                .collect::<String>()
+        }) + "DROP TABLE IF EXISTS diesel_l2_changes_v2;\n"
     };
-    let lite_up = header("SQLite: row triggers appending to diesel_l2_changes")
+    let lite_up = header("SQLite: row triggers appending to diesel_l2_changes_v2")
         + &sqlite_changes_table_sql()
-        + &per_table(&|t| sqlite_table_triggers_sql(t, "id", "version"));
+        + &per_table(&|t| sqlite_table_triggers_sql(t, "id", "version"))
+        + &outbox_drop_v1_sql()
+        + ";\n";
     vec![
         ("postgres", pg_up, pg_down),
-        ("mysql", my_up, drops("`")),
-        ("sqlite", lite_up, drops("\"")),
+        ("mysql", my_up, drops("`", &["bump", "ins", "upd", "del"])),
+        ("sqlite", lite_up, drops("\"", &["ins", "upd", "del"])),
     ]
 }
 

@@ -85,3 +85,24 @@ diesel::table! {
         plan -> Text,
     }
 }
+
+diesel::table! {
+    /// Text key of any length; the Rust name differs from the SQL name `notes` (C7
+    /// routes notifications by the SQL name).
+    #[sql_name = "notes"]
+    memos (id) {
+        id -> Text,
+        version -> BigInt,
+        body -> Text,
+    }
+}
+
+diesel::table! {
+    /// Children of `notes`, deleted by an `ON DELETE CASCADE` foreign key.
+    note_lines (id) {
+        id -> BigInt,
+        version -> BigInt,
+        note_id -> Text,
+        line -> Text,
+    }
+}
