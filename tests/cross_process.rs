@@ -351,6 +351,85 @@ mod outbox {
             wait_for("later changes to flow again", || b.peek::<User>(&1).unwrap().is_none());
         }
 
+        /// C7: each missing seq has its own timer, and one that timed out is still
+        /// watched. Two transactions hold consecutive seqs; both gaps time out (regions
+        /// cleared); the younger one commits afterwards and must still invalidate.
+        only(mysql)
+        fn a_timed_out_gap_does_not_skip_a_younger_one(t) {
+            let config = listen(t, "gap2").gap_timeout(Duration::from_millis(300)).retention(Duration::from_secs(60));
+            let b = Db::builder(t.pool.clone()).cache::<User>().listen(config).build().unwrap();
+            let mut raw = t.raw_connection();
+            raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A'), (2, 1, 'b@x', 'B'), (3, 1, 'c@x', 'C')").unwrap();
+            let (mut x, mut y) = (t.raw_connection(), t.raw_connection());
+            x.batch_execute("BEGIN; UPDATE users SET name = 'x', version = version + 1 WHERE id = 1").unwrap();
+            y.batch_execute("BEGIN; UPDATE users SET name = 'y', version = version + 1 WHERE id = 2").unwrap();
+            raw.batch_execute("UPDATE users SET name = 'z', version = version + 1 WHERE id = 3").unwrap();
+            wait_for("both gaps to time out", || b.stats().listener.unwrap().gaps >= 2);
+            cache_in(&b, 2);
+            assert_eq!(b.peek::<User>(&2).unwrap().unwrap().name, "B", "y has not committed");
+            y.batch_execute("COMMIT").unwrap();
+            wait_for("y's late commit to invalidate", || b.peek::<User>(&2).unwrap().is_none());
+            assert_eq!(b.find::<User>(2).unwrap().unwrap().name, "y");
+            x.batch_execute("ROLLBACK").unwrap();
+        }
+
+        /// C7: MariaDB assigns AUTO_INCREMENT at insert, not commit. A transaction holding a
+        /// seq below the maximum when the listener connects is watched, not skipped.
+        only(mysql)
+        fn a_change_held_when_the_listener_connects_is_not_skipped(t) {
+            let mut raw = t.raw_connection();
+            raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A'), (2, 1, 'b@x', 'B')").unwrap();
+            let mut y = t.raw_connection();
+            y.batch_execute("BEGIN; UPDATE users SET name = 'y', version = version + 1 WHERE id = 1").unwrap();
+            raw.batch_execute("UPDATE users SET name = 'z', version = version + 1 WHERE id = 2").unwrap();
+            let config = listen(t, "window").gap_timeout(Duration::from_secs(60)).retention(Duration::from_secs(120));
+            let b = Db::builder(t.pool.clone()).cache::<User>().listen(config).build().unwrap();
+            cache_in(&b, 1);
+            y.batch_execute("COMMIT").unwrap();
+            wait_for("the held change to invalidate", || b.peek::<User>(&1).unwrap().is_none());
+            assert_eq!(b.find::<User>(1).unwrap().unwrap().name, "y");
+            assert_eq!(b.stats().listener.unwrap().gaps, 0, "no gap timed out");
+        }
+
+        /// C7: with a gap at the bottom and over a page (1,000 rows) committed after it,
+        /// later changes are read at once, not after the gap timeout.
+        only(mysql)
+        fn a_gap_does_not_stall_the_changes_after_it(t) {
+            let config = listen(t, "paging").gap_timeout(Duration::from_secs(60)).retention(Duration::from_secs(120));
+            let b = Db::builder(t.pool.clone()).cache::<User>().listen(config).build().unwrap();
+            let mut raw = t.raw_connection();
+            raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A'), (5000, 1, 'e@x', 'E')").unwrap();
+            let mut y = t.raw_connection();
+            y.batch_execute("BEGIN; UPDATE users SET name = 'y', version = version + 1 WHERE id = 1").unwrap();
+            let values: Vec<String> = (100..1200).map(|i| format!("({i}, 1, 'u{i}@x', 'U')")).collect();
+            raw.batch_execute(&format!("INSERT INTO users (id, version, email, name) VALUES {}", values.join(", "))).unwrap();
+            cache_in(&b, 5000);
+            raw.batch_execute("UPDATE users SET name = 'after', version = version + 1 WHERE id = 5000").unwrap();
+            let took = wait_for("the change after 1,100 rows and a gap", || b.peek::<User>(&5000).unwrap().is_none());
+            println!("C7 {BACKEND:?}: change behind a gap and 1,100 rows invalidated after {:.1} ms", took.as_secs_f64() * 1e3);
+            y.batch_execute("ROLLBACK").unwrap();
+        }
+
+        /// C7: the SQLite listener waits for a writer's lock instead of failing; its prune
+        /// skips a locked database. A writer holding the lock does not disconnect it (each
+        /// reconnection would clear every region).
+        only(sqlite)
+        fn a_writer_holding_the_lock_does_not_disconnect_the_listener(t) {
+            let config = listen(t, "busy").gap_timeout(Duration::from_millis(20)).retention(Duration::from_millis(100));
+            let b = Db::builder(t.pool.clone()).cache::<User>().listen(config).build().unwrap();
+            t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A')");
+            cache_in(&b, 1);
+            let mut w = t.raw_connection();
+            w.batch_execute("BEGIN IMMEDIATE; UPDATE users SET name = 'held', version = version + 1 WHERE id = 1").unwrap();
+            // Several prunes (every 25 ms) run while the lock is held.
+            std::thread::sleep(Duration::from_millis(400));
+            w.batch_execute("COMMIT").unwrap();
+            wait_for("the held write to invalidate", || b.peek::<User>(&1).unwrap().is_none());
+            let l = b.stats().listener.unwrap();
+            assert!(l.connected, "{l:?}");
+            assert_eq!((l.disconnects, l.connects), (0, 1), "never disconnected: {l:?}");
+        }
+
         only(mysql, sqlite)
         fn old_change_rows_are_pruned(t) {
             use diesel::prelude::*;
