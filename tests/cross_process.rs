@@ -318,6 +318,58 @@ backend_tests! {
         assert!(matches!(err, Error::Config(_)) && message.contains("`users`") && message.contains("stale"), "{message}");
     }
 
+    /// C7: PostgreSQL reports TRUNCATE (an AFTER TRUNCATE statement trigger): the
+    /// table's region is flushed, also for a table truncated by `TRUNCATE … CASCADE`.
+    only(postgres)
+    fn truncate_flushes_the_table(t) {
+        use common::models::{Memo, NoteLine};
+        let b = Db::builder(t.pool.clone()).cache::<Memo>().cache::<NoteLine>().listen(listen(t, "l2_trunc")).build().unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO notes (id, version, body) VALUES ('n', 1, 'N'); INSERT INTO note_lines (id, version, note_id, line) VALUES (1, 1, 'n', 'L')").unwrap();
+        let id = "n".to_string();
+        wait_for("both cached", || {
+            b.find::<Memo>(id.clone()).unwrap();
+            b.find::<NoteLine>(1).unwrap();
+            b.peek::<Memo>(&id).unwrap().is_some() && b.peek::<NoteLine>(&1).unwrap().is_some()
+        });
+        raw.batch_execute("TRUNCATE notes CASCADE").unwrap();
+        wait_for("the truncate to flush both tables", || {
+            b.peek::<Memo>(&id).unwrap().is_none() && b.peek::<NoteLine>(&1).unwrap().is_none()
+        });
+        assert!(b.find::<Memo>(id).unwrap().is_none());
+        assert!(b.find::<NoteLine>(1).unwrap().is_none());
+    }
+
+    /// C7: rows deleted by an `ON DELETE CASCADE` foreign key. PostgreSQL and SQLite fire
+    /// the child table's triggers, so its cached rows are invalidated. MariaDB fires no
+    /// trigger for cascaded changes (nor TRUNCATE): documented, and `evict_all` is the
+    /// call to make after them.
+    fn a_cascading_delete_is_captured_where_the_database_reports_it(t) {
+        use common::models::{Memo, NoteLine};
+        let b = Db::builder(t.pool.clone()).cache::<Memo>().cache::<NoteLine>().listen(listen(t, "l2_cascade")).build().unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO notes (id, version, body) VALUES ('n', 1, 'N')").unwrap();
+        raw.batch_execute("INSERT INTO note_lines (id, version, note_id, line) VALUES (1, 1, 'n', 'L')").unwrap();
+        wait_for("the line to be cached", || {
+            b.find::<NoteLine>(1).unwrap();
+            b.peek::<NoteLine>(&1).unwrap().is_some()
+        });
+        wait_for("both inserts' notifications", || b.stats().listener.unwrap().changes >= 2);
+        let changes = b.stats().listener.unwrap().changes;
+        raw.batch_execute("DELETE FROM notes WHERE id = 'n'").unwrap();
+        if BACKEND == Backend::Mysql {
+            // Let the listener read the parent's delete: the child's is never reported.
+            raw.batch_execute("INSERT INTO notes (id, version, body) VALUES ('marker', 1, 'M')").unwrap();
+            // The parent's delete and the marker's insert (a cascaded delete would come between).
+            wait_for("the marker", || b.stats().listener.unwrap().changes >= changes + 2);
+            assert!(b.peek::<NoteLine>(&1).unwrap().is_some(), "MariaDB reports no cascaded delete");
+            b.evict_all::<NoteLine>().unwrap();
+        } else {
+            wait_for("the cascaded delete to invalidate", || b.peek::<NoteLine>(&1).unwrap().is_none());
+        }
+        assert!(b.find::<NoteLine>(1).unwrap().is_none());
+    }
+
     fn dropping_the_db_stops_the_listener(t) {
         let b = Db::builder(t.pool.clone()).cache::<User>().listen(listen(t, "l2_drop")).build().unwrap();
         let clone = b.clone();

@@ -1,22 +1,86 @@
 //! Cross-process invalidation (C7): every committed write to a cached table, made by any
 //! process or SQL client, invalidates the entry in every process that listens.
 //!
-//! - **PostgreSQL**: statement-level triggers `pg_notify` the table, id and version of
-//!   each changed row (one region-wide flush above a row threshold). NOTIFY is delivered
-//!   only at commit, so rolled-back writes never invalidate. The `Db` owns a dedicated
-//!   connection that `LISTEN`s on a background thread.
-//! - **MariaDB/MySQL and SQLite**: row triggers append to the `diesel_l2_changes` table (an
-//!   outbox) which the `Db`'s background thread polls by sequence number, with gap
-//!   detection; old rows are pruned.
+//! # The change feed
 //!
-//! A notification drops the cached entry only if it is older than the notified version,
-//! so this process's own applied writes stay cached. When the listener loses its
+//! Triggers installed by a migration report each committed change as one payload, defined
+//! once for every backend and versioned ([`FEED_VERSION`]):
+//!
+//! ```text
+//! v2|<op>|<schema>|<table>|<version>|<id length>|<id>[|<extension>…]     op: i, u or d
+//! v2|f|<schema>|<table>                                                  flush the table
+//! ```
+//!
+//! `<table>` is the table's SQL name (the `#[sql_name]` of its `table!`, which is how
+//! notifications are routed to regions); `<version>` is the row's version after the change
+//! (for a delete, the deleted version + 1); `<id length>` counts the characters of `<id>`,
+//! so ids may contain `|` and fields may follow. Extensions (`<name>=<length>:<value>`) are
+//! reserved for the old and new values of unique-key and index columns; version 2 sends
+//! none and skips any it reads. A payload of an unknown version clears every region; one of
+//! version 1 (triggers not upgraded yet) flushes its table.
+//!
+//! The feed also makes the version a true row clock: an `UPDATE` that does not raise the
+//! version (`UPDATE users SET bio = … WHERE id = 1` from psql, a script, a data migration)
+//! gets `version = old version + 1` from the database (a `BEFORE UPDATE` trigger on
+//! PostgreSQL and MariaDB; on SQLite, which cannot change `NEW` in a `BEFORE` trigger, the
+//! `AFTER UPDATE` trigger raises it with an inner `UPDATE` and records the final version).
+//!
+//! - **PostgreSQL**: statement-level triggers `pg_notify` one payload per row, or one flush
+//!   of the table for a statement changing more than the threshold's rows, for `TRUNCATE`
+//!   (also of a table truncated by `TRUNCATE … CASCADE`), and for a payload that would not
+//!   fit a notification (8,000 bytes: a very long id), so the user's write never fails.
+//!   NOTIFY is delivered only at commit. The `Db` owns a dedicated connection that
+//!   `LISTEN`s on a background thread.
+//! - **MariaDB/MySQL and SQLite**: row triggers append the payload (a `MEDIUMTEXT`/`TEXT`
+//!   column, so no id is too long) to the [`CHANGES_TABLE`] outbox, which the `Db`'s
+//!   background thread polls by sequence number. Each missing sequence number (a
+//!   transaction not committed yet, or rolled back) has its own timer: after `gap_timeout`
+//!   the regions are cleared (counted in `gaps`), and the number is still looked for until
+//!   `retention` has passed, so a change that commits late is applied then. On
+//!   (re)connection the numbers up to 1,000 below the maximum that are not in the table
+//!   are watched the same way (MariaDB assigns `AUTO_INCREMENT` at insert, not commit).
+//!   New rows are read a page at a time past any gap. Rows are pruned only below the
+//!   listener's resolved sequence and once older than `retention`. The SQLite listener
+//!   waits up to 2 s for a writer's lock; its prune skips a locked database.
+//!
+//! A notification drops the cached entry unless the slot already holds that change or a
+//! later one (a row at that version or newer for an insert or update, a tombstone at that
+//! version or newer for a delete), so this process's own applied writes stay cached; a
+//! remote insert always clears a tombstone or a negative entry. When the listener loses its
 //! connection, the regions it covers stop serving and filling (reads go to the database)
-//! until it has reconnected and cleared them.
+//! until it has reconnected and cleared them; reconnections back off.
 //!
-//! Install the triggers with [`postgres_triggers_sql`], [`mysql_triggers_sql`] or
-//! [`sqlite_triggers_sql`] (in a migration), then call
-//! [`DbBuilder::listen`](crate::DbBuilder::listen).
+//! # Installing and upgrading
+//!
+//! Install the feed with [`postgres_triggers_sql`], [`mysql_triggers_sql`] or
+//! [`sqlite_triggers_sql`] for each cached table (in a migration), then call
+//! [`DbBuilder::listen`](crate::DbBuilder::listen). The same helpers upgrade the triggers
+//! of version 1 (they drop them first); once every table is upgraded, run
+//! [`postgres_drop_v1_sql`] or [`outbox_drop_v1_sql`] to drop what version 1 left. With a
+//! listener, `build()` checks the catalog (`pg_trigger`, `information_schema.TRIGGERS`,
+//! `sqlite_master`) for the current triggers on every cached table and otherwise returns
+//! [`Error::Config`] naming the missing triggers and the helper.
+//! Trigger names are `<table>_diesel_l2_v2_<ins|upd|del|trunc|bump>`; keep table names
+//! short enough for your database's identifier limit (64 characters on MariaDB, 63 on
+//! PostgreSQL) with that suffix.
+//!
+//! # What the feed cannot capture
+//!
+//! After these, call [`Db::evict_all`](crate::Db::evict_all) for the entity types of the
+//! tables concerned (or [`Db::evict_everything`](crate::Db::evict_everything)):
+//!
+//! - **MariaDB/MySQL**: `TRUNCATE`, and rows changed by foreign-key actions (`ON DELETE
+//!   CASCADE`, `ON UPDATE CASCADE`, `SET NULL`): MariaDB fires no trigger for either.
+//!   PostgreSQL and SQLite fire the child table's triggers for cascades, and PostgreSQL's
+//!   `TRUNCATE` trigger flushes the table.
+//! - **Every backend**: changes made while triggers are disabled (PostgreSQL
+//!   `session_replication_role = replica`, as logical replication and `pg_restore
+//!   --disable-triggers` use; dropping or disabling the triggers), and updates of a
+//!   row's primary key.
+//! - **Outbox backends**: a change whose transaction held its sequence number longer than
+//!   `gap_timeout` + `retention` before committing (the regions were cleared at the gap
+//!   timeout, counted in `gaps`), and one of a transaction that started before the
+//!   listener connected holding a number more than 1,000 below the maximum.
 
 pub(crate) mod feed;
 mod outbox;
