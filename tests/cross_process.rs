@@ -443,6 +443,26 @@ mod outbox {
             assert_eq!(b.stats().listener.unwrap().gaps, 0, "no gap timed out");
         }
 
+        /// C7: the numbers a (re)connecting listener watches below the maximum include
+        /// pruned ones; they never commit, and must not be taken for lost changes (no
+        /// flush, no gap counted), while a change committed after connecting still is read.
+        only(mysql, sqlite)
+        fn pruned_numbers_below_the_maximum_are_not_taken_for_gaps(t) {
+            let mut raw = t.raw_connection();
+            let values: Vec<String> = (1..=50).map(|i| format!("({i}, 1, 'u{i}@x', 'U')")).collect();
+            raw.batch_execute(&format!("INSERT INTO users (id, version, email, name) VALUES {}", values.join(", "))).unwrap();
+            // As a prune would leave it: only the newest change row.
+            raw.batch_execute("DELETE FROM diesel_l2_changes_v2 WHERE seq < (SELECT m FROM (SELECT MAX(seq) AS m FROM diesel_l2_changes_v2) x)").unwrap();
+            let config = listen(t, "pruned").gap_timeout(Duration::from_millis(100)).retention(Duration::from_secs(60));
+            let b = Db::builder(t.pool.clone()).cache::<User>().listen(config).build().unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+            cache_in(&b, 7);
+            raw.batch_execute("UPDATE users SET name = 'after' WHERE id = 7").unwrap();
+            wait_for("the change after connecting", || b.peek::<User>(&7).unwrap().is_none());
+            let l = b.stats().listener.unwrap();
+            assert_eq!((l.gaps, l.flushes), (0, 0), "{l:?}");
+        }
+
         /// C7: with a gap at the bottom and over a page (1,000 rows) committed after it,
         /// later changes are read at once, not after the gap timeout.
         only(mysql)

@@ -190,8 +190,9 @@ mod poll {
     /// Rows read per query.
     const PAGE: usize = 1000;
     /// On (re)connect, the sequence numbers this far below the maximum that are not in
-    /// the table yet are watched: MariaDB assigns `AUTO_INCREMENT` at insert, so a
-    /// transaction still open holds a lower number than rows committed after it.
+    /// the table yet are watched (until the retention has passed): MariaDB assigns
+    /// `AUTO_INCREMENT` at insert, so a transaction still open holds a lower number than
+    /// rows committed after it.
     const CONNECT_WINDOW: i64 = 1000;
     /// How often seqs whose gap already timed out are looked for again.
     const LATE_EVERY: Duration = Duration::from_millis(100);
@@ -363,10 +364,13 @@ mod poll {
             late: BTreeMap::new(),
             last_late_poll: Instant::now(),
         };
+        // Watched like gaps that timed out, without their flush: the regions are cleared
+        // at connection anyway, so a number that never commits (rolled back, or pruned
+        // long ago) loses nothing, and one that commits later is applied then.
         let now = Instant::now();
         for s in (from + 1)..=hi {
             if !present.contains(&s) {
-                cursor.missing.insert(s, now);
+                cursor.late.insert(s, now);
             }
         }
         let _ = shared;
