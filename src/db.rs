@@ -145,11 +145,17 @@ struct Registration {
     type_id: TypeId,
     type_name: &'static str,
     config: RegionConfig,
-    make: fn(RegionConfig, Option<Hook>) -> Arc<dyn AnyRegion>,
+    /// The SQL name of the entity's table.
+    sql_table: String,
+    make: fn(RegionConfig, Option<Hook>, &str) -> Arc<dyn AnyRegion>,
 }
 
-fn make_region<E: CachedEntity>(config: RegionConfig, hook: Option<Hook>) -> Arc<dyn AnyRegion> {
-    Arc::new(Region::<E>::with_hook(config, hook))
+fn make_region<E: CachedEntity>(
+    config: RegionConfig,
+    hook: Option<Hook>,
+    sql_table: &str,
+) -> Arc<dyn AnyRegion> {
+    Arc::new(Region::<E>::with_hook(config, hook).with_sql_table(sql_table))
 }
 
 impl<C: R2D2Connection + 'static> DbBuilder<C> {
@@ -168,6 +174,7 @@ impl<C: R2D2Connection + 'static> DbBuilder<C> {
             type_id: TypeId::of::<E>(),
             type_name: std::any::type_name::<E>(),
             config: configure(E::cache_config()),
+            sql_table: E::sql_table(),
             make: make_region::<E>,
         });
         self
@@ -209,7 +216,9 @@ impl<C: R2D2Connection + 'static> DbBuilder<C> {
     /// Validates every region's settings and builds the `Db`.
     ///
     /// Fails with [`Error::Config`] on a zero capacity, a zero duration, no bound at all,
-    /// an empty or duplicate region name, or an entity registered twice.
+    /// an empty or duplicate region name, an entity registered twice, two entity types
+    /// of one SQL table, or (with [`listen`](DbBuilder::listen)) a cached table without
+    /// the change feed at the current payload version.
     pub fn build(self) -> Result<Db<C>> {
         if self.operation_retention.is_zero() {
             return Err(Error::Config(
@@ -221,8 +230,20 @@ impl<C: R2D2Connection + 'static> DbBuilder<C> {
         let mut regions = HashMap::with_hasher(TypeIdHasher);
         let mut order = Vec::new();
         let mut names = HashMap::new();
+        let mut tables: HashMap<String, &'static str> = HashMap::new();
         for reg in self.entries {
             validate(&reg.config, reg.type_name)?;
+            if let Some(other) = tables.insert(reg.sql_table.clone(), reg.type_name) {
+                if other != reg.type_name {
+                    return Err(Error::Config(format!(
+                        "`{other}` and `{}` are both cached and both map to SQL table `{}`: a write \
+                         through one would leave the other's cached rows stale (C7). Cache one entity \
+                         type per table (read the other shape with plain diesel, or derive it from \
+                         the cached one)",
+                        reg.type_name, reg.sql_table
+                    )));
+                }
+            }
             if let Some(other) = names.insert(reg.config.name.clone(), reg.type_name) {
                 return Err(Error::Config(if other == reg.type_name {
                     format!(
@@ -242,7 +263,7 @@ impl<C: R2D2Connection + 'static> DbBuilder<C> {
                     reg.type_name, reg.type_name
                 )));
             }
-            let region = (reg.make)(reg.config, self.hook.clone());
+            let region = (reg.make)(reg.config, self.hook.clone(), &reg.sql_table);
             order.push(Arc::clone(&region));
             regions.insert(reg.type_id, region);
         }

@@ -69,6 +69,13 @@ pub trait CachedOps<C: Connection>: CachedEntity {
 
     /// `DELETE … WHERE id = ? AND version = ?`, returning the number of rows deleted.
     fn delete_row(conn: &mut C, id: &Self::Id, version: i64) -> QueryResult<usize>;
+
+    /// The table's name in SQL (the `#[sql_name]` of its `table!`, else its Rust name),
+    /// which change notifications carry (C7). `#[derive(Cached)]` renders it from the
+    /// `table!`; the default is [`CachedEntity::TABLE`].
+    fn sql_table() -> String {
+        Self::TABLE.to_string()
+    }
 }
 
 /// An estimate of the heap bytes a field owns, used by byte-budgeted regions.

@@ -250,6 +250,7 @@ pub mod __private {
     pub use crate::entity::{
         CachedEntity, CachedOps, HeapSize, IdParser, ParseFallback, ParseViaFromStr,
     };
+    pub use crate::invalidation::feed::sql_table_name;
     pub use crate::unique::{UniqueKey, UniqueKeys, UniqueOps};
     pub use crate::write::{ChangesetOps, DeleteWhereOps, InsertOps, UpdateWhereOps};
     pub use diesel;

@@ -27,6 +27,7 @@ use moka::sync::Cache;
 use crate::config::RegionConfig;
 use crate::entity::CachedEntity;
 use crate::hooks::{self, Hook, Point};
+use crate::invalidation::ChangeOp;
 use crate::stats::{Counters, RegionStats};
 use crate::unique::{AnyIndex, Index, UniqueKey, UniqueKeys};
 
@@ -80,6 +81,10 @@ struct KeyState<E> {
     /// The highest version another process was notified to have committed while a local
     /// transaction held the key: that transaction's commit may not put anything older.
     remote_floor: i64,
+    /// Another process was notified to have inserted the row while a local transaction
+    /// held the key: that transaction's delete may not leave a tombstone (the insert may
+    /// have come after it, with versions starting again).
+    remote_insert: bool,
 }
 
 impl<E> Default for KeyState<E> {
@@ -90,6 +95,7 @@ impl<E> Default for KeyState<E> {
             epoch: 0,
             flight: None,
             remote_floor: i64::MIN,
+            remote_insert: false,
         }
     }
 }
@@ -200,6 +206,8 @@ pub(crate) struct Region<E: CachedEntity> {
     /// False while the cross-process listener covering this region is disconnected (C7):
     /// reads then go to the database and nothing is filled.
     trusted: AtomicBool,
+    /// The SQL name of the entity's table, which change notifications carry (C7).
+    sql_table: Box<str>,
 }
 
 /// Per-entry expiry: rows live `ttl` (and `tti` when idle), negative entries and
@@ -354,6 +362,7 @@ impl<E: CachedEntity> Region<E> {
             .map(|make| make(&config, per_index))
             .collect();
         Region {
+            sql_table: E::TABLE.into(),
             trusted: AtomicBool::new(true),
             indexes,
             cache: builder.build(),
@@ -365,6 +374,13 @@ impl<E: CachedEntity> Region<E> {
             config,
             hook,
         }
+    }
+
+    /// Sets the SQL name of the table (`#[sql_name]` of its `table!`), which change
+    /// notifications carry; `E::TABLE` until then.
+    pub(crate) fn with_sql_table(mut self, name: &str) -> Self {
+        self.sql_table = name.into();
+        self
     }
 
     pub(crate) fn config(&self) -> &RegionConfig {
@@ -780,12 +796,14 @@ impl<E: CachedEntity> Region<E> {
         };
         // A clear takes every shard lock, so this check cannot straddle one.
         let uncleared = self.generation.load(Ordering::Acquire) == lock.generation;
+        let is_delete = matches!(write, FinalWrite::Delete { .. });
         let sole = match keys.get_mut(id) {
             Some(st) => {
                 let sole = st.locks == 1
                     && st.epoch == lock.epoch
                     && written >= st.remote_floor
-                    && uncleared;
+                    && uncleared
+                    && !(is_delete && st.remote_insert);
                 st.locks = st.locks.saturating_sub(1);
                 st.epoch += 1;
                 if st.idle() {
@@ -831,19 +849,28 @@ impl<E: CachedEntity> Region<E> {
         self.cache.invalidate(id);
     }
 
-    /// Another process committed `version` of row `id` (C7): drops the cached entry unless
-    /// it already holds that version or a newer one (this process's own applied write), and
-    /// fences loads in flight. While a local transaction holds the key, the version is
-    /// remembered so that transaction's commit cannot put anything older.
-    pub(crate) fn remote_invalidate(&self, id: &E::Id, version: i64) -> bool {
+    /// Another process, or any SQL client, committed `op` on row `id` at `version` (C7):
+    /// drops the cached entry unless the slot provably holds that change or a later one:
+    /// a row at that version or newer for an insert or update, a tombstone at that version
+    /// or newer for a delete (this process's own applied writes, or notifications that
+    /// arrive after a newer commit was applied). The database keeps the version a row
+    /// clock (it bumps updates that do not raise it), and a re-insert, whose version
+    /// starts again, always follows a delete notification, which drops the row. A remote
+    /// insert or update therefore always clears a tombstone or a negative entry. Fences
+    /// loads in flight. While a local transaction holds the key, the version is
+    /// remembered so that transaction's commit cannot put anything older, nor a tombstone
+    /// after a remote insert (versions start again with a re-inserted row).
+    pub(crate) fn remote_invalidate(&self, id: &E::Id, op: ChangeOp, version: i64) -> bool {
         let mut keys = self.shard(id);
-        let cached = match self.quiet_get(id) {
-            Some(Slot::Present(e)) => Some(e.version()),
-            Some(Slot::Tombstone(v)) => Some(v),
-            Some(Slot::Absent | Slot::Locked) | None => None,
+        // A quiet lookup: checking a notification is not a read (it must not extend tti).
+        let own = match (op, self.quiet_get(id)) {
+            (ChangeOp::Insert | ChangeOp::Update, Some(Slot::Present(e))) => e.version() >= version,
+            (ChangeOp::Delete, Some(Slot::Tombstone(v))) => v >= version,
+            _ => false,
         };
         if let Some(st) = keys.get_mut(id) {
             st.remote_floor = st.remote_floor.max(version);
+            st.remote_insert |= op == ChangeOp::Insert;
             if st.locks > 0 {
                 // The slot is empty while locked; the commit compares with the floor. The
                 // row's key values may have changed, and the local transaction's end only
@@ -853,7 +880,7 @@ impl<E: CachedEntity> Region<E> {
                 return false;
             }
         }
-        if cached.is_some_and(|v| v >= version) {
+        if own {
             return false;
         }
         if let Some(st) = keys.get_mut(id) {
@@ -985,10 +1012,11 @@ pub(crate) trait AnyRegion: Send + Sync + 'static {
     fn stats(&self) -> RegionStats;
     fn clear(&self);
     fn evict_requested(&self);
-    fn table(&self) -> &'static str;
+    /// The SQL name of the table, which change notifications carry.
+    fn sql_table(&self) -> &str;
     /// A remote change of the row whose id is `id` as text; an id that cannot be parsed
     /// clears the region (safe, counted).
-    fn remote_change(&self, id: &str, version: i64);
+    fn remote_change(&self, id: &str, op: ChangeOp, version: i64);
     /// A remote change of many rows: clears the region.
     fn remote_flush(&self);
     fn set_trusted(&self, trusted: bool);
@@ -1010,13 +1038,13 @@ impl<E: CachedEntity> AnyRegion for Region<E> {
     fn evict_requested(&self) {
         Counters::bump(&self.counters.evict_requests);
     }
-    fn table(&self) -> &'static str {
-        E::TABLE
+    fn sql_table(&self) -> &str {
+        &self.sql_table
     }
-    fn remote_change(&self, id: &str, version: i64) {
+    fn remote_change(&self, id: &str, op: ChangeOp, version: i64) {
         match E::parse_id(id) {
             Some(id) => {
-                self.remote_invalidate(&id, version);
+                self.remote_invalidate(&id, op, version);
             }
             None => {
                 tracing::warn!(region = %self.config.name, id, "cannot parse a notified id; clearing the region");

@@ -49,6 +49,16 @@ where
     });
 }
 
+/// A narrow second entity type of the `users` table, which `build()` must refuse next to
+/// `User`.
+#[derive(diesel::Queryable, diesel::Selectable, Clone, Debug, PartialEq, diesel_l2::Cached)]
+#[diesel(table_name = common::schema::users)]
+pub struct UserName {
+    pub id: i64,
+    pub version: i64,
+    pub name: String,
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -208,6 +218,158 @@ backend_tests! {
         assert!(l.last_error.is_some());
     }
 
+    /// C7: the version is a row clock. An update that leaves the version as it was (an
+    /// admin script, psql) is bumped by the database and invalidated in a listening Db.
+    fn a_plain_sql_update_that_leaves_the_version_is_invalidated(t) {
+        let b = Db::builder(t.pool.clone()).cache::<User>().listen(listen(t, "l2_plain")).build().unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A')").unwrap();
+        cache_in(&b, 1);
+        raw.batch_execute("UPDATE users SET name = 'plain' WHERE id = 1").unwrap();
+        wait_for("the plain update to invalidate", || b.peek::<User>(&1).unwrap().is_none());
+        let read = b.find::<User>(1).unwrap().unwrap();
+        assert_eq!((read.version, read.name.as_str()), (2, "plain"), "the database bumped the version");
+        // Setting the version back is bumped too: versions never go backwards.
+        cache_in(&b, 1);
+        raw.batch_execute("UPDATE users SET name = 'back', version = 1 WHERE id = 1").unwrap();
+        wait_for("the backwards update to invalidate", || b.peek::<User>(&1).unwrap().is_none());
+        assert_eq!(b.find::<User>(1).unwrap().unwrap().version, 3);
+    }
+
+    /// C7: a local delete leaves a tombstone; a re-insert by another client (at version 1,
+    /// below the tombstone) clears it.
+    fn a_remote_reinsert_clears_a_local_tombstone(t) {
+        let b = Db::builder(t.pool.clone()).cache::<User>().listen(listen(t, "l2_reins")).build().unwrap();
+        let v1 = b.transaction(|tx| tx.insert(&User::new(1, "Ada"))).unwrap();
+        b.transaction(|tx| tx.delete(&v1)).unwrap();
+        assert!(b.find::<User>(1).unwrap().is_none(), "the tombstone answers");
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'again@x', 'Again')").unwrap();
+        let took = wait_for("the re-insert to be seen", || b.find::<User>(1).unwrap().is_some());
+        println!("C7 {BACKEND:?}: remote re-insert over a tombstone seen after {:.2} ms", took.as_secs_f64() * 1e3);
+        assert_eq!(b.find::<User>(1).unwrap().unwrap().name, "Again");
+    }
+
+    /// C7: notifications carry the SQL table name (`notes`), not the Rust name of the
+    /// `table!` (`memos`), and reach the region.
+    fn notifications_are_routed_by_the_sql_table_name(t) {
+        use common::models::Memo;
+        let b = Db::builder(t.pool.clone()).cache::<Memo>().listen(listen(t, "l2_sqlname")).build().unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO notes (id, version, body) VALUES ('n1', 1, 'first')").unwrap();
+        let id = "n1".to_string();
+        wait_for("the memo to be cached", || {
+            b.find::<Memo>(id.clone()).unwrap();
+            b.peek::<Memo>(&id).unwrap().is_some()
+        });
+        raw.batch_execute("UPDATE notes SET body = 'second', version = 2 WHERE id = 'n1'").unwrap();
+        wait_for("the update of `notes` to invalidate", || b.peek::<Memo>(&id).unwrap().is_none());
+        assert_eq!(b.find::<Memo>(id).unwrap().unwrap().body, "second");
+        assert_eq!(b.stats().listener.unwrap().ignored, 0, "no notification went unrouted");
+    }
+
+    /// C7, C8: a very long id (over pg_notify's 8,000 bytes on PostgreSQL, over the old
+    /// outbox's VARCHAR(255) on MariaDB) never fails the user's write, and is invalidated
+    /// (by a flush of the table where the payload cannot carry it).
+    fn long_ids_never_fail_the_write(t) {
+        use common::models::Memo;
+        // MariaDB's key is VARCHAR(700); PostgreSQL compresses the repetitive key in its index.
+        let len = if BACKEND == Backend::Mysql { 700 } else { 9000 };
+        let id = "x".repeat(len);
+        let (pool_b, _) = t.another_pool();
+        let a = Db::builder(t.pool.clone()).cache::<Memo>().listen(listen(t, "l2_long_a")).build().unwrap();
+        let b = Db::builder(pool_b).cache::<Memo>().listen(listen(t, "l2_long_b")).build().unwrap();
+        let v1 = a.transaction(|tx| tx.insert(&Memo::new(id.clone(), "long"))).expect("the insert commits");
+        wait_for("b to cache the memo", || {
+            b.find::<Memo>(id.clone()).unwrap();
+            b.peek::<Memo>(&id).unwrap().is_some()
+        });
+        let mut next = v1.clone();
+        next.body = "changed".into();
+        a.transaction(|tx| tx.update(&next)).expect("the update commits");
+        wait_for("b to drop the long-id memo", || b.peek::<Memo>(&id).unwrap().is_none());
+        assert_eq!(b.find::<Memo>(id.clone()).unwrap().unwrap().body, "changed");
+        let mut raw = t.raw_connection();
+        raw.batch_execute(&format!("DELETE FROM notes WHERE id = '{id}'")).expect("a raw delete commits");
+        wait_for("b to drop the deleted memo", || b.find::<Memo>(id.clone()).unwrap().is_none());
+    }
+
+    /// C7: `build()` with a listener refuses a cached table whose change feed is missing
+    /// or of another payload version, and says how to install it.
+    fn build_refuses_a_table_without_the_current_feed(t) {
+        let drop_sql = match BACKEND {
+            Backend::Postgres => "DROP TRIGGER users_diesel_l2_v2_upd ON users",
+            _ => "DROP TRIGGER users_diesel_l2_v2_upd",
+        };
+        t.exec(drop_sql);
+        let mut config = listen(t, "l2_nofeed");
+        config.connect_timeout = BOUND;
+        let err = Db::builder(t.pool.clone()).cache::<User>().listen(config).build().expect_err("no feed on users");
+        let message = err.to_string();
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        assert!(message.contains("users_diesel_l2_v2_upd") && message.contains("_triggers_sql"), "{message}");
+    }
+
+    /// C7: two cached entity types of one SQL table are refused at `build()` (a write
+    /// through one would leave the other stale).
+    fn two_entity_types_of_one_table_are_refused(t) {
+        let err = Db::builder(t.pool.clone()).cache::<User>().cache::<UserName>().build().expect_err("refused");
+        let message = err.to_string();
+        assert!(matches!(err, Error::Config(_)) && message.contains("`users`") && message.contains("stale"), "{message}");
+    }
+
+    /// C7: PostgreSQL reports TRUNCATE (an AFTER TRUNCATE statement trigger): the
+    /// table's region is flushed, also for a table truncated by `TRUNCATE … CASCADE`.
+    only(postgres)
+    fn truncate_flushes_the_table(t) {
+        use common::models::{Memo, NoteLine};
+        let b = Db::builder(t.pool.clone()).cache::<Memo>().cache::<NoteLine>().listen(listen(t, "l2_trunc")).build().unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO notes (id, version, body) VALUES ('n', 1, 'N'); INSERT INTO note_lines (id, version, note_id, line) VALUES (1, 1, 'n', 'L')").unwrap();
+        let id = "n".to_string();
+        wait_for("both cached", || {
+            b.find::<Memo>(id.clone()).unwrap();
+            b.find::<NoteLine>(1).unwrap();
+            b.peek::<Memo>(&id).unwrap().is_some() && b.peek::<NoteLine>(&1).unwrap().is_some()
+        });
+        raw.batch_execute("TRUNCATE notes CASCADE").unwrap();
+        wait_for("the truncate to flush both tables", || {
+            b.peek::<Memo>(&id).unwrap().is_none() && b.peek::<NoteLine>(&1).unwrap().is_none()
+        });
+        assert!(b.find::<Memo>(id).unwrap().is_none());
+        assert!(b.find::<NoteLine>(1).unwrap().is_none());
+    }
+
+    /// C7: rows deleted by an `ON DELETE CASCADE` foreign key. PostgreSQL and SQLite fire
+    /// the child table's triggers, so its cached rows are invalidated. MariaDB fires no
+    /// trigger for cascaded changes (nor TRUNCATE): documented, and `evict_all` is the
+    /// call to make after them.
+    fn a_cascading_delete_is_captured_where_the_database_reports_it(t) {
+        use common::models::{Memo, NoteLine};
+        let b = Db::builder(t.pool.clone()).cache::<Memo>().cache::<NoteLine>().listen(listen(t, "l2_cascade")).build().unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO notes (id, version, body) VALUES ('n', 1, 'N')").unwrap();
+        raw.batch_execute("INSERT INTO note_lines (id, version, note_id, line) VALUES (1, 1, 'n', 'L')").unwrap();
+        wait_for("the line to be cached", || {
+            b.find::<NoteLine>(1).unwrap();
+            b.peek::<NoteLine>(&1).unwrap().is_some()
+        });
+        wait_for("both inserts' notifications", || b.stats().listener.unwrap().changes >= 2);
+        let changes = b.stats().listener.unwrap().changes;
+        raw.batch_execute("DELETE FROM notes WHERE id = 'n'").unwrap();
+        if BACKEND == Backend::Mysql {
+            // Let the listener read the parent's delete: the child's is never reported.
+            raw.batch_execute("INSERT INTO notes (id, version, body) VALUES ('marker', 1, 'M')").unwrap();
+            // The parent's delete and the marker's insert (a cascaded delete would come between).
+            wait_for("the marker", || b.stats().listener.unwrap().changes >= changes + 2);
+            assert!(b.peek::<NoteLine>(&1).unwrap().is_some(), "MariaDB reports no cascaded delete");
+            b.evict_all::<NoteLine>().unwrap();
+        } else {
+            wait_for("the cascaded delete to invalidate", || b.peek::<NoteLine>(&1).unwrap().is_none());
+        }
+        assert!(b.find::<NoteLine>(1).unwrap().is_none());
+    }
+
     fn dropping_the_db_stops_the_listener(t) {
         let b = Db::builder(t.pool.clone()).cache::<User>().listen(listen(t, "l2_drop")).build().unwrap();
         let clone = b.clone();
@@ -241,6 +403,105 @@ mod outbox {
             wait_for("later changes to flow again", || b.peek::<User>(&1).unwrap().is_none());
         }
 
+        /// C7: each missing seq has its own timer, and one that timed out is still
+        /// watched. Two transactions hold consecutive seqs; both gaps time out (regions
+        /// cleared); the younger one commits afterwards and must still invalidate.
+        only(mysql)
+        fn a_timed_out_gap_does_not_skip_a_younger_one(t) {
+            let config = listen(t, "gap2").gap_timeout(Duration::from_millis(300)).retention(Duration::from_secs(60));
+            let b = Db::builder(t.pool.clone()).cache::<User>().listen(config).build().unwrap();
+            let mut raw = t.raw_connection();
+            raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A'), (2, 1, 'b@x', 'B'), (3, 1, 'c@x', 'C')").unwrap();
+            let (mut x, mut y) = (t.raw_connection(), t.raw_connection());
+            x.batch_execute("BEGIN; UPDATE users SET name = 'x', version = version + 1 WHERE id = 1").unwrap();
+            y.batch_execute("BEGIN; UPDATE users SET name = 'y', version = version + 1 WHERE id = 2").unwrap();
+            raw.batch_execute("UPDATE users SET name = 'z', version = version + 1 WHERE id = 3").unwrap();
+            wait_for("both gaps to time out", || b.stats().listener.unwrap().gaps >= 2);
+            cache_in(&b, 2);
+            assert_eq!(b.peek::<User>(&2).unwrap().unwrap().name, "B", "y has not committed");
+            y.batch_execute("COMMIT").unwrap();
+            wait_for("y's late commit to invalidate", || b.peek::<User>(&2).unwrap().is_none());
+            assert_eq!(b.find::<User>(2).unwrap().unwrap().name, "y");
+            x.batch_execute("ROLLBACK").unwrap();
+        }
+
+        /// C7: MariaDB assigns AUTO_INCREMENT at insert, not commit. A transaction holding a
+        /// seq below the maximum when the listener connects is watched, not skipped.
+        only(mysql)
+        fn a_change_held_when_the_listener_connects_is_not_skipped(t) {
+            let mut raw = t.raw_connection();
+            raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A'), (2, 1, 'b@x', 'B')").unwrap();
+            let mut y = t.raw_connection();
+            y.batch_execute("BEGIN; UPDATE users SET name = 'y', version = version + 1 WHERE id = 1").unwrap();
+            raw.batch_execute("UPDATE users SET name = 'z', version = version + 1 WHERE id = 2").unwrap();
+            let config = listen(t, "window").gap_timeout(Duration::from_secs(60)).retention(Duration::from_secs(120));
+            let b = Db::builder(t.pool.clone()).cache::<User>().listen(config).build().unwrap();
+            cache_in(&b, 1);
+            y.batch_execute("COMMIT").unwrap();
+            wait_for("the held change to invalidate", || b.peek::<User>(&1).unwrap().is_none());
+            assert_eq!(b.find::<User>(1).unwrap().unwrap().name, "y");
+            assert_eq!(b.stats().listener.unwrap().gaps, 0, "no gap timed out");
+        }
+
+        /// C7: the numbers a (re)connecting listener watches below the maximum include
+        /// pruned ones; they never commit, and must not be taken for lost changes (no
+        /// flush, no gap counted), while a change committed after connecting still is read.
+        only(mysql, sqlite)
+        fn pruned_numbers_below_the_maximum_are_not_taken_for_gaps(t) {
+            let mut raw = t.raw_connection();
+            let values: Vec<String> = (1..=50).map(|i| format!("({i}, 1, 'u{i}@x', 'U')")).collect();
+            raw.batch_execute(&format!("INSERT INTO users (id, version, email, name) VALUES {}", values.join(", "))).unwrap();
+            // As a prune would leave it: only the newest change row.
+            raw.batch_execute("DELETE FROM diesel_l2_changes_v2 WHERE seq < (SELECT m FROM (SELECT MAX(seq) AS m FROM diesel_l2_changes_v2) x)").unwrap();
+            let config = listen(t, "pruned").gap_timeout(Duration::from_millis(100)).retention(Duration::from_secs(60));
+            let b = Db::builder(t.pool.clone()).cache::<User>().listen(config).build().unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+            cache_in(&b, 7);
+            raw.batch_execute("UPDATE users SET name = 'after' WHERE id = 7").unwrap();
+            wait_for("the change after connecting", || b.peek::<User>(&7).unwrap().is_none());
+            let l = b.stats().listener.unwrap();
+            assert_eq!((l.gaps, l.flushes), (0, 0), "{l:?}");
+        }
+
+        /// C7: with a gap at the bottom and over a page (1,000 rows) committed after it,
+        /// later changes are read at once, not after the gap timeout.
+        only(mysql)
+        fn a_gap_does_not_stall_the_changes_after_it(t) {
+            let config = listen(t, "paging").gap_timeout(Duration::from_secs(60)).retention(Duration::from_secs(120));
+            let b = Db::builder(t.pool.clone()).cache::<User>().listen(config).build().unwrap();
+            let mut raw = t.raw_connection();
+            raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A'), (5000, 1, 'e@x', 'E')").unwrap();
+            let mut y = t.raw_connection();
+            y.batch_execute("BEGIN; UPDATE users SET name = 'y', version = version + 1 WHERE id = 1").unwrap();
+            let values: Vec<String> = (100..1200).map(|i| format!("({i}, 1, 'u{i}@x', 'U')")).collect();
+            raw.batch_execute(&format!("INSERT INTO users (id, version, email, name) VALUES {}", values.join(", "))).unwrap();
+            cache_in(&b, 5000);
+            raw.batch_execute("UPDATE users SET name = 'after', version = version + 1 WHERE id = 5000").unwrap();
+            let took = wait_for("the change after 1,100 rows and a gap", || b.peek::<User>(&5000).unwrap().is_none());
+            println!("C7 {BACKEND:?}: change behind a gap and 1,100 rows invalidated after {:.1} ms", took.as_secs_f64() * 1e3);
+            y.batch_execute("ROLLBACK").unwrap();
+        }
+
+        /// C7: the SQLite listener waits for a writer's lock instead of failing; its prune
+        /// skips a locked database. A writer holding the lock does not disconnect it (each
+        /// reconnection would clear every region).
+        only(sqlite)
+        fn a_writer_holding_the_lock_does_not_disconnect_the_listener(t) {
+            let config = listen(t, "busy").gap_timeout(Duration::from_millis(20)).retention(Duration::from_millis(100));
+            let b = Db::builder(t.pool.clone()).cache::<User>().listen(config).build().unwrap();
+            t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A')");
+            cache_in(&b, 1);
+            let mut w = t.raw_connection();
+            w.batch_execute("BEGIN IMMEDIATE; UPDATE users SET name = 'held', version = version + 1 WHERE id = 1").unwrap();
+            // Several prunes (every 25 ms) run while the lock is held.
+            std::thread::sleep(Duration::from_millis(400));
+            w.batch_execute("COMMIT").unwrap();
+            wait_for("the held write to invalidate", || b.peek::<User>(&1).unwrap().is_none());
+            let l = b.stats().listener.unwrap();
+            assert!(l.connected, "{l:?}");
+            assert_eq!((l.disconnects, l.connects), (0, 1), "never disconnected: {l:?}");
+        }
+
         only(mysql, sqlite)
         fn old_change_rows_are_pruned(t) {
             use diesel::prelude::*;
@@ -254,7 +515,7 @@ mod outbox {
             }
             let count = || {
                 let mut c = t.conn();
-                diesel::sql_query("SELECT COUNT(*) AS n FROM diesel_l2_changes").get_result::<Count>(&mut c).unwrap().n
+                diesel::sql_query("SELECT COUNT(*) AS n FROM diesel_l2_changes_v2").get_result::<Count>(&mut c).unwrap().n
             };
             assert!(count() >= 1);
             wait_for("pruning", || count() == 0);

@@ -468,6 +468,15 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
                     )
                     .execute(conn)
                 }
+
+                fn sql_table() -> ::std::string::String {
+                    ::diesel_l2::__private::sql_table_name::<#db, _>(&#table::table)
+                        .unwrap_or_else(|| {
+                            ::std::string::ToString::to_string(
+                                <Self as ::diesel_l2::__private::CachedEntity>::TABLE,
+                            )
+                        })
+                }
             }
         }
     }

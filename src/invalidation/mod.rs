@@ -1,23 +1,89 @@
 //! Cross-process invalidation (C7): every committed write to a cached table, made by any
 //! process or SQL client, invalidates the entry in every process that listens.
 //!
-//! - **PostgreSQL**: statement-level triggers `pg_notify` the table, id and version of
-//!   each changed row (one region-wide flush above a row threshold). NOTIFY is delivered
-//!   only at commit, so rolled-back writes never invalidate. The `Db` owns a dedicated
-//!   connection that `LISTEN`s on a background thread.
-//! - **MariaDB/MySQL and SQLite**: row triggers append to the `diesel_l2_changes` table (an
-//!   outbox) which the `Db`'s background thread polls by sequence number, with gap
-//!   detection; old rows are pruned.
+//! # The change feed
 //!
-//! A notification drops the cached entry only if it is older than the notified version,
-//! so this process's own applied writes stay cached. When the listener loses its
+//! Triggers installed by a migration report each committed change as one payload, defined
+//! once for every backend and versioned ([`FEED_VERSION`]):
+//!
+//! ```text
+//! v2|<op>|<schema>|<table>|<version>|<id length>|<id>[|<extension>…]     op: i, u or d
+//! v2|f|<schema>|<table>                                                  flush the table
+//! ```
+//!
+//! `<table>` is the table's SQL name (the `#[sql_name]` of its `table!`, which is how
+//! notifications are routed to regions); `<version>` is the row's version after the change
+//! (for a delete, the deleted version + 1); `<id length>` counts the characters of `<id>`,
+//! so ids may contain `|` and fields may follow. Extensions (`<name>=<length>:<value>`) are
+//! reserved for the old and new values of unique-key and index columns; version 2 sends
+//! none and skips any it reads. A payload of an unknown version clears every region; one of
+//! version 1 (triggers not upgraded yet) flushes its table.
+//!
+//! The feed also makes the version a true row clock: an `UPDATE` that does not raise the
+//! version (`UPDATE users SET bio = … WHERE id = 1` from psql, a script, a data migration)
+//! gets `version = old version + 1` from the database (a `BEFORE UPDATE` trigger on
+//! PostgreSQL and MariaDB; on SQLite, which cannot change `NEW` in a `BEFORE` trigger, the
+//! `AFTER UPDATE` trigger raises it with an inner `UPDATE` and records the final version).
+//!
+//! - **PostgreSQL**: statement-level triggers `pg_notify` one payload per row, or one flush
+//!   of the table for a statement changing more than the threshold's rows, for `TRUNCATE`
+//!   (also of a table truncated by `TRUNCATE … CASCADE`), and for a payload that would not
+//!   fit a notification (8,000 bytes: a very long id), so the user's write never fails.
+//!   NOTIFY is delivered only at commit. The `Db` owns a dedicated connection that
+//!   `LISTEN`s on a background thread.
+//! - **MariaDB/MySQL and SQLite**: row triggers append the payload (a `MEDIUMTEXT`/`TEXT`
+//!   column, so no id is too long) to the [`CHANGES_TABLE`] outbox, which the `Db`'s
+//!   background thread polls by sequence number. Each missing sequence number (a
+//!   transaction not committed yet, or rolled back) has its own timer: after `gap_timeout`
+//!   the regions are cleared (counted in `gaps`), and the number is still looked for until
+//!   `retention` has passed, so a change that commits late is applied then (looked for
+//!   every 100 ms). On (re)connection the numbers up to 1,000 below the maximum that are
+//!   not in the table are watched the same way, without a flush (MariaDB assigns
+//!   `AUTO_INCREMENT` at insert, not commit; the regions were just cleared).
+//!   New rows are read a page at a time past any gap. Rows are pruned only below the
+//!   listener's resolved sequence and once older than `retention`. The SQLite listener
+//!   waits up to 2 s for a writer's lock; its prune skips a locked database.
+//!
+//! A notification drops the cached entry unless the slot already holds that change or a
+//! later one (a row at that version or newer for an insert or update, a tombstone at that
+//! version or newer for a delete), so this process's own applied writes stay cached; a
+//! remote insert always clears a tombstone or a negative entry. When the listener loses its
 //! connection, the regions it covers stop serving and filling (reads go to the database)
-//! until it has reconnected and cleared them.
+//! until it has reconnected and cleared them; reconnections back off.
 //!
-//! Install the triggers with [`postgres_triggers_sql`], [`mysql_triggers_sql`] or
-//! [`sqlite_triggers_sql`] (in a migration), then call
-//! [`DbBuilder::listen`](crate::DbBuilder::listen).
+//! # Installing and upgrading
+//!
+//! Install the feed with [`postgres_triggers_sql`], [`mysql_triggers_sql`] or
+//! [`sqlite_triggers_sql`] for each cached table (in a migration), then call
+//! [`DbBuilder::listen`](crate::DbBuilder::listen). The same helpers upgrade the triggers
+//! of version 1 (they drop them first); once every table is upgraded, run
+//! [`postgres_drop_v1_sql`] or [`outbox_drop_v1_sql`] to drop what version 1 left. With a
+//! listener, `build()` checks the catalog (`pg_trigger`, `information_schema.TRIGGERS`,
+//! `sqlite_master`) for the current triggers on every cached table and otherwise returns
+//! [`Error::Config`] naming the missing triggers and the helper.
+//! Trigger names are `<table>_diesel_l2_v2_<ins|upd|del|trunc|bump>`; keep table names
+//! short enough for your database's identifier limit (64 characters on MariaDB, 63 on
+//! PostgreSQL) with that suffix.
+//!
+//! # What the feed cannot capture
+//!
+//! After these, call [`Db::evict_all`](crate::Db::evict_all) for the entity types of the
+//! tables concerned (or [`Db::evict_everything`](crate::Db::evict_everything)):
+//!
+//! - **MariaDB/MySQL**: `TRUNCATE`, and rows changed by foreign-key actions (`ON DELETE
+//!   CASCADE`, `ON UPDATE CASCADE`, `SET NULL`): MariaDB fires no trigger for either.
+//!   PostgreSQL and SQLite fire the child table's triggers for cascades, and PostgreSQL's
+//!   `TRUNCATE` trigger flushes the table.
+//! - **Every backend**: changes made while triggers are disabled (PostgreSQL
+//!   `session_replication_role = replica`, as logical replication and `pg_restore
+//!   --disable-triggers` use; dropping or disabling the triggers), and updates of a
+//!   row's primary key.
+//! - **Outbox backends**: a change whose transaction held its sequence number longer than
+//!   `gap_timeout` + `retention` before committing (the regions were cleared at the gap
+//!   timeout, counted in `gaps`), and one of a transaction that started before the
+//!   listener connected holding a number more than 1,000 below the maximum.
 
+pub(crate) mod feed;
 mod outbox;
 mod postgres;
 
@@ -29,12 +95,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use feed::{ChangeOp, FEED_VERSION};
 pub use outbox::{
-    mysql_changes_table_sql, mysql_table_triggers_sql, mysql_triggers_sql,
+    mysql_changes_table_sql, mysql_table_triggers_sql, mysql_triggers_sql, outbox_drop_v1_sql,
     sqlite_changes_table_sql, sqlite_table_triggers_sql, sqlite_triggers_sql, CHANGES_TABLE,
 };
 pub use postgres::{
-    postgres_notify_function_sql, postgres_table_triggers_sql, postgres_triggers_sql, CHANNEL,
+    postgres_drop_v1_sql, postgres_notify_function_sql, postgres_table_triggers_sql,
+    postgres_triggers_sql, CHANNEL,
 };
 
 use crate::error::{Error, Result};
@@ -137,11 +205,15 @@ pub trait ChangeFeed: diesel::r2d2::R2D2Connection + 'static {
 /// What the listener thread and the `Db` share.
 #[doc(hidden)]
 pub struct Shared {
-    pub(crate) regions: HashMap<&'static str, Vec<Arc<dyn AnyRegion>>>,
+    /// The regions by the SQL name of their table (what notifications carry).
+    pub(crate) regions: HashMap<String, Vec<Arc<dyn AnyRegion>>>,
     pub(crate) stop: AtomicBool,
     pub(crate) connected: AtomicBool,
     pub(crate) counters: ListenerCounters,
     pub(crate) last_error: Mutex<Option<String>>,
+    /// Set when the connected database lacks the change feed (or has another version of
+    /// it): `build()` returns it as [`Error::Config`].
+    pub(crate) config_error: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -156,9 +228,12 @@ pub(crate) struct ListenerCounters {
 
 impl Shared {
     pub(crate) fn new(regions: &[Arc<dyn AnyRegion>]) -> Self {
-        let mut by_table: HashMap<&'static str, Vec<Arc<dyn AnyRegion>>> = HashMap::new();
+        let mut by_table: HashMap<String, Vec<Arc<dyn AnyRegion>>> = HashMap::new();
         for r in regions {
-            by_table.entry(r.table()).or_default().push(Arc::clone(r));
+            by_table
+                .entry(r.sql_table().to_string())
+                .or_default()
+                .push(Arc::clone(r));
         }
         Shared {
             regions: by_table,
@@ -166,7 +241,25 @@ impl Shared {
             connected: AtomicBool::new(false),
             counters: ListenerCounters::default(),
             last_error: Mutex::new(None),
+            config_error: Mutex::new(None),
         }
+    }
+
+    /// The SQL names of the cached tables, for the feed check.
+    pub(crate) fn tables(&self) -> Vec<&str> {
+        let mut t: Vec<&str> = self.regions.keys().map(String::as_str).collect();
+        t.sort_unstable();
+        t
+    }
+
+    /// The database lacks the change feed at [`FEED_VERSION`]: never trusted (reads go to
+    /// the database), and `build()` reports it.
+    pub(crate) fn on_feed_missing(&self, message: &str) {
+        *self
+            .config_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(message.to_string());
+        self.on_lost(message);
     }
 
     fn all(&self) -> impl Iterator<Item = &Arc<dyn AnyRegion>> {
@@ -202,17 +295,53 @@ impl Shared {
     }
 
     /// One changed row.
-    pub(crate) fn on_change(&self, table: &str, id: &str, version: i64) {
+    pub(crate) fn on_change(&self, table: &str, op: ChangeOp, id: &str, version: i64) {
         self.counters.changes.fetch_add(1, Relaxed);
         match self.regions.get(table) {
             Some(regions) => {
-                tracing::trace!(table, id, version, "remote change");
+                tracing::trace!(table, ?op, id, version, "remote change");
                 for r in regions {
-                    r.remote_change(id, version);
+                    r.remote_change(id, op, version);
                 }
             }
             None => {
                 self.counters.ignored.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// One payload of the change feed; an unreadable one clears every region.
+    pub(crate) fn on_payload(&self, payload: &str, schema: Option<&str>) {
+        let wanted = |s: &str| schema.is_none_or(|w| w == s);
+        match feed::parse_payload(payload) {
+            Some(feed::Payload::Row {
+                op,
+                schema,
+                table,
+                version,
+                id,
+            }) if wanted(schema) => self.on_change(table, op, id, version),
+            Some(feed::Payload::Flush { schema, table }) if wanted(schema) => {
+                self.on_flush(Some(table))
+            }
+            Some(feed::Payload::Legacy { schema, table }) if wanted(schema) => {
+                if self.regions.contains_key(table) {
+                    tracing::warn!(
+                        table,
+                        "a version 1 change-feed payload for a cached table; upgrade its triggers"
+                    );
+                    self.on_flush(Some(table));
+                } else {
+                    self.counters.ignored.fetch_add(1, Relaxed);
+                }
+            }
+            Some(_) => {}
+            None => {
+                tracing::warn!(
+                    payload,
+                    "unreadable change-feed payload (another feed version?); clearing every region"
+                );
+                self.on_flush(None);
             }
         }
     }
@@ -269,6 +398,42 @@ impl Shared {
     }
 }
 
+/// Compares the installed triggers (`(table, trigger name)`) with those the feed at
+/// [`FEED_VERSION`] needs on each cached table; the error says how to install them.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "sqlite")),
+    allow(dead_code)
+)]
+pub(crate) fn check_feed(
+    tables: &[&str],
+    installed: &[(String, String)],
+    suffixes: &[&str],
+    helper: &str,
+) -> std::result::Result<(), String> {
+    let mut missing = Vec::new();
+    for table in tables {
+        for suffix in suffixes {
+            let name = feed::trigger_name(table, suffix);
+            if !installed.iter().any(|(t, n)| t == table && *n == name) {
+                missing.push(format!("`{name}` on `{table}`"));
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let old = installed.iter().any(|(t, n)| {
+        tables.contains(&t.as_str()) && n.contains("_diesel_l2_") && !n.contains("_diesel_l2_v2_")
+    });
+    Err(format!(
+        "listen: the change feed (payload version {FEED_VERSION}) is not installed{}: missing trigger(s) {}. \
+         Run the SQL of `diesel_l2::invalidation::{helper}` for each cached table in a migration \
+         (it drops the triggers of an earlier version and installs the current ones), then build again (C7)",
+        if old { " (an earlier version is)" } else { "" },
+        missing.join(", ")
+    ))
+}
+
 /// The listener's counters, in [`Stats::listener`](crate::Stats::listener).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -315,7 +480,22 @@ impl Listener {
             .spawn(move || C::run_listener(config, thread_shared))
             .map_err(|e| Error::Config(format!("could not start the listener thread: {e}")))?;
         let started = std::time::Instant::now();
+        let config_error = || {
+            shared
+                .config_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        };
         while !shared.connected.load(Relaxed) && started.elapsed() < connect_timeout {
+            if let Some(message) = config_error() {
+                // Dropping the listener stops and joins its thread.
+                drop(Listener {
+                    shared,
+                    thread: Some(thread),
+                });
+                return Err(Error::Config(message));
+            }
             std::thread::sleep(Duration::from_millis(2));
         }
         if !shared.connected.load(Relaxed) {
@@ -339,69 +519,9 @@ impl Drop for Listener {
     }
 }
 
-/// One notification payload: `v1|schema|table|version|id` or `v1|schema|table|*`.
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-pub(crate) enum Payload<'a> {
-    Row {
-        schema: &'a str,
-        table: &'a str,
-        version: i64,
-        id: &'a str,
-    },
-    Flush {
-        schema: &'a str,
-        table: &'a str,
-    },
-}
-
-/// Parses one notification payload.
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-pub(crate) fn parse_payload(p: &str) -> Option<Payload<'_>> {
-    let mut parts = p.splitn(5, '|');
-    if parts.next()? != "v1" {
-        return None;
-    }
-    let schema = parts.next()?;
-    let table = parts.next()?;
-    let version = parts.next()?;
-    if version == "*" {
-        return Some(Payload::Flush { schema, table });
-    }
-    Some(Payload::Row {
-        schema,
-        table,
-        version: version.parse().ok()?,
-        id: parts.next()?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn payloads_parse() {
-        assert!(matches!(
-            parse_payload("v1|public|users|3|42"),
-            Some(Payload::Row {
-                schema: "public",
-                table: "users",
-                version: 3,
-                id: "42"
-            })
-        ));
-        assert!(matches!(
-            parse_payload("v1|s|tags|2|a|b"),
-            Some(Payload::Row { id: "a|b", .. })
-        ));
-        assert!(matches!(
-            parse_payload("v1|s|users|*"),
-            Some(Payload::Flush { table: "users", .. })
-        ));
-        assert!(parse_payload("v2|s|users|1|1").is_none());
-        assert!(parse_payload("v1|s|users|x|1").is_none());
-        assert!(parse_payload("garbage").is_none());
-    }
 
     #[test]
     fn config_is_validated() {

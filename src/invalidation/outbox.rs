@@ -1,8 +1,11 @@
-//! MariaDB/MySQL and SQLite: row triggers append to an outbox table that the listener
-//! polls by sequence number.
+//! MariaDB/MySQL and SQLite: row triggers append change-feed payloads to an outbox table
+//! that the listener polls by sequence number.
 
-/// The change table the triggers append to.
-pub const CHANGES_TABLE: &str = "diesel_l2_changes";
+use super::feed::{trigger_name, v1_trigger_name};
+
+/// The change table the triggers append to (payload version 2; version 1 used
+/// `diesel_l2_changes`).
+pub const CHANGES_TABLE: &str = "diesel_l2_changes_v2";
 
 /// SQL statements that create the change table if needed and install the triggers of
 /// `table`: [`mysql_changes_table_sql`] followed by [`mysql_table_triggers_sql`].
@@ -12,33 +15,53 @@ pub fn mysql_triggers_sql(table: &str, id_column: &str, version_column: &str) ->
     out
 }
 
-/// The change table (`CREATE TABLE IF NOT EXISTS`), once per database.
+/// The change table (`CREATE TABLE IF NOT EXISTS`), once per database. The payload is a
+/// `MEDIUMTEXT`, so no id is too long for it (strict mode never fails the user's write).
 pub fn mysql_changes_table_sql() -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} (\
          seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
-         tbl VARCHAR(64) NOT NULL, \
-         row_id VARCHAR(255) NOT NULL, \
-         version BIGINT NOT NULL, \
+         payload MEDIUMTEXT NOT NULL, \
          changed_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
-         KEY diesel_l2_changes_at (changed_at)) ENGINE=InnoDB"
+         KEY {CHANGES_TABLE}_at (changed_at)) ENGINE=InnoDB"
     )
 }
 
-/// The statements (one by one, or joined with `;` in a migration) that install `AFTER
-/// INSERT`, `UPDATE` and `DELETE` row triggers on `table`, each appending `(table, id,
-/// version)` to the change table (for a delete, the old version + 1).
+/// The statements (one by one, or joined with `;` in a migration) that install the
+/// change feed on `table`, dropping the triggers of version 1 first:
+///
+/// - a `BEFORE UPDATE` row trigger that makes the version a row clock (an update that
+///   does not raise it gets `version = old + 1`);
+/// - `AFTER INSERT`, `UPDATE` and `DELETE` row triggers, each appending one payload (see
+///   [`crate::invalidation`]) to the change table (for a delete, the old version + 1).
+///
+/// MariaDB fires no trigger for `TRUNCATE` nor for rows changed by foreign-key cascades:
+/// call [`Db::evict_all`](crate::Db::evict_all) after them.
 pub fn mysql_table_triggers_sql(table: &str, id_column: &str, version_column: &str) -> Vec<String> {
     let t = mysql_ident(table);
     let (id, v) = (mysql_ident(id_column), mysql_ident(version_column));
     let lit = sql_literal(table);
     let mut out = Vec::new();
-    for (suffix, event, row, bump) in TRIGGERS {
-        let trigger = mysql_ident(&format!("{table}_diesel_l2_{suffix}"));
+    for suffix in ["ins", "upd", "del"] {
+        out.push(format!(
+            "DROP TRIGGER IF EXISTS {}",
+            mysql_ident(&v1_trigger_name(table, suffix))
+        ));
+    }
+    let bump = mysql_ident(&trigger_name(table, "bump"));
+    out.push(format!("DROP TRIGGER IF EXISTS {bump}"));
+    out.push(format!(
+        "CREATE TRIGGER {bump} BEFORE UPDATE ON {t} FOR EACH ROW \
+         SET NEW.{v} = IF(NEW.{v} IS NULL OR NEW.{v} <= OLD.{v}, OLD.{v} + 1, NEW.{v})"
+    ));
+    for (suffix, event, op, row, bump) in TRIGGERS {
+        let trigger = mysql_ident(&trigger_name(table, suffix));
+        let id_text = format!("CAST({row}.{id} AS CHAR)");
         out.push(format!("DROP TRIGGER IF EXISTS {trigger}"));
         out.push(format!(
             "CREATE TRIGGER {trigger} AFTER {event} ON {t} FOR EACH ROW \
-             INSERT INTO {CHANGES_TABLE} (tbl, row_id, version) VALUES ({lit}, CAST({row}.{id} AS CHAR), {row}.{v}{bump})"
+             INSERT INTO {CHANGES_TABLE} (payload) VALUES (CONCAT('v2|{op}|', DATABASE(), '|', {lit}, '|', \
+             IFNULL({row}.{v}, 0){bump}, '|', CHAR_LENGTH({id_text}), '|', {id_text}))"
         ));
     }
     out
@@ -55,37 +78,61 @@ pub fn sqlite_changes_table_sql() -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} (\
          seq INTEGER PRIMARY KEY AUTOINCREMENT, \
-         tbl TEXT NOT NULL, \
-         row_id TEXT NOT NULL, \
-         version BIGINT NOT NULL, \
+         payload TEXT NOT NULL, \
          changed_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')));\n\
-         CREATE INDEX IF NOT EXISTS diesel_l2_changes_at ON {CHANGES_TABLE} (changed_at);\n"
+         CREATE INDEX IF NOT EXISTS {CHANGES_TABLE}_at ON {CHANGES_TABLE} (changed_at);\n"
     )
 }
 
-/// The row triggers of one table, as [`mysql_table_triggers_sql`] does for MySQL.
+/// The row triggers of one table, as [`mysql_table_triggers_sql`] does for MySQL. SQLite
+/// cannot change `NEW` in a `BEFORE` trigger, so the `AFTER UPDATE` trigger raises the
+/// version of an update that did not (`version = old + 1`, an inner `UPDATE` that fires no
+/// trigger unless `recursive_triggers` is on) and records that final version.
 pub fn sqlite_table_triggers_sql(table: &str, id_column: &str, version_column: &str) -> String {
     let t = sqlite_ident(table);
     let (id, v) = (sqlite_ident(id_column), sqlite_ident(version_column));
     let lit = sql_literal(table);
     let mut sql = String::new();
-    for (suffix, event, row, bump) in TRIGGERS {
-        let trigger = sqlite_ident(&format!("{table}_diesel_l2_{suffix}"));
+    for suffix in ["ins", "upd", "del"] {
+        sql.push_str(&format!(
+            "DROP TRIGGER IF EXISTS {};\n",
+            sqlite_ident(&v1_trigger_name(table, suffix))
+        ));
+    }
+    for (suffix, event, op, row, bump) in TRIGGERS {
+        let trigger = sqlite_ident(&trigger_name(table, suffix));
+        let id_text = format!("CAST({row}.{id} AS TEXT)");
+        let (raise, version) = if suffix == "upd" {
+            (
+                format!(
+                    "UPDATE {t} SET {v} = OLD.{v} + 1 WHERE {id} = NEW.{id} AND (NEW.{v} IS NULL OR NEW.{v} <= OLD.{v}); "
+                ),
+                format!("CASE WHEN NEW.{v} IS NULL OR NEW.{v} <= OLD.{v} THEN OLD.{v} + 1 ELSE NEW.{v} END"),
+            )
+        } else {
+            (String::new(), format!("IFNULL({row}.{v}, 0){bump}"))
+        };
         sql.push_str(&format!(
             "DROP TRIGGER IF EXISTS {trigger};\n\
-             CREATE TRIGGER {trigger} AFTER {event} ON {t} FOR EACH ROW BEGIN \
-             INSERT INTO {CHANGES_TABLE} (tbl, row_id, version) VALUES ({lit}, CAST({row}.{id} AS TEXT), {row}.{v}{bump}); END;\n"
+             CREATE TRIGGER {trigger} AFTER {event} ON {t} FOR EACH ROW BEGIN {raise}\
+             INSERT INTO {CHANGES_TABLE} (payload) VALUES ('v2|{op}|main|' || {lit} || '|' || ({version}) || '|' || length({id_text}) || '|' || {id_text}); END;\n"
         ));
     }
     sql
 }
 
-/// (name suffix, event, row alias, version adjustment): a delete records the version
-/// after the deleted one, as a tombstone would.
-const TRIGGERS: [(&str, &str, &str, &str); 3] = [
-    ("ins", "INSERT", "NEW", ""),
-    ("upd", "UPDATE", "NEW", ""),
-    ("del", "DELETE", "OLD", " + 1"),
+/// Drops what version 1 of the feed left once every table's triggers are upgraded (the
+/// table helpers drop version 1's triggers): its change table `diesel_l2_changes`.
+pub fn outbox_drop_v1_sql() -> String {
+    "DROP TABLE IF EXISTS diesel_l2_changes".to_string()
+}
+
+/// (name suffix, event, payload op, row alias, version adjustment): a delete records the
+/// version after the deleted one, as a tombstone would.
+const TRIGGERS: [(&str, &str, &str, &str, &str); 3] = [
+    ("ins", "INSERT", "i", "NEW", ""),
+    ("upd", "UPDATE", "u", "NEW", ""),
+    ("del", "DELETE", "d", "OLD", " + 1"),
 ];
 
 fn mysql_ident(s: &str) -> String {
@@ -102,7 +149,8 @@ fn sql_literal(s: &str) -> String {
 
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 mod poll {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::atomic::Ordering::Relaxed;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -112,7 +160,7 @@ mod poll {
     use diesel::sql_types::{BigInt, Text};
     use diesel::{sql_query, QueryResult, RunQueryDsl};
 
-    use super::super::{ListenConfig, Shared};
+    use super::super::{check_feed, ListenConfig, Shared};
     use super::CHANGES_TABLE;
 
     #[derive(QueryableByName)]
@@ -120,140 +168,311 @@ mod poll {
         #[diesel(sql_type = BigInt)]
         seq: i64,
         #[diesel(sql_type = Text)]
-        tbl: String,
-        #[diesel(sql_type = Text)]
-        row_id: String,
-        #[diesel(sql_type = BigInt)]
-        version: i64,
+        payload: String,
     }
 
     #[derive(QueryableByName)]
-    pub(crate) struct Max {
+    pub(crate) struct Seq {
         #[diesel(sql_type = BigInt)]
         seq: i64,
     }
 
+    #[derive(QueryableByName)]
+    pub(crate) struct Trigger {
+        #[diesel(sql_type = Text)]
+        tbl: String,
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+
     /// How often old change rows are pruned, at most (a short retention prunes sooner).
     const PRUNE_EVERY: Duration = Duration::from_secs(10);
+    /// Rows read per query.
+    const PAGE: usize = 1000;
+    /// On (re)connect, the sequence numbers this far below the maximum that are not in
+    /// the table yet are watched (until the retention has passed): MariaDB assigns
+    /// `AUTO_INCREMENT` at insert, so a transaction still open holds a lower number than
+    /// rows committed after it.
+    const CONNECT_WINDOW: i64 = 1000;
+    /// How often seqs whose gap already timed out are looked for again.
+    const LATE_EVERY: Duration = Duration::from_millis(100);
+    /// Most missing or late seqs tracked; beyond, the regions are cleared instead.
+    const MAX_TRACKED: usize = 100_000;
+    /// A session shorter than this does not reset the reconnect backoff.
+    const HEALTHY: Duration = Duration::from_secs(1);
 
     /// The backend-specific bits of the outbox poller.
     pub(crate) trait Outbox: Connection + LoadConnection + 'static
     where
         Self::Backend: diesel::backend::Backend,
     {
-        /// Deletes change rows older than `secs` seconds.
-        fn prune_sql(secs: f64) -> String;
+        /// Deletes change rows up to `seq` older than `secs` seconds.
+        fn prune_sql(seq: i64, secs: f64) -> String;
+        /// `(tbl, name)` of the triggers installed in this database.
+        const TRIGGERS_SQL: &'static str;
+        /// The trigger suffixes each cached table needs.
+        const SUFFIXES: &'static [&'static str];
+        /// The helper whose SQL installs the feed.
+        const HELPER: &'static str;
+        /// Set-up of a new listener connection.
+        fn prepare(_conn: &mut Self) -> QueryResult<()> {
+            Ok(())
+        }
     }
 
-    /// Reads changes after the contiguous sequence `low`, applying each once, and takes a
-    /// gap older than the gap timeout as lost changes (regions cleared).
+    /// The sequence numbers still awaited, and the highest one read.
+    struct Cursor {
+        /// Every seq up to `hi` has been read, or is in `missing` or `late`.
+        hi: i64,
+        /// Seqs below `hi` not read yet, with when the gap was noticed.
+        missing: BTreeMap<i64, Instant>,
+        /// Seqs whose gap timed out (the regions were cleared), still looked for until
+        /// the retention has passed: one that commits later is applied then.
+        late: BTreeMap<i64, Instant>,
+        last_late_poll: Instant,
+    }
+
+    impl Cursor {
+        /// Every seq at or below this one has been read or given up on.
+        fn watermark(&self) -> i64 {
+            let first = |m: &BTreeMap<i64, Instant>| m.keys().next().copied();
+            match (first(&self.missing), first(&self.late)) {
+                (Some(a), Some(b)) => a.min(b) - 1,
+                (Some(a), None) | (None, Some(a)) => a - 1,
+                (None, None) => self.hi,
+            }
+        }
+
+        /// Seqs `from..to` are not in the table yet.
+        fn notice_gap(&mut self, from: i64, to: i64, shared: &Shared) {
+            if from >= to {
+                return;
+            }
+            let n = usize::try_from(to - from).unwrap_or(usize::MAX);
+            if self.missing.len().saturating_add(n) > MAX_TRACKED {
+                tracing::warn!(
+                    from,
+                    to,
+                    "change feed gap too large to track; clearing every region"
+                );
+                shared.on_flush(None);
+                shared.counters.gaps.fetch_add(1, Relaxed);
+                return;
+            }
+            let now = Instant::now();
+            for s in from..to {
+                self.missing.insert(s, now);
+            }
+        }
+    }
+
+    /// Reads the change table by sequence number, applying each change once: new rows
+    /// page by page, missing seqs by their own timers (a gap that times out clears the
+    /// regions, and is still applied if it commits later).
     pub(crate) fn run<C>(config: ListenConfig, shared: Arc<Shared>)
     where
         C: Outbox,
         Change: QueryableByName<C::Backend>,
-        Max: QueryableByName<C::Backend>,
+        Seq: QueryableByName<C::Backend>,
+        Trigger: QueryableByName<C::Backend>,
         diesel::query_builder::SqlQuery: QueryFragment<C::Backend>,
     {
         let (first, max) = config.reconnect_backoff;
         let mut backoff = first;
         while !shared.stopping() {
+            let retry = |shared: &Shared, backoff: &mut Duration| {
+                shared.nap(*backoff);
+                *backoff = (*backoff * 2).min(max);
+            };
             let mut conn = match C::establish(&config.url) {
                 Ok(c) => c,
                 Err(e) => {
                     shared.on_lost(&e.to_string());
-                    shared.nap(backoff);
-                    backoff = (backoff * 2).min(max);
+                    retry(&shared, &mut backoff);
                     continue;
                 }
             };
-            let start = match current_max(&mut conn) {
-                Ok(s) => s,
+            if let Err(e) = C::prepare(&mut conn) {
+                shared.on_lost(&e.to_string());
+                retry(&shared, &mut backoff);
+                continue;
+            }
+            match sql_query(C::TRIGGERS_SQL).load::<Trigger>(&mut conn) {
+                Ok(rows) => {
+                    let installed: Vec<(String, String)> =
+                        rows.into_iter().map(|r| (r.tbl, r.name)).collect();
+                    if let Err(m) = check_feed(&shared.tables(), &installed, C::SUFFIXES, C::HELPER)
+                    {
+                        shared.on_feed_missing(&m);
+                        retry(&shared, &mut backoff);
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    shared.on_lost(&e.to_string());
+                    retry(&shared, &mut backoff);
+                    continue;
+                }
+            }
+            let cursor = match start::<C>(&mut conn, &shared) {
+                Ok(c) => c,
                 Err(e) => {
                     shared.on_lost(&format!(
-                        "cannot read {CHANGES_TABLE} (are the triggers installed?): {e}"
+                        "cannot read {CHANGES_TABLE} (is the change feed installed?): {e}"
                     ));
-                    shared.nap(backoff);
-                    backoff = (backoff * 2).min(max);
+                    retry(&shared, &mut backoff);
                     continue;
                 }
             };
-            backoff = first;
-            // Changes up to `start` are covered by clearing the regions now.
+            // Changes already in the table are covered by clearing the regions now.
             shared.on_connected();
-            if let Err(e) = poll(&mut conn, start, &config, &shared) {
+            let session = Instant::now();
+            if let Err(e) = poll(&mut conn, cursor, &config, &shared) {
                 shared.on_lost(&e.to_string());
+                if session.elapsed() >= HEALTHY {
+                    backoff = first;
+                }
+                retry(&shared, &mut backoff);
             }
         }
     }
 
-    fn current_max<C>(conn: &mut C) -> QueryResult<i64>
+    /// The cursor of a new connection: after the maximum, watching the seqs of the window
+    /// below it that are not in the table (transactions still open).
+    fn start<C>(conn: &mut C, shared: &Shared) -> QueryResult<Cursor>
     where
         C: Outbox,
-        Max: QueryableByName<C::Backend>,
+        Seq: QueryableByName<C::Backend>,
         diesel::query_builder::SqlQuery: QueryFragment<C::Backend>,
     {
-        let rows: Vec<Max> = sql_query(format!(
+        let max: Vec<Seq> = sql_query(format!(
             "SELECT COALESCE(MAX(seq), 0) AS seq FROM {CHANGES_TABLE}"
         ))
         .load(conn)?;
-        Ok(rows.first().map_or(0, |m| m.seq))
+        let hi = max.first().map_or(0, |m| m.seq);
+        let from = (hi - CONNECT_WINDOW).max(0);
+        let present: BTreeSet<i64> = sql_query(format!(
+            "SELECT seq FROM {CHANGES_TABLE} WHERE seq > {from} AND seq <= {hi}"
+        ))
+        .load::<Seq>(conn)?
+        .into_iter()
+        .map(|s| s.seq)
+        .collect();
+        let mut cursor = Cursor {
+            hi,
+            missing: BTreeMap::new(),
+            late: BTreeMap::new(),
+            last_late_poll: Instant::now(),
+        };
+        // Watched like gaps that timed out, without their flush: the regions are cleared
+        // at connection anyway, so a number that never commits (rolled back, or pruned
+        // long ago) loses nothing, and one that commits later is applied then.
+        let now = Instant::now();
+        for s in (from + 1)..=hi {
+            if !present.contains(&s) {
+                cursor.late.insert(s, now);
+            }
+        }
+        let _ = shared;
+        Ok(cursor)
     }
 
-    fn poll<C>(conn: &mut C, start: i64, config: &ListenConfig, shared: &Shared) -> QueryResult<()>
+    fn poll<C>(
+        conn: &mut C,
+        mut cursor: Cursor,
+        config: &ListenConfig,
+        shared: &Shared,
+    ) -> QueryResult<()>
     where
         C: Outbox,
         Change: QueryableByName<C::Backend>,
         diesel::query_builder::SqlQuery: QueryFragment<C::Backend>,
     {
-        // Every change with seq <= low has been applied; `seen` holds those above it.
-        let mut low = start;
-        let mut seen: BTreeSet<i64> = BTreeSet::new();
-        let mut gap_since: Option<Instant> = None;
         let prune_every = PRUNE_EVERY.min(config.retention / 4);
         let mut last_prune: Option<Instant> = None;
         while !shared.stopping() {
+            // New rows, page by page: a gap never makes the same page be read again.
             let rows: Vec<Change> = sql_query(format!(
-                "SELECT seq, tbl, row_id, version FROM {CHANGES_TABLE} WHERE seq > {low} ORDER BY seq LIMIT 1000"
+                "SELECT seq, payload FROM {CHANGES_TABLE} WHERE seq > {} ORDER BY seq LIMIT {PAGE}",
+                cursor.hi
             ))
             .load(conn)?;
-            let full = rows.len() == 1000;
+            let full = rows.len() == PAGE;
             for c in &rows {
-                if seen.insert(c.seq) {
-                    shared.on_change(&c.tbl, &c.row_id, c.version);
+                if c.seq <= cursor.hi {
+                    continue;
+                }
+                cursor.notice_gap(cursor.hi + 1, c.seq, shared);
+                cursor.hi = c.seq;
+                shared.on_payload(&c.payload, None);
+            }
+            // Seqs still missing; those already timed out less often.
+            let late_due = cursor.last_late_poll.elapsed() >= LATE_EVERY;
+            let mut wanted: Vec<i64> = cursor.missing.keys().copied().collect();
+            if late_due {
+                wanted.extend(cursor.late.keys().copied());
+                cursor.last_late_poll = Instant::now();
+            }
+            for chunk in wanted.chunks(PAGE) {
+                let list = chunk
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let rows: Vec<Change> = sql_query(format!(
+                    "SELECT seq, payload FROM {CHANGES_TABLE} WHERE seq IN ({list}) ORDER BY seq"
+                ))
+                .load(conn)?;
+                for c in &rows {
+                    let was_late = cursor.late.remove(&c.seq).is_some();
+                    if cursor.missing.remove(&c.seq).is_some() || was_late {
+                        if was_late {
+                            tracing::debug!(
+                                seq = c.seq,
+                                "a change whose gap timed out committed after all"
+                            );
+                        }
+                        shared.on_payload(&c.payload, None);
+                    }
                 }
             }
-            while seen.first() == Some(&(low + 1)) {
-                seen.pop_first();
-                low += 1;
-            }
-            if seen.is_empty() {
-                gap_since = None;
-            } else {
-                // A missing seq below a seen one: a transaction that has not committed yet,
-                // or one that rolled back. Wait for it up to the gap timeout.
-                let since = *gap_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= config.gap_timeout {
-                    shared
-                        .counters
-                        .gaps
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(
-                        after = low,
-                        "change feed gap timed out; clearing every region"
-                    );
-                    shared.on_flush(None);
-                    if let Some(&next) = seen.first() {
-                        low = next - 1;
+            // Each missing seq has its own timer.
+            let now = Instant::now();
+            let timed_out: Vec<i64> = cursor
+                .missing
+                .iter()
+                .filter(|(_, at)| now.saturating_duration_since(**at) >= config.gap_timeout)
+                .map(|(s, _)| *s)
+                .collect();
+            if !timed_out.is_empty() {
+                tracing::warn!(
+                    first = timed_out[0],
+                    count = timed_out.len(),
+                    "change feed gap timed out; clearing every region and still watching it"
+                );
+                shared.on_flush(None);
+                // Counted once the regions are clear.
+                shared
+                    .counters
+                    .gaps
+                    .fetch_add(timed_out.len() as u64, Relaxed);
+                for s in timed_out {
+                    cursor.missing.remove(&s);
+                    if cursor.late.len() < MAX_TRACKED {
+                        cursor.late.insert(s, now);
                     }
-                    while seen.first() == Some(&(low + 1)) {
-                        seen.pop_first();
-                        low += 1;
-                    }
-                    gap_since = None;
                 }
             }
+            cursor
+                .late
+                .retain(|_, at| now.saturating_duration_since(*at) < config.retention);
             if last_prune.is_none_or(|at| at.elapsed() >= prune_every) {
-                sql_query(C::prune_sql(config.retention.as_secs_f64())).execute(conn)?;
+                // Only rows every change up to which has been read or given up on; a
+                // failure (a writer holds the lock) is retried at the next prune.
+                let sql = C::prune_sql(cursor.watermark(), config.retention.as_secs_f64());
+                if let Err(e) = sql_query(sql).execute(conn) {
+                    tracing::debug!(error = %e, "could not prune the change table; will retry");
+                }
                 last_prune = Some(Instant::now());
             }
             if !full {
@@ -265,10 +484,15 @@ mod poll {
 
     #[cfg(feature = "mysql")]
     impl Outbox for diesel::mysql::MysqlConnection {
-        fn prune_sql(secs: f64) -> String {
+        fn prune_sql(seq: i64, secs: f64) -> String {
             let micros = (secs * 1e6) as u64;
-            format!("DELETE FROM {CHANGES_TABLE} WHERE changed_at < NOW(6) - INTERVAL {micros} MICROSECOND")
+            format!("DELETE FROM {CHANGES_TABLE} WHERE seq <= {seq} AND changed_at < NOW(6) - INTERVAL {micros} MICROSECOND")
         }
+        const TRIGGERS_SQL: &'static str =
+            "SELECT CAST(EVENT_OBJECT_TABLE AS CHAR) AS tbl, CAST(TRIGGER_NAME AS CHAR) AS name \
+             FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()";
+        const SUFFIXES: &'static [&'static str] = &["bump", "ins", "upd", "del"];
+        const HELPER: &'static str = "mysql_triggers_sql";
     }
 
     #[cfg(feature = "mysql")]
@@ -280,8 +504,17 @@ mod poll {
 
     #[cfg(feature = "sqlite")]
     impl Outbox for diesel::sqlite::SqliteConnection {
-        fn prune_sql(secs: f64) -> String {
-            format!("DELETE FROM {CHANGES_TABLE} WHERE changed_at < strftime('%Y-%m-%d %H:%M:%f', 'now', '-{secs:.3} seconds')")
+        fn prune_sql(seq: i64, secs: f64) -> String {
+            format!("DELETE FROM {CHANGES_TABLE} WHERE seq <= {seq} AND changed_at < strftime('%Y-%m-%d %H:%M:%f', 'now', '-{secs:.3} seconds')")
+        }
+        const TRIGGERS_SQL: &'static str =
+            "SELECT tbl_name AS tbl, name FROM sqlite_master WHERE type = 'trigger'";
+        const SUFFIXES: &'static [&'static str] = &["ins", "upd", "del"];
+        const HELPER: &'static str = "sqlite_triggers_sql";
+        fn prepare(conn: &mut Self) -> QueryResult<()> {
+            // Wait for a writer's lock rather than fail (and reconnect, clearing the
+            // regions) whenever one holds it.
+            diesel::connection::SimpleConnection::batch_execute(conn, "PRAGMA busy_timeout = 2000")
         }
     }
 

@@ -1,10 +1,13 @@
 //! PostgreSQL: statement-level triggers that `pg_notify`, and the `LISTEN` loop.
 
+use super::feed::{trigger_name, v1_trigger_name, FEED_VERSION};
+
 /// The notification channel.
 pub const CHANNEL: &str = "diesel_l2";
 
-/// SQL that installs change notification on `table` (idempotent: safe to run again):
-/// [`postgres_notify_function_sql`] followed by [`postgres_table_triggers_sql`].
+/// SQL that installs the change feed on `table` (idempotent: safe to run again, and
+/// upgrades the triggers of an earlier feed version): [`postgres_notify_function_sql`]
+/// followed by [`postgres_table_triggers_sql`].
 pub fn postgres_triggers_sql(
     table: &str,
     id_column: &str,
@@ -15,19 +18,27 @@ pub fn postgres_triggers_sql(
         + &postgres_table_triggers_sql(table, id_column, version_column, flush_threshold)
 }
 
-/// The shared trigger function `diesel_l2_notify()`, installed once per schema.
+/// The shared trigger functions `diesel_l2_notify_v2()` and `diesel_l2_bump_v2()`,
+/// installed once per schema (`CREATE OR REPLACE`).
 pub fn postgres_notify_function_sql() -> String {
     NOTIFY_FUNCTION.to_string()
 }
 
 /// The triggers of one table (needs [`postgres_notify_function_sql`] installed first).
 ///
-/// Three `AFTER … FOR EACH STATEMENT` triggers (insert, update, delete) with transition
-/// tables call the shared function. A statement changing at most `flush_threshold` rows
-/// sends one notification per row (`id`, and the new version; for a delete, the old
-/// version + 1); a larger one sends a single flush of the table, so a bulk `UPDATE` does
-/// not flood the channel. Notifications are delivered at commit only. Updates of the
-/// primary key itself are not supported.
+/// - A `BEFORE UPDATE` row trigger makes the version a row clock: an update that does not
+///   raise it (`UPDATE users SET bio = …` from any client) gets `version = old + 1`.
+/// - Three `AFTER … FOR EACH STATEMENT` triggers (insert, update, delete) with transition
+///   tables send one payload per row (see [`crate::invalidation`] for the format); a
+///   statement changing more than `flush_threshold` rows sends a single flush of the
+///   table, so a bulk `UPDATE` does not flood the channel. A payload that would not fit
+///   a notification (8,000 bytes: a very long id) is sent as a flush of the table, so the
+///   user's write never fails because of the feed.
+/// - An `AFTER TRUNCATE` statement trigger flushes the table (also when it is truncated
+///   by `TRUNCATE … CASCADE` from another table).
+///
+/// Notifications are delivered at commit only. Updates of the primary key itself are not
+/// supported. The triggers of the version 1 feed are dropped.
 pub fn postgres_table_triggers_sql(
     table: &str,
     id_column: &str,
@@ -40,44 +51,81 @@ pub fn postgres_table_triggers_sql(
         quote_literal(id_column),
         quote_literal(version_column)
     );
+    let v = quote_ident(version_column);
     let mut sql = String::new();
+    for suffix in ["ins", "upd", "del"] {
+        let old = quote_ident(&v1_trigger_name(table, suffix));
+        sql.push_str(&format!("DROP TRIGGER IF EXISTS {old} ON {t};\n"));
+    }
+    let bump = quote_ident(&trigger_name(table, "bump"));
+    sql.push_str(&format!(
+        "DROP TRIGGER IF EXISTS {bump} ON {t};\n\
+         CREATE TRIGGER {bump} BEFORE UPDATE ON {t} FOR EACH ROW \
+         WHEN (NEW.{v} IS NULL OR NEW.{v} <= OLD.{v}) \
+         EXECUTE FUNCTION diesel_l2_bump_v{FEED_VERSION}({});\n",
+        quote_literal(version_column)
+    ));
     for (suffix, event, transition) in [
-        ("ins", "INSERT", "NEW TABLE AS new_rows"),
-        ("upd", "UPDATE", "NEW TABLE AS new_rows"),
-        ("del", "DELETE", "OLD TABLE AS old_rows"),
+        ("ins", "INSERT", "REFERENCING NEW TABLE AS new_rows "),
+        ("upd", "UPDATE", "REFERENCING NEW TABLE AS new_rows "),
+        ("del", "DELETE", "REFERENCING OLD TABLE AS old_rows "),
+        ("trunc", "TRUNCATE", ""),
     ] {
-        let trigger = quote_ident(&format!("{table}_diesel_l2_{suffix}"));
+        let trigger = quote_ident(&trigger_name(table, suffix));
         sql.push_str(&format!(
             "DROP TRIGGER IF EXISTS {trigger} ON {t};\n\
-             CREATE TRIGGER {trigger} AFTER {event} ON {t} REFERENCING {transition} \
-             FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify({args});\n"
+             CREATE TRIGGER {trigger} AFTER {event} ON {t} {transition}\
+             FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v{FEED_VERSION}({args});\n"
         ));
     }
     sql
 }
 
-/// The shared trigger function. Payload: `v1|schema|table|version|id`, or
-/// `v1|schema|table|*` to flush the table.
+/// Drops what version 1 of the feed left, once every table's triggers are upgraded (the
+/// table helpers drop version 1's triggers): its function `diesel_l2_notify()`.
+pub fn postgres_drop_v1_sql() -> String {
+    "DROP FUNCTION IF EXISTS diesel_l2_notify();\n".to_string()
+}
+
+/// The trigger suffixes the feed check expects on every cached table.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+const SUFFIXES: [&str; 5] = ["bump", "ins", "upd", "del", "trunc"];
+
+/// The shared trigger functions. Payloads: see [`crate::invalidation`].
 const NOTIFY_FUNCTION: &str = r#"
-CREATE OR REPLACE FUNCTION diesel_l2_notify() RETURNS trigger LANGUAGE plpgsql AS $diesel_l2$
+CREATE OR REPLACE FUNCTION diesel_l2_notify_v2() RETURNS trigger LANGUAGE plpgsql AS $diesel_l2$
 DECLARE
+    op text := CASE TG_OP WHEN 'INSERT' THEN 'i' WHEN 'UPDATE' THEN 'u' ELSE 'd' END;
     src text := CASE WHEN TG_OP = 'DELETE' THEN 'old_rows' ELSE 'new_rows' END;
     bump int := CASE WHEN TG_OP = 'DELETE' THEN 1 ELSE 0 END;
-    prefix text := 'v1|' || TG_TABLE_SCHEMA || '|' || TG_TABLE_NAME || '|';
+    head text := 'v2|' || op || '|' || TG_TABLE_SCHEMA || '|' || TG_TABLE_NAME || '|';
+    flush text := 'v2|f|' || TG_TABLE_SCHEMA || '|' || TG_TABLE_NAME;
     n bigint;
 BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM pg_notify('diesel_l2', flush);
+        RETURN NULL;
+    END IF;
     EXECUTE format('SELECT count(*) FROM %I', src) INTO n;
     IF n = 0 THEN
         RETURN NULL;
     END IF;
     IF n > TG_ARGV[2]::bigint THEN
-        PERFORM pg_notify('diesel_l2', prefix || '*');
+        PERFORM pg_notify('diesel_l2', flush);
     ELSE
         EXECUTE format(
-            'SELECT pg_notify(''diesel_l2'', %L || (r.%I + %s)::text || ''|'' || r.%I::text) FROM %I r',
-            prefix, TG_ARGV[1], bump, TG_ARGV[0], src);
+            'SELECT pg_notify(''diesel_l2'', CASE WHEN octet_length(p) < 8000 THEN p ELSE %L END) '
+            'FROM (SELECT %L || (r.%I + %s)::text || ''|'' || length(r.%I::text)::text || ''|'' || r.%I::text AS p FROM %I r) s',
+            flush, head, TG_ARGV[1], bump, TG_ARGV[0], TG_ARGV[0], src);
     END IF;
     RETURN NULL;
+END
+$diesel_l2$;
+CREATE OR REPLACE FUNCTION diesel_l2_bump_v2() RETURNS trigger LANGUAGE plpgsql AS $diesel_l2$
+BEGIN
+    NEW := jsonb_populate_record(NEW, jsonb_build_object(TG_ARGV[0],
+        (to_jsonb(OLD) ->> TG_ARGV[0])::bigint + 1));
+    RETURN NEW;
 END
 $diesel_l2$;
 "#;
@@ -99,7 +147,45 @@ mod listen {
     use diesel::pg::PgConnection;
     use diesel::Connection;
 
-    use super::super::{parse_payload, ChangeFeed, ListenConfig, Payload, Shared};
+    use diesel::deserialize::QueryableByName;
+    use diesel::sql_types::Text;
+    use diesel::{sql_query, RunQueryDsl};
+
+    use super::super::{check_feed, ChangeFeed, ListenConfig, Shared};
+    use super::{quote_literal, SUFFIXES};
+
+    #[derive(QueryableByName)]
+    struct Trigger {
+        #[diesel(sql_type = Text)]
+        tbl: String,
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+
+    /// Whether every cached table of `schema` (the connection's current schema if `None`)
+    /// has the triggers of the current feed version.
+    fn feed_installed(
+        conn: &mut PgConnection,
+        schema: Option<&str>,
+        shared: &Shared,
+    ) -> Result<(), Result<String, String>> {
+        let schema = schema.map_or_else(|| "current_schema()".to_string(), quote_literal);
+        let rows: Vec<Trigger> = sql_query(format!(
+            "SELECT c.relname::text AS tbl, t.tgname::text AS name FROM pg_trigger t \
+             JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = {schema} AND NOT t.tgisinternal"
+        ))
+        .load(conn)
+        .map_err(|e| Err(e.to_string()))?;
+        let installed: Vec<(String, String)> = rows.into_iter().map(|r| (r.tbl, r.name)).collect();
+        check_feed(
+            &shared.tables(),
+            &installed,
+            &SUFFIXES,
+            "postgres_triggers_sql",
+        )
+        .map_err(Ok)
+    }
 
     /// How often an idle listener checks that its connection is alive.
     const HEALTH_CHECK: Duration = Duration::from_millis(500);
@@ -124,6 +210,21 @@ mod listen {
                         continue;
                     }
                 };
+                match feed_installed(&mut conn, config.schema.as_deref(), &shared) {
+                    Ok(()) => {}
+                    Err(Ok(missing)) => {
+                        shared.on_feed_missing(&missing);
+                        shared.nap(backoff);
+                        backoff = (backoff * 2).min(max);
+                        continue;
+                    }
+                    Err(Err(e)) => {
+                        shared.on_lost(&e);
+                        shared.nap(backoff);
+                        backoff = (backoff * 2).min(max);
+                        continue;
+                    }
+                }
                 backoff = first;
                 // LISTEN is active: anything committed from now on is notified, so
                 // clearing now covers whatever happened while disconnected.
@@ -145,7 +246,7 @@ mod listen {
                 match n {
                     Ok(n) => {
                         got = true;
-                        apply(&n.payload, config, shared);
+                        shared.on_payload(&n.payload, config.schema.as_deref());
                     }
                     Err(e) => return Some(e.to_string()),
                 }
@@ -161,28 +262,5 @@ mod listen {
             }
         }
         None
-    }
-
-    fn apply(payload: &str, config: &ListenConfig, shared: &Shared) {
-        let wanted = |schema: &str| config.schema.as_deref().is_none_or(|s| s == schema);
-        match parse_payload(payload) {
-            Some(Payload::Row {
-                schema,
-                table,
-                version,
-                id,
-            }) if wanted(schema) => shared.on_change(table, id, version),
-            Some(Payload::Flush { schema, table }) if wanted(schema) => {
-                shared.on_flush(Some(table))
-            }
-            Some(_) => {}
-            None => {
-                tracing::warn!(
-                    payload,
-                    "unreadable change notification; clearing every region"
-                );
-                shared.on_flush(None);
-            }
-        }
     }
 }

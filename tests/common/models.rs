@@ -3,7 +3,9 @@
 use diesel::prelude::*;
 use diesel_l2::Cached;
 
-use super::schema::{accounts, articles, documents_text, posts, products, tags, users};
+use super::schema::{
+    accounts, articles, documents_text, memos, note_lines, posts, products, tags, users,
+};
 
 /// `i64` id and version, a nullable column, a unique column.
 #[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
@@ -59,6 +61,37 @@ pub struct Tag {
     #[diesel(column_name = version)]
     pub rev: i64,
     pub label: String,
+}
+
+/// `String` id of any length, on a `table!` whose Rust name (`memos`) is not its SQL
+/// name (`notes`).
+#[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
+#[diesel(table_name = memos)]
+pub struct Memo {
+    pub id: String,
+    pub version: i64,
+    pub body: String,
+}
+
+impl Memo {
+    /// A new memo at version 1.
+    pub fn new(id: impl Into<String>, body: &str) -> Self {
+        Memo {
+            id: id.into(),
+            version: 1,
+            body: body.into(),
+        }
+    }
+}
+
+/// A child of a `Memo`, deleted with it by `ON DELETE CASCADE`.
+#[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
+#[diesel(table_name = note_lines)]
+pub struct NoteLine {
+    pub id: i64,
+    pub version: i64,
+    pub note_id: String,
+    pub line: String,
 }
 
 /// A composite unique key: `AccountByTenantIdEmail(tenant_id, email)`.

@@ -100,3 +100,24 @@ diesel::table! {
         created_at -> Timestamp,
     }
 }
+
+diesel::table! {
+    /// Text key of any length; the Rust name differs from the SQL name `notes` (C7
+    /// routes notifications by the SQL name).
+    #[sql_name = "notes"]
+    memos (id) {
+        id -> Text,
+        version -> BigInt,
+        body -> Text,
+    }
+}
+
+diesel::table! {
+    /// Children of `notes`, deleted by an `ON DELETE CASCADE` foreign key.
+    note_lines (id) {
+        id -> BigInt,
+        version -> BigInt,
+        note_id -> Text,
+        line -> Text,
+    }
+}

@@ -203,6 +203,10 @@ pub struct Checker {
     pub counts: Counts,
     /// The first few violations, described, for the failure message.
     pub examples: Vec<String>,
+    /// Cross-process runs (C7): reads may lag writes made outside the reading `Db`.
+    pub lag: Option<LagRule>,
+    /// The largest lag a read showed, and how many reads lagged at all.
+    pub lag_seen: LagSeen,
 }
 
 impl Checker {
@@ -305,7 +309,10 @@ impl Checker {
         self.counts.reads_checked += 1;
         let empty = KeyHist::default();
         let kh = self.keys.get(&key).unwrap_or(&empty);
-        let fresh = kh.newest_returned_before(start);
+        let fresh = required(kh, self.lag.as_ref(), thread, start);
+        if let (Some(rule), Some(row)) = (&self.lag, &seen) {
+            self.lag_seen.record(kh, rule, row.version, start);
+        }
         match seen {
             Some(row) => {
                 let produced = kh.versions.get(&row.version).and_then(|vs| {
@@ -340,7 +347,7 @@ impl Checker {
                 }
             }
             None => {
-                if fresh == 0 || fresh == DELETED {
+                if fresh == 0 || is_gone(fresh) {
                     return;
                 }
                 // A row had committed and returned before the read started: `None` is
@@ -348,8 +355,8 @@ impl Checker {
                 // read ended.
                 let explained = kh
                     .versions
-                    .get(&DELETED)
-                    .is_some_and(|vs| vs.iter().any(|v| v.start <= end));
+                    .range(fresh.saturating_add(1)..)
+                    .any(|(v, vs)| is_gone(*v) && vs.iter().any(|v| v.start <= end));
                 if explained {
                     return;
                 }
@@ -414,5 +421,94 @@ impl Checker {
             "lost/phantom write: {key:?} is {actual:?} in the database, the committed writes say {expected:?}"
         );
         self.example(msg);
+    }
+}
+
+/// Cross-process runs (C7): which `Db` a thread's reads and writes go through, and how far
+/// behind writes made elsewhere (another `Db`, plain SQL) a read may be.
+///
+/// A read through `Db` X must return a version at least as new as (a) every version written
+/// through X whose transaction returned before the read started (C2, C4 hold within one
+/// `Db`), and (b) every version, written anywhere, that returned more than `delta` before
+/// the read started (the change feed's bounded delay, C7). A correct listener that applies
+/// each notification within `delta` of its COMMIT never trips this.
+#[derive(Clone, Copy, Debug)]
+pub struct LagRule {
+    pub delta: Nanos,
+    /// The `Db` (or writer) a thread belongs to.
+    pub origin: fn(usize) -> usize,
+}
+
+/// The largest lag seen: how long before the read started the version it superseded had
+/// returned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LagSeen {
+    pub max_lag: Nanos,
+    pub lagged_reads: u64,
+}
+
+impl LagSeen {
+    fn record(&mut self, kh: &KeyHist, _rule: &LagRule, seen: i64, start: Nanos) {
+        let superseded = kh
+            .versions
+            .range(seen.saturating_add(1)..)
+            .flat_map(|(_, vs)| vs)
+            .filter(|v| !v.unknown && v.end < start)
+            .map(|v| v.end)
+            .min();
+        if let Some(end) = superseded {
+            self.lagged_reads += 1;
+            self.max_lag = self.max_lag.max(start - end);
+        }
+    }
+}
+
+/// The version a read starting at `start` by `thread` must return at least.
+fn required(kh: &KeyHist, rule: Option<&LagRule>, thread: usize, start: Nanos) -> i64 {
+    let Some(rule) = rule else {
+        return kh.newest_returned_before(start);
+    };
+    let lagged = kh.newest_returned_before(start.saturating_sub(rule.delta));
+    let mine = (rule.origin)(thread);
+    let own = kh
+        .versions
+        .iter()
+        .rev()
+        .find(|(_, vs)| {
+            vs.iter()
+                .any(|v| !v.unknown && v.end < start && (rule.origin)(v.thread) == mine)
+        })
+        .map_or(0, |(v, _)| *v);
+    lagged.max(own)
+}
+
+/// Rows of the re-insert key space carry an incarnation: their checked version is
+/// `incarnation << INCARNATION_SHIFT | version`, and a delete of incarnation `i` is
+/// `i << INCARNATION_SHIFT | GONE` (newer than every version of `i`, older than `i + 1`).
+pub const INCARNATION_SHIFT: u32 = 40;
+pub const GONE: i64 = (1 << INCARNATION_SHIFT) - 1;
+
+/// Whether a checked version is a delete.
+pub fn is_gone(version: i64) -> bool {
+    version == DELETED || (version & GONE) == GONE
+}
+
+impl Checker {
+    /// The end, for a key whose deletes are recorded as versions (`is_gone`): the database
+    /// (its row translated the same way) equals the replay of the committed writes.
+    pub fn check_final_versions(&mut self, key: Key, in_db: &Option<Row>) {
+        let empty = KeyHist::default();
+        let kh = self.keys.get(&key).unwrap_or(&empty);
+        let expected = kh
+            .final_state()
+            .filter(|(v, _)| !is_gone(*v))
+            .map(|(v, p)| (v, p.to_string()));
+        let actual = in_db.as_ref().map(|r| (r.version, r.payload.clone()));
+        if expected != actual {
+            self.counts.lost_or_phantom_write += 1;
+            self.example(format!(
+                "lost/phantom write: {key:?} is {actual:?} in the database, the committed writes say {expected:?}"
+            ));
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use diesel_l2::Error;
@@ -799,4 +799,479 @@ pub fn checkpoint(store: &dyn Store, keys: &[Key], checker: &mut Checker) {
         let through = store.find(key).expect("checkpoint read through the cache");
         checker.check_entry(key, &through, &in_db);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cross-process adversaries (C7): plain-SQL writers that leave the version alone, deletes
+// followed by re-inserts, and a second `Db` (own pool, own listener) whose reads are
+// checked with a bounded lag.
+// ---------------------------------------------------------------------------------------
+
+/// A connection of its own that writes with plain SQL, as psql or another program would.
+pub trait PlainSql: Send {
+    /// In one transaction: `update` (which leaves the version alone), then `read_back`
+    /// (`SELECT version, <text column> AS payload …`). The row read back, if any.
+    fn update(&mut self, update: &str, read_back: &str) -> Result<Option<(i64, String)>, String>;
+    /// In one transaction: `read` the row, then `delete` it at the version read (the
+    /// statement is given that version). The row deleted, if any.
+    fn delete(
+        &mut self,
+        read: &str,
+        delete: &dyn Fn(i64) -> String,
+    ) -> Result<Option<(i64, String)>, String>;
+    /// One statement, autocommitted; false if it failed (say, the id exists again).
+    fn insert(&mut self, insert: &str) -> bool;
+}
+
+/// What a cross-process run adds to [`run`]'s workload.
+pub struct Adversaries<'a> {
+    /// A second `Db` with its own pool and listener: only reads, all checked (lagged).
+    pub second: &'a dyn Store,
+    /// Plain-SQL writers: the first updates the workload's keys without touching the
+    /// version; the second deletes and re-inserts keys of its own.
+    pub plain: Vec<Box<dyn PlainSql>>,
+    /// How far behind a write made elsewhere a read may be (C7's bound).
+    pub delta: Duration,
+    /// How long writers stay quiet before a checkpoint (the listeners catch up).
+    pub settle: Duration,
+}
+
+/// Threads 1000.. write plain SQL, 2000.. read through the second `Db`, everything else
+/// goes through the first.
+pub fn origin(thread: usize) -> usize {
+    match thread {
+        1000..=1999 => 1,
+        2000..=2999 => 2,
+        _ => 0,
+    }
+}
+
+/// The delete/re-insert adversary's own ids (users), never touched by the workload.
+const REINSERT_BASE: i64 = 50_000_000;
+const REINSERT_KEYS: i64 = 4;
+
+fn reinsert_key(rng: &mut fastrand::Rng) -> Key {
+    Key {
+        kind: Kind::User,
+        id: REINSERT_BASE + rng.i64(0..REINSERT_KEYS),
+    }
+}
+
+/// A row of the re-insert key space carries its incarnation in its payload (`…#i<n>`);
+/// the checker sees `n << INCARNATION_SHIFT | version`.
+pub fn translate(row: Row) -> Row {
+    use super::checker::INCARNATION_SHIFT;
+    match row.payload.rsplit_once("#i").map(|(_, n)| n.parse::<i64>()) {
+        Some(Ok(n)) => Row {
+            version: (n << INCARNATION_SHIFT) | row.version,
+            ..row
+        },
+        _ => row,
+    }
+}
+
+fn gone_marker(key: Key, incarnation: i64) -> Effect {
+    use super::checker::{GONE, INCARNATION_SHIFT};
+    Effect::Put(Row {
+        key,
+        version: (incarnation << INCARNATION_SHIFT) | GONE,
+        payload: format!("gone#i{incarnation}"),
+    })
+}
+
+fn incarnation(payload: &str) -> i64 {
+    payload
+        .rsplit_once("#i")
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn committed(thread: usize, start: u64, end: u64, effects: Vec<Effect>) -> Event {
+    Event::Write {
+        thread,
+        start,
+        end,
+        outcome: Outcome::Committed,
+        effects,
+    }
+}
+
+/// Plain updates of the workload's keys: `UPDATE … SET name = …` with no version change
+/// (the database bumps it).
+fn plain_updates(
+    plain: &mut dyn PlainSql,
+    keys: &Keys,
+    history: &History,
+    stop: &std::sync::atomic::AtomicBool,
+    seed: u64,
+) -> (Vec<Event>, u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut events, mut n, mut seq) = (Vec::new(), 0, 0u64);
+    while !stop.load(Ordering::Acquire) {
+        let kd = kind(&mut rng);
+        let k = keys.pick(&mut rng, kd);
+        seq += 1;
+        let p = format!("P{seed}.{seq}");
+        let (update, read_back) = match k.kind {
+            Kind::User => (
+                format!("UPDATE users SET name = '{p}' WHERE id = {}", k.id),
+                format!(
+                    "SELECT version, name AS payload FROM users WHERE id = {}",
+                    k.id
+                ),
+            ),
+            Kind::Tag => (
+                format!("UPDATE tags SET label = '{p}' WHERE id = 't{}'", k.id),
+                format!(
+                    "SELECT version, label AS payload FROM tags WHERE id = 't{}'",
+                    k.id
+                ),
+            ),
+        };
+        let start = history.now();
+        let r = plain.update(&update, &read_back);
+        let end = history.now();
+        n += 1;
+        if let Ok(Some((version, payload))) = r {
+            if payload == p {
+                let row = Row {
+                    key: k,
+                    version,
+                    payload,
+                };
+                events.push(committed(1000, start, end, vec![Effect::Put(row)]));
+            }
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    (events, n)
+}
+
+/// Deletes and re-inserts (at version 1, under any tombstone) of the adversary's own
+/// keys, and plain updates of them.
+fn deletes_and_reinserts(
+    plain: &mut dyn PlainSql,
+    history: &History,
+    stop: &std::sync::atomic::AtomicBool,
+    seed: u64,
+    incarnations: &Mutex<HashMap<i64, i64>>,
+) -> (Vec<Event>, u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut events, mut n, mut seq) = (Vec::new(), 0, 0u64);
+    while !stop.load(Ordering::Acquire) {
+        let k = reinsert_key(&mut rng);
+        seq += 1;
+        n += 1;
+        let read = format!(
+            "SELECT version, name AS payload FROM users WHERE id = {}",
+            k.id
+        );
+        let start = history.now();
+        match rng.u8(0..4) {
+            0 => {
+                let id = k.id;
+                let r = plain.delete(&read, &move |v| {
+                    format!("DELETE FROM users WHERE id = {id} AND version = {v}")
+                });
+                let end = history.now();
+                if let Ok(Some((_, payload))) = r {
+                    events.push(committed(
+                        1001,
+                        start,
+                        end,
+                        vec![gone_marker(k, incarnation(&payload))],
+                    ));
+                }
+            }
+            1 | 2 => {
+                let mut inc = incarnations.lock().unwrap_or_else(|p| p.into_inner());
+                let next = inc.get(&k.id).copied().unwrap_or(0) + 1;
+                let p = format!("R{seed}.{seq}#i{next}");
+                let ok = plain.insert(&format!(
+                    "INSERT INTO users (id, version, email, name) VALUES ({}, 1, 'r{}@consistency.test', '{p}')",
+                    k.id, k.id
+                ));
+                let end = history.now();
+                if ok {
+                    inc.insert(k.id, next);
+                    let row = translate(Row {
+                        key: k,
+                        version: 1,
+                        payload: p,
+                    });
+                    events.push(committed(1001, start, end, vec![Effect::Put(row)]));
+                }
+            }
+            _ => {
+                let Ok(Some((_, cur))) =
+                    plain.update(&format!("SELECT 1 FROM users WHERE id = {}", k.id), &read)
+                else {
+                    continue;
+                };
+                let p = format!("R{seed}.{seq}#i{}", incarnation(&cur));
+                let start = history.now();
+                let r = plain.update(
+                    &format!("UPDATE users SET name = '{p}' WHERE id = {}", k.id),
+                    &read,
+                );
+                let end = history.now();
+                if let Ok(Some((version, payload))) = r {
+                    if payload == p {
+                        let row = translate(Row {
+                            key: k,
+                            version,
+                            payload,
+                        });
+                        events.push(committed(1001, start, end, vec![Effect::Put(row)]));
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_micros(700));
+    }
+    (events, n)
+}
+
+/// Reads through `store` (thread ids tell which `Db`), of the workload's keys and of
+/// the re-insert keys; the first `Db`'s reader also deletes re-insert keys through the
+/// library now and then, so its tombstones meet remote re-inserts.
+fn lagged_reads(
+    store: &dyn Store,
+    thread: usize,
+    keys: &Keys,
+    history: &History,
+    stop: &std::sync::atomic::AtomicBool,
+    seed: u64,
+) -> (Vec<Event>, u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut events, mut n) = (Vec::new(), 0);
+    while !stop.load(Ordering::Acquire) {
+        n += 1;
+        let k = if rng.bool() {
+            reinsert_key(&mut rng)
+        } else {
+            let kd = kind(&mut rng);
+            keys.pick(&mut rng, kd)
+        };
+        if origin(thread) == 0 && k.id >= REINSERT_BASE && rng.u8(0..4) == 0 {
+            let start = history.now();
+            let mut fx = Vec::new();
+            let r = store.run(true, &mut |tx| {
+                fx.clear();
+                if let Some(cur) = tx.get(k)? {
+                    tx.delete(&cur)?;
+                    fx.push(gone_marker(k, incarnation(&cur.payload)));
+                }
+                Ok(())
+            });
+            let end = history.now();
+            if r.is_ok() && !fx.is_empty() {
+                events.push(committed(thread, start, end, fx));
+            }
+            continue;
+        }
+        let start = history.now();
+        let r = store.find(k);
+        let end = history.now();
+        if let Ok(seen) = r {
+            events.push(Event::Read {
+                thread,
+                start,
+                end,
+                key: k,
+                seen: seen.map(translate),
+            });
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    (events, n)
+}
+
+/// With no writer active and the listeners given `settle` to catch up, every key read
+/// through the cache (rows translated) must equal the database.
+pub fn checkpoint_translated(store: &dyn Store, keys: &[Key], checker: &mut Checker) {
+    for &key in keys {
+        let in_db = store
+            .db_row(key)
+            .expect("checkpoint read of the database")
+            .map(translate);
+        let through = store
+            .find(key)
+            .expect("checkpoint read through the cache")
+            .map(translate);
+        checker.check_entry(key, &through, &in_db);
+    }
+}
+
+/// [`run`]'s workload through the first `Db` (which must listen), plus the adversaries:
+/// plain-SQL updates of the same keys, deletes and re-inserts, and a second listening `Db`
+/// whose reads are checked too. Reads of either `Db` may lag writes made outside it by
+/// less than `delta` (C7); the largest lag seen is returned with the figures.
+pub fn run_adversarial(
+    store: &dyn Store,
+    adv: Adversaries<'_>,
+    config: &Config,
+    failure: CommitFailure,
+) -> (Figures, super::checker::LagSeen) {
+    quiet_injected_panics();
+    let history = History::new();
+    let keys = Keys::new(config.slots);
+    let guard_ids = AtomicU64::new(1_000_000);
+    let ops = AtomicU64::new(0);
+    let mut checker = Checker::new();
+    checker.lag = Some(super::checker::LagRule {
+        delta: adv.delta.as_nanos() as u64,
+        origin,
+    });
+    let started = Instant::now();
+    let incarnations = Mutex::new(HashMap::new());
+    let mut plain = adv.plain;
+    assert!(plain.len() >= 2, "two plain-SQL connections");
+
+    {
+        let mut setup = Worker {
+            thread: usize::MAX,
+            rng: fastrand::Rng::with_seed(config.seed),
+            seq: 0,
+            keys: &keys,
+            history: &history,
+            events: Vec::new(),
+            ops: &ops,
+            per_op: HashMap::new(),
+            op_errors: 0,
+            failure,
+            guard_ids: &guard_ids,
+        };
+        for key in keys.all() {
+            let p = setup.payload();
+            setup.write(store, true, |tx, fx| {
+                fx.push(Effect::Put(tx.insert(&Row {
+                    key,
+                    version: 1,
+                    payload: p.clone(),
+                })?));
+                Ok(())
+            });
+        }
+        assert_eq!(setup.op_errors, 0, "setup inserts failed");
+        checker.check_phase(std::mem::take(&mut setup.events));
+    }
+
+    let per_phase = config.ops.div_ceil(u64::from(config.phases.max(1)));
+    let per_thread = per_phase.div_ceil(config.threads as u64).max(1);
+    let mut figures = Figures {
+        store: format!("{} + adversaries", store.name()),
+        ..Figures::default()
+    };
+    let deadline = started + config.max_time;
+    let mut phase = 0u64;
+    let reinsert_keys: Vec<Key> = (0..REINSERT_KEYS)
+        .map(|i| Key {
+            kind: Kind::User,
+            id: REINSERT_BASE + i,
+        })
+        .collect();
+    while figures.ops < config.ops && Instant::now() < deadline {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (results, extra) = std::thread::scope(|s| {
+            let seed = config.seed.wrapping_add(phase.wrapping_mul(1_000_003));
+            let (keys, history, stop, incarnations) = (&keys, &history, &stop, &incarnations);
+            let mut side = Vec::new();
+            let mut it = plain.iter_mut();
+            if let Some(p) = it.next() {
+                side.push(
+                    s.spawn(move || plain_updates(p.as_mut(), keys, history, stop, seed ^ 1)),
+                );
+            }
+            if let Some(p) = it.next() {
+                side.push(s.spawn(move || {
+                    deletes_and_reinserts(p.as_mut(), history, stop, seed ^ 2, incarnations)
+                }));
+            }
+            for i in 0..2 {
+                let second = adv.second;
+                side.push(s.spawn(move || {
+                    lagged_reads(second, 2000 + i, keys, history, stop, seed ^ (3 + i as u64))
+                }));
+            }
+            side.push(s.spawn(move || lagged_reads(store, 3000, keys, history, stop, seed ^ 5)));
+            let handles: Vec<_> = (0..config.threads)
+                .map(|thread| {
+                    let guard_ids = &guard_ids;
+                    let ops = &ops;
+                    let seed = seed.wrapping_add(thread as u64 * 7919);
+                    s.spawn(move || {
+                        let mut w = Worker {
+                            thread,
+                            rng: fastrand::Rng::with_seed(seed),
+                            seq: phase << 32,
+                            keys,
+                            history,
+                            events: Vec::new(),
+                            ops,
+                            per_op: HashMap::new(),
+                            op_errors: 0,
+                            failure,
+                            guard_ids,
+                        };
+                        let mut done = 0;
+                        while done < per_thread && Instant::now() < deadline {
+                            w.op(store);
+                            done += 1;
+                        }
+                        history.extend(std::mem::take(&mut w.events));
+                        (w.per_op, w.op_errors, done)
+                    })
+                })
+                .collect();
+            let results: Vec<(HashMap<Op, u64>, u64, u64)> = handles
+                .into_iter()
+                .map(|h| h.join().expect("workload thread panicked"))
+                .collect();
+            stop.store(true, Ordering::Release);
+            let mut extra = 0;
+            for h in side {
+                let (events, n) = h.join().expect("adversary thread panicked");
+                history.extend(events);
+                extra += n;
+            }
+            (results, extra)
+        });
+        for (per_op, errors, done) in results {
+            for (op, n) in per_op {
+                *figures.per_op.entry(op).or_default() += n;
+            }
+            figures.op_errors += errors;
+            figures.ops += done;
+        }
+        figures.ops += extra;
+        checker.check_phase(history.take());
+        // Quiescent checkpoint once the listeners have caught up, in both `Db`s.
+        std::thread::sleep(adv.settle);
+        let mut hot = keys.hot();
+        hot.extend(&reinsert_keys);
+        checkpoint_translated(store, &hot, &mut checker);
+        checkpoint_translated(adv.second, &hot, &mut checker);
+        phase += 1;
+    }
+    let all = keys.all();
+    std::thread::sleep(adv.settle);
+    checkpoint_translated(store, &all, &mut checker);
+    checkpoint_translated(adv.second, &all, &mut checker);
+    for key in all {
+        let in_db = store.db_row(key).expect("final read of the database");
+        checker.check_final(key, &in_db);
+    }
+    for &key in &reinsert_keys {
+        let in_db = store
+            .db_row(key)
+            .expect("final read of the database")
+            .map(translate);
+        checker.check_final_versions(key, &in_db);
+    }
+    figures.elapsed = started.elapsed();
+    figures.cache = store.cache_figures();
+    figures.counts = checker.counts.clone();
+    figures.examples = checker.examples.clone();
+    (figures, checker.lag_seen)
 }

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS note_lines;
+DROP TABLE IF EXISTS notes;
