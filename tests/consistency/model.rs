@@ -149,6 +149,29 @@ pub trait Store: Sync {
     fn cache_figures(&self) -> Vec<(String, u64)>;
 }
 
+/// The batched update's body, shared by both stores: reads `key`, writes `payload` at the
+/// next version, and remembers the row it tried to write.
+pub fn update_to(
+    tx: &mut dyn TxOps,
+    key: Key,
+    payload: &str,
+    attempted: &std::sync::Mutex<Vec<Row>>,
+) -> Result<Row, Error> {
+    let cur = tx.get(key)?.ok_or_else(|| super::workload::gone(key))?;
+    let row = Row {
+        key,
+        version: cur.version,
+        payload: payload.to_string(),
+    };
+    let mut next = row.clone();
+    next.version += 1;
+    attempted
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(next);
+    tx.update(&row)
+}
+
 /// The conflict a versioned write reports (C6).
 pub fn conflict(key: Key, expected: i64, found: Option<i64>) -> Error {
     Error::Conflict {

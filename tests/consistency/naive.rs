@@ -211,19 +211,7 @@ where
         // No batcher in the baseline: one transaction per write.
         let mut out = None;
         self.run(false, &mut |tx| {
-            let cur = tx.get(key)?.ok_or_else(|| super::workload::gone(key))?;
-            let row = Row {
-                key,
-                version: cur.version,
-                payload: payload.clone(),
-            };
-            let mut next = row.clone();
-            next.version += 1;
-            attempted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(next);
-            out = Some(tx.update(&row)?);
+            out = Some(super::model::update_to(tx, key, &payload, &attempted)?);
             Ok(())
         })?;
         Ok(out.expect("a committed run returned its row"))

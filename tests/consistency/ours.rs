@@ -111,21 +111,8 @@ where
         payload: String,
         attempted: std::sync::Arc<std::sync::Mutex<Vec<Row>>>,
     ) -> Result<Row, Error> {
-        self.batcher.submit(move |tx| {
-            let cur = TxOps::get(tx, key)?.ok_or_else(|| super::workload::gone(key))?;
-            let row = Row {
-                key,
-                version: cur.version,
-                payload: payload.clone(),
-            };
-            let mut next = row.clone();
-            next.version += 1;
-            attempted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(next);
-            TxOps::update(tx, &row)
-        })
+        self.batcher
+            .submit(move |tx| super::model::update_to(tx, key, &payload, &attempted))
     }
 
     fn evict(&self, key: Key) {
