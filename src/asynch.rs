@@ -18,7 +18,7 @@
 //!
 //! ```
 //! # #[cfg(feature = "tokio")]
-//! # {
+//! # mod with_tokio {
 //! use diesel::prelude::*;
 //! use diesel::connection::SimpleConnection;
 //! use diesel::r2d2::{ConnectionManager, Pool};
@@ -34,7 +34,7 @@
 //! #[cache(ttl = "10m", max_entries = 100_000)]
 //! struct User { id: i64, version: i64, email: String }
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # pub fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! # let pool = Pool::builder()
 //! #     .max_size(1)
 //! #     .build(ConnectionManager::<SqliteConnection>::new(":memory:"))?;
@@ -52,11 +52,14 @@
 //!     assert_eq!(ada.email, "ada@example.com");
 //!     // A miss (no user 2): loaded once on the blocking pool, then cached as absent.
 //!     assert!(db.find_async::<User>(2).await?.is_none());
-//!     assert!(matches!(db.find_cached::<User>(2)?, CacheLookup::NegativeHit));
+//!     assert!(matches!(db.find_cached::<User>(&2)?, CacheLookup::NegativeHit));
 //!     Ok::<_, diesel_l2::Error>(())
 //! })?;
 //! # Ok(()) }
-//! # main().unwrap();
+//! # }
+//! # fn main() {
+//! #     #[cfg(feature = "tokio")]
+//! #     with_tokio::run().unwrap();
 //! # }
 //! ```
 
