@@ -141,7 +141,7 @@ where
     // A hit (or a cached 404) is answered here, on the worker thread; a miss is loaded on
     // the blocking pool.
     match db.find_async::<User>(id).await? {
-        Some(user) => Ok(Answer::user(StatusCode::OK, &user).into_response(false)),
+        Some(user) => Ok(user_response(&user)),
         None => Err(no_user(id)),
     }
 }
@@ -158,7 +158,7 @@ where
 {
     let id = parse_id(&id)?;
     match blocking(move || db.find::<User>(id).map_err(ApiError::from)).await? {
-        Some(user) => Ok(Answer::user(StatusCode::OK, &user).into_response(false)),
+        Some(user) => Ok(user_response(&user)),
         None => Err(no_user(id)),
     }
 }
@@ -274,6 +274,14 @@ where
         None => db.retry(RetryPolicy::default(), f).map(|a| (a, false)),
     };
     outcome.map_err(ApiError::from)
+}
+
+/// `200 OK`: the user as JSON, its version as a strong ETag (serialized straight from the
+/// cached row; PUT and POST build the same body as an [`Answer`]).
+fn user_response(user: &User) -> Response {
+    let etag = HeaderValue::from_str(&format!("\"{}\"", user.version))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+    ([(header::ETAG, etag)], Json(user)).into_response()
 }
 
 /// The response a PUT or POST recorded: what the client needs back, replayed as is.

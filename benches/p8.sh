@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# P8: requests per second of the web example's `GET /users/{id}` for a hot cached user,
+# hits taken inline (`Db::find_async`) against every read through `spawn_blocking`
+# (`--blocking`, the way before the async front). Load generator: wrk on loopback
+# (`apt-get install wrk`). Prints one line per run and a summary; asserts nothing.
+#
+#   cargo build --release --features tokio --example web
+#   bash benches/p8.sh                     # 5 runs of each mode, 10 s each, alternating
+#   P8_RUNS=3 P8_SECONDS=5 P8_CONNECTIONS=64 P8_THREADS=1 bash benches/p8.sh
+#
+# Each run starts a fresh server (SQLite, users 1-3 seeded and cached at commit), checks
+# that GET /users/1 answers 200, runs wrk against it and stops the server. The modes
+# alternate within each round, so that other load on the machine falls on both alike.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runs=${P8_RUNS:-5}
+seconds=${P8_SECONDS:-10}
+connections=${P8_CONNECTIONS:-64}
+threads=${P8_THREADS:-1}
+port=${P8_PORT:-38088}
+server=target/release/examples/web
+url="http://127.0.0.1:$port/users/1"
+
+command -v wrk >/dev/null || { echo "P8 needs wrk: apt-get install -y wrk" >&2; exit 1; }
+[[ -x $server ]] || { echo "build it first: cargo build --release --features tokio --example web" >&2; exit 1; }
+
+echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "wrk -t$threads -c$connections -d${seconds}s --latency $url"
+printf '%-5s %-9s %12s %10s %10s %10s\n' run mode "requests/s" p50 p99 max
+
+declare -A all
+run_one() {
+    local round=$1 mode=$2 flag=()
+    [[ $mode == blocking ]] && flag=(--blocking)
+    RUST_LOG=warn "$server" --listen "127.0.0.1:$port" "${flag[@]}" >/tmp/p8-server.$$.log 2>&1 &
+    local pid=$!
+    for _ in $(seq 100); do
+        curl -fs "$url" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    curl -fs "$url" >/dev/null || { echo "server did not answer; its log:" >&2; cat /tmp/p8-server.$$.log >&2; kill "$pid"; exit 1; }
+    local out
+    out=$(wrk "-t$threads" "-c$connections" "-d${seconds}s" --latency "$url")
+    kill -INT "$pid"
+    wait "$pid" 2>/dev/null || true
+    local rps p50 p99 max
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+    max=$(awk '$1 == "Latency" {print $4; exit}' <<<"$out")
+    if grep -q "Non-2xx" <<<"$out"; then
+        echo "run $round $mode: wrk saw non-2xx responses:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+    printf '%-5s %-9s %12.0f %10s %10s %10s\n' "$round" "$mode" "$rps" "$p50" "$p99" "$max"
+    all[$mode]+="$rps "
+}
+
+for round in $(seq "$runs"); do
+    # Alternate which mode goes first.
+    if ((round % 2)); then order=(inline blocking); else order=(blocking inline); fi
+    for mode in "${order[@]}"; do
+        run_one "$round" "$mode"
+    done
+done
+rm -f /tmp/p8-server.$$.log
+
+summary() {
+    tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g |
+        awk '{v[NR]=$1; s+=$1} END {printf "median %.0f, min %.0f, max %.0f, mean %.0f", (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2), v[1], v[NR], s/NR}'
+}
+echo
+echo "inline:   $(summary "${all[inline]}") requests/s"
+echo "blocking: $(summary "${all[blocking]}") requests/s"
+med() { summary "$1" | awk '{print $2}' | tr -d ,; }
+awk -v a="$(med "${all[inline]}")" -v b="$(med "${all[blocking]}")" \
+    'BEGIN {printf "inline / blocking (medians): %.2fx\n", a / b}'
+echo "machine after: load average $(cut -d' ' -f1-3 /proc/loadavg)"
