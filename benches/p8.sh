@@ -30,9 +30,11 @@ command -v wrk >/dev/null || { echo "P8 needs wrk: apt-get install -y wrk" >&2; 
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "nice -n $nice wrk -t$threads -c$connections -d${seconds}s --latency $url"
-printf '%-5s %-9s %12s %10s %10s %10s\n' run mode "requests/s" p50 p99 max
+printf '%-5s %-9s %12s %10s %10s %10s %14s\n' run mode "requests/s" p50 p99 max "req/CPU-second"
 
-declare -A all
+declare -A all cpu
+# utime + stime of every thread of process $1, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run_one() {
     local round=$1 mode=$2 flag=()
     [[ $mode == blocking ]] && flag=(--blocking)
@@ -43,22 +45,30 @@ run_one() {
         sleep 0.1
     done
     curl -fs "$url" >/dev/null || { echo "server did not answer; its log:" >&2; cat /tmp/p8-server.$$.log >&2; kill "$pid"; exit 1; }
-    local out
+    local out cpu0 cpu1
+    cpu0=$(cpu_ticks "$pid")
     out=$(nice -n "$nice" wrk "-t$threads" "-c$connections" "-d${seconds}s" --latency "$url")
+    cpu1=$(cpu_ticks "$pid")
     kill -INT "$pid"
     wait "$pid" 2>/dev/null || true
-    local rps p50 p99 max
+    local rps p50 p99 max requests per_cpu
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
     p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
     max=$(awk '$1 == "Latency" {print $4; exit}' <<<"$out")
+    requests=$(awk '/requests in/ {print $1; exit}' <<<"$out")
+    # Requests served per second of CPU time the server used (all its threads, user +
+    # system): what the machine's other load cannot take away from either mode.
+    per_cpu=$(awk -v r="$requests" -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" \
+        'BEGIN {printf "%.0f", (t > 0 ? r / (t / hz) : 0)}')
     if grep -q "Non-2xx" <<<"$out"; then
         echo "run $round $mode: wrk saw non-2xx responses:" >&2
         echo "$out" >&2
         exit 1
     fi
-    printf '%-5s %-9s %12.0f %10s %10s %10s\n' "$round" "$mode" "$rps" "$p50" "$p99" "$max"
+    printf '%-5s %-9s %12.0f %10s %10s %10s %14s\n' "$round" "$mode" "$rps" "$p50" "$p99" "$max" "$per_cpu"
     all[$mode]+="$rps "
+    cpu[$mode]+="$per_cpu "
 }
 
 for round in $(seq "$runs"); do
@@ -80,4 +90,8 @@ echo "blocking: $(summary "${all[blocking]}") requests/s"
 med() { summary "$1" | awk '{print $2}' | tr -d ,; }
 awk -v a="$(med "${all[inline]}")" -v b="$(med "${all[blocking]}")" \
     'BEGIN {printf "inline / blocking (medians): %.2fx\n", a / b}'
+echo "inline:   $(summary "${cpu[inline]}") requests per CPU-second of the server"
+echo "blocking: $(summary "${cpu[blocking]}") requests per CPU-second of the server"
+awk -v a="$(med "${cpu[inline]}")" -v b="$(med "${cpu[blocking]}")" \
+    'BEGIN {printf "inline / blocking, per CPU-second (medians): %.2fx\n", a / b}'
 echo "machine after: load average $(cut -d' ' -f1-3 /proc/loadavg)"
