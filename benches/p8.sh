@@ -30,11 +30,15 @@ command -v wrk >/dev/null || { echo "P8 needs wrk: apt-get install -y wrk" >&2; 
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "nice -n $nice wrk -t$threads -c$connections -d${seconds}s --latency $url"
-printf '%-5s %-9s %12s %10s %10s %10s %14s\n' run mode "requests/s" p50 p99 max "req/CPU-second"
+printf '%-5s %-9s %12s %10s %10s %10s %14s %8s %8s\n' run mode "requests/s" p50 p99 max "req/CPU-second" "cores" "runq"
+echo "(cores: CPU the server used per second of the run; runq: seconds per second its threads"
+echo " were runnable but waiting for a CPU, summed over threads)"
 
 declare -A all cpu
 # utime + stime of every thread of process $1, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Nanoseconds the threads of process $1 spent runnable but waiting for a CPU (schedstat).
+runq_wait() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{w += $2} END {printf "%.0f", w}'; }
 run_one() {
     local round=$1 mode=$2 flag=()
     [[ $mode == blocking ]] && flag=(--blocking)
@@ -45,13 +49,15 @@ run_one() {
         sleep 0.1
     done
     curl -fs "$url" >/dev/null || { echo "server did not answer; its log:" >&2; cat /tmp/p8-server.$$.log >&2; kill "$pid"; exit 1; }
-    local out cpu0 cpu1
+    local out cpu0 cpu1 wait0 wait1
     cpu0=$(cpu_ticks "$pid")
+    wait0=$(runq_wait "$pid")
     out=$(nice -n "$nice" wrk "-t$threads" "-c$connections" "-d${seconds}s" --latency "$url")
     cpu1=$(cpu_ticks "$pid")
+    wait1=$(runq_wait "$pid")
     kill -INT "$pid"
     wait "$pid" 2>/dev/null || true
-    local rps p50 p99 max requests per_cpu
+    local rps p50 p99 max requests per_cpu cpu_s wait_s
     rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
     p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
     p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
@@ -61,12 +67,15 @@ run_one() {
     # system): what the machine's other load cannot take away from either mode.
     per_cpu=$(awk -v r="$requests" -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" \
         'BEGIN {printf "%.0f", (t > 0 ? r / (t / hz) : 0)}')
+    # CPU seconds the server got, and seconds its threads waited for one, per second of run.
+    cpu_s=$(awk -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v d="$seconds" 'BEGIN {printf "%.2f", t / hz / d}')
+    wait_s=$(awk -v w=$((wait1 - wait0)) -v d="$seconds" 'BEGIN {printf "%.2f", w / 1e9 / d}')
     if grep -q "Non-2xx" <<<"$out"; then
         echo "run $round $mode: wrk saw non-2xx responses:" >&2
         echo "$out" >&2
         exit 1
     fi
-    printf '%-5s %-9s %12.0f %10s %10s %10s %14s\n' "$round" "$mode" "$rps" "$p50" "$p99" "$max" "$per_cpu"
+    printf '%-5s %-9s %12.0f %10s %10s %10s %14s %8s %8s\n' "$round" "$mode" "$rps" "$p50" "$p99" "$max" "$per_cpu" "$cpu_s" "$wait_s"
     all[$mode]+="$rps "
     cpu[$mode]+="$per_cpu "
 }
