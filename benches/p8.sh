@@ -19,8 +19,9 @@ seconds=${P8_SECONDS:-10}
 connections=${P8_CONNECTIONS:-64}
 threads=${P8_THREADS:-1}
 port=${P8_PORT:-38088}
-# The machine is shared with other builds: the server and wrk run at this niceness (root
-# only for a negative value; P8_NICE=0 to run as is).
+# The server and wrk run at this niceness (root only for a negative value; P8_NICE=0 to
+# run as is). With kernel.sched_autogroup_enabled=1, nice ranks them only against this
+# session's own processes (builds started from the same shell), not against other sessions.
 nice=${P8_NICE:--10}
 server=target/release/examples/web
 url="http://127.0.0.1:$port/users/1"
