@@ -5,11 +5,11 @@
 //! blocking pool.
 //!
 //! ```text
-//! cargo run --example web                           # serves on 127.0.0.1:3000 (SQLite)
-//! cargo run --example web -- --listen 127.0.0.1:8080
-//! cargo run --example web -- --blocking             # every GET through spawn_blocking,
+//! cargo run --features tokio --example web            # serves on 127.0.0.1:3000 (SQLite)
+//! cargo run --features tokio --example web -- --listen 127.0.0.1:8080
+//! cargo run --features tokio --example web -- --blocking  # every GET through spawn_blocking,
 //!                                                   # as before the async front (to compare)
-//! cargo run --example web -- --smoke                # serves on a free port, runs a client
+//! cargo run --features tokio --example web -- --smoke     # serves on a free port, runs a client
 //!                                                   # session against itself, exits
 //! DIESEL_L2_EXAMPLE_BACKEND=postgres DIESEL_L2_PG_URL=postgres://postgres@127.0.0.1:5432/test \
 //!     cargo run --example web --features postgres,tokio   # a fresh PostgreSQL schema
