@@ -5,12 +5,12 @@
 //! blocking pool.
 //!
 //! ```text
-//! cargo run --features tokio --example web            # serves on 127.0.0.1:3000 (SQLite)
+//! cargo run --features tokio --example web                # serves on 127.0.0.1:3000 (SQLite)
 //! cargo run --features tokio --example web -- --listen 127.0.0.1:8080
 //! cargo run --features tokio --example web -- --blocking  # every GET through spawn_blocking,
-//!                                                   # as before the async front (to compare)
+//!                                                         # as before the async front (to compare)
 //! cargo run --features tokio --example web -- --smoke     # serves on a free port, runs a client
-//!                                                   # session against itself, exits
+//!                                                         # session against itself, exits
 //! DIESEL_L2_EXAMPLE_BACKEND=postgres DIESEL_L2_PG_URL=postgres://postgres@127.0.0.1:5432/test \
 //!     cargo run --example web --features postgres,tokio   # a fresh PostgreSQL schema
 //! ```
