@@ -155,16 +155,17 @@ mod on_tokio {
     use crate::error::{Error, Result};
     use crate::inbox::{Operation, OperationLog, Outcome};
     use crate::region::{FillMode, Lookup};
+    use crate::tx::{RetryPolicy, Tx};
 
-    /// `find_async`'s future must be `Send` for multi-threaded runtimes (axum handlers).
+    /// Compile-time check: `find_async`'s future is `Send`, as multi-threaded runtimes
+    /// (axum handlers) need. Never called.
     #[allow(dead_code)]
-    fn assert_send<C: R2D2Connection + 'static, E: CachedOps<C>>(
+    fn find_async_is_send<C: R2D2Connection + 'static, E: CachedOps<C>>(
         db: &Db<C>,
         id: E::Id,
     ) -> impl Send + '_ {
         db.find_async::<E>(id)
     }
-    use crate::tx::{RetryPolicy, Tx};
 
     impl<C: R2D2Connection + 'static> Db<C> {
         /// [`find`](Db::find) for async code (feature `tokio`): a hit or a cached "no
