@@ -399,7 +399,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
         self.read(CacheMode::Bypass)
     }
 
-    fn load_one<E: CachedOps<C>>(
+    pub(crate) fn load_one<E: CachedOps<C>>(
         &self,
         region: &Region<E>,
         id: E::Id,

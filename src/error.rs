@@ -130,6 +130,15 @@ pub enum Error {
     )]
     CommitOutcomeUnknown(String),
 
+    /// The async front (feature `tokio`) could not run work on tokio's blocking pool:
+    /// called outside a tokio runtime, or the runtime shut down before the work started
+    /// (nothing was done).
+    #[error("async front: {reason}")]
+    AsyncRuntime {
+        /// What went wrong, and what to do.
+        reason: &'static str,
+    },
+
     /// A user error returned from a transaction closure, boxed.
     #[error("{0}")]
     Other(Box<dyn std::error::Error + Send + Sync + 'static>),

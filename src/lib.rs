@@ -61,6 +61,10 @@
 //! - `region` — one moka cache per entity type, with the per-key fences, soft locks and
 //!   single-flight loads that make fills safe (C3, C4).
 //! - `db` — [`Db`] and [`DbBuilder`]: the pool, the regions, `find` and `find_many`.
+//! - `asynch` — the async front: hits inline, misses and writes on the blocking pool.
+//!   [`Db::find_cached`] answers from the cache alone ([`CacheLookup`]); with the `tokio`
+//!   feature, `Db::find_async` takes a hit on the calling task and sends a miss to
+//!   `spawn_blocking`, and `transaction_async` / `retry_async` run there.
 //! - `tx` — [`Tx`]: versioned writes, the write buffer, savepoints, commit hooks, and
 //!   [`Db::retry`] with [`RetryPolicy`].
 //! - `write` — partial and generated-id writes: [`Tx::insert_new`] from any `Insertable`,
@@ -185,6 +189,11 @@
 //! - `postgres`: PostgreSQL through the system libpq (`apt-get install libpq-dev`).
 //! - `mysql`: MySQL/MariaDB through the system libmysqlclient
 //!   (`apt-get install default-libmysqlclient-dev`).
+//! - `tokio`: the async front for axum, actix-web and other tokio servers
+//!   (`Db::find_async`, `get_async`, `transaction_async`, `retry_async`,
+//!   `retry_once_async`, `spawn_blocking`): a hit is answered inline on the worker thread
+//!   (no `spawn_blocking`, no SQL), misses and writes run on tokio's blocking pool.
+//!   Without it, [`Db::find_cached`] still gives any async runtime the non-blocking hit.
 //!
 //! `#[derive(Cached)]` generates the SQL of every enabled backend, so a model must map on
 //! all of them; disable default features for a PostgreSQL-only build.
@@ -199,6 +208,7 @@
 
 #![warn(missing_docs)]
 
+mod asynch;
 pub mod batch;
 mod config;
 mod db;
@@ -215,6 +225,7 @@ mod tx;
 mod unique;
 mod write;
 
+pub use asynch::CacheLookup;
 pub use batch::{BatchConfig, BatchStats, Batcher};
 pub use config::{KeyCompare, RegionConfig};
 pub use db::{CacheMode, Db, DbBuilder, DbPool, Reader, WarmUp};

@@ -1,5 +1,6 @@
 //! The hit path allocates nothing: `db.find` on a cached row hands out a clone of the
-//! cached `Arc` (a reference-count increment, not an allocation).
+//! cached `Arc` (a reference-count increment, not an allocation); so do `find_cached` and
+//! a `find_async` hit (feature `tokio`).
 //!
 //! Counted with a global allocator that counts per thread, so connection pools and other
 //! test threads cannot disturb the count. Every allocation made by the measuring thread
@@ -151,6 +152,29 @@ backend_tests! {
             black_box(db.find_many::<User>(&ids).unwrap());
         });
         assert_eq!(other, 1, "find_many of {ROWS} hits: only the result Vec, got {other} allocations; first at:\n{}", stack.unwrap_or_default());
+
+        // The async front's hit path is the same: `find_cached`, and `find_async` polled
+        // once (its future lives on the stack; no task, no spawn_blocking).
+        let (other, _, stack) = allocations_in(|| {
+            for id in 1..=ROWS {
+                let hit = db.find_cached::<User>(&id).unwrap();
+                assert!(matches!(black_box(hit), diesel_l2::CacheLookup::Hit(_)));
+            }
+        });
+        assert_eq!(other, 0, "find_cached hits allocated {other} times; first at:\n{}", stack.unwrap_or_default());
+        #[cfg(feature = "tokio")]
+        {
+            use std::future::Future;
+            use std::task::{Context, Poll, Waker};
+            let (other, _, stack) = allocations_in(|| {
+                let mut cx = Context::from_waker(Waker::noop());
+                for id in 1..=ROWS {
+                    let read = std::pin::pin!(db.find_async::<User>(id));
+                    assert!(matches!(read.poll(&mut cx), Poll::Ready(Ok(Some(_)))));
+                }
+            });
+            assert_eq!(other, 0, "find_async hits allocated {other} times; first at:\n{}", stack.unwrap_or_default());
+        }
 
         let s = db.stats();
         assert_eq!(s.region("users").unwrap().loads, ROWS as u64 + 1, "no hit went to the database");

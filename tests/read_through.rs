@@ -119,3 +119,204 @@ backend_tests! {
         assert!(err.to_string().contains(".cache::<"), "the message says how to register: {err}");
     }
 }
+
+/// The async front (feature `tokio`, `src/asynch.rs`): a hit is answered on the calling task
+/// with no SQL and no blocking pool; a miss is loaded once on the blocking pool; keys held by
+/// a transaction (C4) and untrusted regions (C7) go to the database.
+#[cfg(feature = "tokio")]
+mod async_front {
+    use super::*;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::mpsc;
+    use std::task::{Context, Poll, Waker};
+
+    use diesel_l2::{CacheLookup, Error, RetryPolicy};
+
+    /// Polls `fut` once, outside any runtime: a future that needed `spawn_blocking` (or any
+    /// wake-up) could not be ready here.
+    fn poll_once<F: Future>(fut: F) -> Poll<F::Output> {
+        pin!(fut).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    /// A current-thread runtime: the worker is the test thread itself.
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime")
+    }
+
+    backend_tests! {
+        fn a_hit_is_answered_inline_without_sql_or_the_blocking_pool(t) {
+            seed(t, &[1]);
+            let db = common::cached_db(t);
+            let first = db.find::<User>(1).unwrap().unwrap();
+            assert!(db.find::<User>(42).unwrap().is_none(), "cached as absent");
+            t.sql.reset();
+            let before = db.region_stats::<User>().unwrap();
+            for _ in 0..10 {
+                // No runtime at all: the hit completes on the first poll.
+                let Poll::Ready(read) = poll_once(db.find_async::<User>(1)) else {
+                    panic!("a hit waited for something");
+                };
+                assert!(Arc::ptr_eq(&first, &read.unwrap().unwrap()), "the cached Arc");
+                let Poll::Ready(absent) = poll_once(db.get_async::<User>(42)) else {
+                    panic!("a negative hit waited for something");
+                };
+                assert!(matches!(absent, Err(Error::NotFound { .. })));
+            }
+            match db.find_cached::<User>(&1).unwrap() {
+                CacheLookup::Hit(row) => assert!(Arc::ptr_eq(&first, &row)),
+                other => panic!("expected a hit, got {other:?}"),
+            }
+            assert!(matches!(db.find_cached::<User>(&42).unwrap(), CacheLookup::NegativeHit));
+            assert_eq!(t.sql.count(), 0, "hits ran SQL: {:?}", t.sql.statements());
+            let after = db.region_stats::<User>().unwrap();
+            assert_eq!(
+                (after.hits - before.hits, after.negative_hits - before.negative_hits, after.misses - before.misses),
+                (11, 11, 0),
+                "hits are counted like find's"
+            );
+        }
+
+        fn a_miss_is_loaded_once_on_the_blocking_pool(t) {
+            seed(t, &[1, 2]);
+            let db = common::cached_db(t);
+            assert!(db.find_cached::<User>(&1).unwrap().is_miss());
+            // Outside a runtime a miss is an error to handle, not a panic.
+            let Poll::Ready(Err(err)) = poll_once(db.find_async::<User>(1)) else {
+                panic!("a miss outside a runtime must fail at once");
+            };
+            assert!(matches!(err, Error::AsyncRuntime { .. }), "{err}");
+            assert_eq!(t.sql.count(), 0);
+            let rt = current_thread();
+            rt.block_on(async {
+                let ada = db.find_async::<User>(1).await.unwrap().unwrap();
+                assert_eq!(ada.id, 1);
+                assert_eq!(t.sql.selects(), 1, "a miss loads once");
+                assert!(Arc::ptr_eq(&ada, &db.find_async::<User>(1).await.unwrap().unwrap()));
+                assert!(db.find_async::<User>(42).await.unwrap().is_none());
+                assert!(db.find_async::<User>(42).await.unwrap().is_none());
+                assert_eq!(t.sql.selects(), 2, "the absent row was loaded once, then a negative hit");
+                // Concurrent misses of one key: one query (single flight, or the fill).
+                let read = || db.find_async::<User>(2);
+                let (a, b, c, d) = tokio::join!(read(), read(), read(), read());
+                for row in [a, b, c, d] {
+                    assert_eq!(row.unwrap().unwrap().id, 2);
+                }
+                assert_eq!(t.sql.selects(), 3, "{:?}", t.sql.statements());
+            });
+            let s = db.region_stats::<User>().unwrap();
+            // Each of the four concurrent reads was a miss or (if a load had already filled
+            // the key when it was first polled) a hit; the query ran once either way.
+            assert_eq!((s.loads, s.negative_hits, s.hits + s.misses), (3, 1, 7));
+        }
+
+        /// C4: a key a transaction holds is a miss for `find_cached` and is read from the
+        /// database (never filled) by `find_async`; other keys still hit inline.
+        fn a_key_held_by_a_transaction_goes_to_the_database(t) {
+            let db = common::cached_db(t);
+            let v1 = db.transaction(|tx| tx.insert(&User::new(1, "Ada"))).unwrap();
+            db.transaction(|tx| tx.insert(&User::new(2, "Grace"))).unwrap();
+            let (locked_tx, locked_rx) = mpsc::channel::<()>();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let writer = {
+                let db = db.clone();
+                let mut next = v1.clone();
+                next.name = "pending".into();
+                std::thread::spawn(move || {
+                    db.transaction(|tx| {
+                        tx.update(&next)?;
+                        locked_tx.send(()).unwrap();
+                        go_rx.recv().unwrap();
+                        Ok::<_, Error>(())
+                    })
+                })
+            };
+            locked_rx.recv().unwrap();
+            t.sql.reset();
+            assert!(db.find_cached::<User>(&1).unwrap().is_miss(), "a locked key is never served");
+            let rt = current_thread();
+            rt.block_on(async {
+                for _ in 0..2 {
+                    let read = db.find_async::<User>(1).await.unwrap().unwrap();
+                    assert_eq!((read.version, read.name.as_str()), (1, "Ada"), "the committed row");
+                }
+            });
+            assert_eq!(t.sql.selects(), 2, "each read of the locked key went to the database");
+            t.sql.reset();
+            assert!(matches!(poll_once(db.find_async::<User>(2)), Poll::Ready(Ok(Some(_)))));
+            assert_eq!(t.sql.count(), 0, "other keys are still hits");
+            go_tx.send(()).unwrap();
+            writer.join().unwrap().unwrap();
+            let Poll::Ready(Ok(Some(read))) = poll_once(db.find_async::<User>(1)) else {
+                panic!("the commit was applied: a hit");
+            };
+            assert_eq!((read.version, read.name.as_str()), (2, "pending"));
+        }
+
+        /// C2 through the async front: a write made with `transaction_async` (or
+        /// `retry_async`, `retry_once_async`) is read back by `find_async` as a hit.
+        fn async_writes_are_read_back_inline(t) {
+            let db = common::cached_db(t);
+            let rt = current_thread();
+            rt.block_on(async {
+                let ada = db.transaction_async(|tx| tx.insert(&User::new(1, "Ada"))).await.unwrap();
+                t.sql.reset();
+                let read = db.find_async::<User>(1).await.unwrap().unwrap();
+                assert_eq!(*read, ada);
+                assert_eq!(t.sql.count(), 0, "the commit was written through");
+                let renamed = db
+                    .retry_async(RetryPolicy::default(), |tx| {
+                        let mut u = tx.get::<User>(1)?;
+                        u.name = "Countess".into();
+                        tx.update(&u)
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(renamed.version, 2);
+                let read = db.find_async::<User>(1).await.unwrap().unwrap();
+                assert_eq!((read.version, read.name.as_str()), (2, "Countess"));
+                // Exactly once (C6): the second delivery of the id replays the first result.
+                for replay in [false, true] {
+                    let out = db
+                        .retry_once_async(RetryPolicy::default(), "async-grace", |tx| {
+                            Ok(tx.insert(&User::new(2, "Grace"))?.version)
+                        })
+                        .await
+                        .unwrap();
+                    assert_eq!((out.is_replay(), *out), (replay, 1));
+                }
+                // An error rolls back and caches nothing (C1).
+                let failed = db
+                    .transaction_async(|tx| {
+                        tx.insert(&User::new(3, "rolled back"))?;
+                        Err::<(), _>(Error::Other("no".into()))
+                    })
+                    .await;
+                assert!(failed.is_err());
+                assert!(db.find_async::<User>(3).await.unwrap().is_none());
+            });
+        }
+
+        /// C7: while a region's change listener is not connected, `find_cached` answers
+        /// Miss for every key and `find_async` reads the database without filling.
+        only(sqlite)
+        fn an_untrusted_region_is_never_served_inline(t) {
+            seed(t, &[1]);
+            let mut listen = diesel_l2::ListenConfig::new("/nonexistent-diesel-l2-dir/changes.db");
+            listen.connect_timeout = Duration::from_millis(50);
+            let db = Db::builder(t.pool.clone()).cache::<User>().listen(listen).build().unwrap();
+            let rt = current_thread();
+            rt.block_on(async {
+                for _ in 0..2 {
+                    assert!(db.find_cached::<User>(&1).unwrap().is_miss());
+                    assert_eq!(db.find_async::<User>(1).await.unwrap().unwrap().id, 1);
+                }
+            });
+            assert_eq!(t.sql.selects(), 2, "both reads went to the database");
+            assert!(db.peek::<User>(&1).unwrap().is_none(), "nothing was filled");
+            assert!(db.region_stats::<User>().unwrap().untrusted_reads >= 2);
+        }
+    }
+}

@@ -32,8 +32,17 @@ struct Server {
 }
 
 impl Server {
-    /// Seeds users 1 to 3 (version 1) and serves them.
+    /// Seeds users 1 to 3 (version 1) and serves them, GET reading inline.
     fn start<C>(t: &common::TestDb<C>) -> Server
+    where
+        C: OperationLog,
+        app::User: CachedOps<C>,
+    {
+        Self::start_with(t, app::Reads::Inline)
+    }
+
+    /// `start`, with GET reading as `reads` says.
+    fn start_with<C>(t: &common::TestDb<C>, reads: app::Reads) -> Server
     where
         C: OperationLog,
         app::User: CachedOps<C>,
@@ -58,7 +67,7 @@ impl Server {
                 addr_tx
                     .send(listener.local_addr().expect("bound address"))
                     .expect("the test waits for the address");
-                axum::serve(listener, app::app(db))
+                axum::serve(listener, app::app_with(db, reads))
                     // The sender is dropped when the test ends; `recv` then returns.
                     .with_graceful_shutdown(async move {
                         let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
@@ -520,6 +529,33 @@ backend_tests! {
             assert_eq!(r.etag.as_deref(), Some(next.as_str()), "round {round}");
             assert_eq!(r.body["name"], format!("racer {winner}, round {round}"));
         }
+    }
+
+    /// `GET /users/{id}` answers the same inline (`Db::find_async`) and through
+    /// `spawn_blocking` (`--blocking`): a cached user with no SQL, a miss loaded once, an
+    /// absent user 404 and then a negative hit, and a PUT read back at once (C2).
+    fn get_answers_the_same_inline_and_through_spawn_blocking(t) {
+        let mut answers = Vec::new();
+        for reads in [app::Reads::Inline, app::Reads::Blocking] {
+            let t = &t.fresh();
+            let server = Server::start_with(t, reads);
+            let http = client();
+            t.exec("INSERT INTO users (id, version, email, name) VALUES (7, 1, 'seven@example.com', 'Seven')");
+            t.sql.reset();
+            let mut seen = Vec::new();
+            for path in ["/users/1", "/users/1", "/users/7", "/users/7", "/users/99", "/users/99"] {
+                let r = get(&http, &server.url(path));
+                seen.push((r.status, r.etag, r.body));
+            }
+            assert_eq!(t.sql.selects(), 2, "{reads:?}: one load for user 7, one for 99; the rest were hits: {:?}", t.sql.statements());
+            assert_eq!(put(&http, &server.url("/users/1"), Some("\"1\""), json!({ "bio": "x" })).status, 200);
+            t.sql.reset();
+            let r = get(&http, &server.url("/users/1"));
+            assert_eq!((r.status, r.etag.as_deref()), (200, Some("\"2\"")), "{reads:?}: read your write");
+            assert_eq!(t.sql.count(), 0, "{reads:?}: the PUT was written through");
+            answers.push(seen);
+        }
+        assert_eq!(answers[0], answers[1]);
     }
 
     fn stats_are_served_as_json(t) {

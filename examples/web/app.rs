@@ -27,8 +27,13 @@
 //! Only successful responses are recorded; an error (412, 409, …) records nothing, so the
 //! same key can be sent again once the cause is fixed.
 //!
-//! The diesel-l2 API is synchronous and blocks on the database, so every handler calls it
-//! through `tokio::task::spawn_blocking`, off the async worker threads.
+//! **Async** (diesel-l2's `tokio` feature): `GET /users/{id}` reads with
+//! [`Db::find_async`]: a cached user is answered inline on the worker thread — no SQL, no
+//! thread hop — and only a miss is loaded on tokio's blocking pool. PUT and POST block on
+//! the database, so they run their transactions there with [`Db::spawn_blocking`].
+//! [`app_with`]`(db, Reads::Blocking)` serves GET the old way, every read through
+//! `tokio::task::spawn_blocking` (`--blocking` in `main.rs`), to compare the two (P8 in
+//! BENCHMARKS.md).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -89,15 +94,39 @@ where
     })
 }
 
-/// The service's routes over `db`.
+/// How `GET /users/{id}` calls diesel-l2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reads {
+    /// `Db::find_async`: a hit inline on the worker thread, a miss on the blocking pool.
+    Inline,
+    /// Every read through `tokio::task::spawn_blocking`, hit or miss (the way before the
+    /// async front; kept to measure against).
+    Blocking,
+}
+
+/// The service's routes over `db`, reading inline ([`Reads::Inline`]).
+#[allow(dead_code)] // main.rs picks the mode with `app_with`; tests/web_example.rs uses this
 pub fn app<C>(db: Db<C>) -> Router
 where
     C: OperationLog,
     User: CachedOps<C>,
 {
+    app_with(db, Reads::Inline)
+}
+
+/// The service's routes over `db`, with GET reading as `reads` says.
+pub fn app_with<C>(db: Db<C>, reads: Reads) -> Router
+where
+    C: OperationLog,
+    User: CachedOps<C>,
+{
+    let read = match reads {
+        Reads::Inline => get(get_user::<C>),
+        Reads::Blocking => get(get_user_blocking::<C>),
+    };
     Router::new()
         .route("/users", post(post_user::<C>))
-        .route("/users/{id}", get(get_user::<C>).put(put_user::<C>))
+        .route("/users/{id}", read.put(put_user::<C>))
         .route("/stats", get(stats::<C>))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .with_state(db)
@@ -109,8 +138,27 @@ where
     User: CachedOps<C>,
 {
     let id = parse_id(&id)?;
+    // A hit (or a cached 404) is answered here, on the worker thread; a miss is loaded on
+    // the blocking pool.
+    match db.find_async::<User>(id).await? {
+        Some(user) => Ok(user_response(&user)),
+        None => Err(no_user(id)),
+    }
+}
+
+/// `GET /users/{id}` the old way ([`Reads::Blocking`]): hit or miss, through
+/// `spawn_blocking`.
+async fn get_user_blocking<C>(
+    State(db): State<Db<C>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError>
+where
+    C: OperationLog,
+    User: CachedOps<C>,
+{
+    let id = parse_id(&id)?;
     match blocking(move || db.find::<User>(id).map_err(ApiError::from)).await? {
-        Some(user) => Ok(Answer::user(StatusCode::OK, &user).into_response(false)),
+        Some(user) => Ok(user_response(&user)),
         None => Err(no_user(id)),
     }
 }
@@ -139,21 +187,22 @@ where
             ));
         }
     }
-    let (answer, replayed) = blocking(move || {
-        run_write(&db, op, |tx| {
-            // Read in the transaction, then the versioned UPDATE: a write that lands between
-            // the two is a conflict, and the retry re-reads and answers 412 below.
-            let current = tx.get::<User>(id)?;
-            if let Precondition::Versions(versions) = &precondition {
-                if !versions.contains(&current.version) {
-                    return Err(stale(id, current.version));
+    let (answer, replayed) = db
+        .spawn_blocking(move |db| {
+            run_write(db, op, |tx| {
+                // Read in the transaction, then the versioned UPDATE: a write that lands between
+                // the two is a conflict, and the retry re-reads and answers 412 below.
+                let current = tx.get::<User>(id)?;
+                if let Precondition::Versions(versions) = &precondition {
+                    if !versions.contains(&current.version) {
+                        return Err(stale(id, current.version));
+                    }
                 }
-            }
-            let stored = tx.update(&changes.apply_to(current))?;
-            Ok(Answer::user(StatusCode::OK, &stored))
+                let stored = tx.update(&changes.apply_to(current))?;
+                Ok(Answer::user(StatusCode::OK, &stored))
+            })
         })
-    })
-    .await?;
+        .await??;
     Ok(answer.into_response(replayed))
 }
 
@@ -173,8 +222,9 @@ where
         &body,
         "a JSON object with id, email, name and bio (optional)",
     )?;
-    let (answer, replayed) = blocking(move || {
-        run_write(&db, op, |tx| {
+    let (answer, replayed) = db
+        .spawn_blocking(move |db| {
+            run_write(db, op, |tx| {
             if let Some(existing) = tx.find::<User>(new.id)? {
                 return Err(refuse(ApiError::new(
                     StatusCode::CONFLICT,
@@ -195,8 +245,8 @@ where
             answer.location = Some(format!("/users/{}", stored.id));
             Ok(answer)
         })
-    })
-    .await?;
+        })
+        .await??;
     Ok(answer.into_response(replayed))
 }
 
@@ -224,6 +274,14 @@ where
         None => db.retry(RetryPolicy::default(), f).map(|a| (a, false)),
     };
     outcome.map_err(ApiError::from)
+}
+
+/// `200 OK`: the user as JSON, its version as a strong ETag (serialized straight from the
+/// cached row; PUT and POST build the same body as an [`Answer`]).
+fn user_response(user: &User) -> Response {
+    let etag = HeaderValue::from_str(&format!("\"{}\"", user.version))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+    ([(header::ETAG, etag)], Json(user)).into_response()
 }
 
 /// The response a PUT or POST recorded: what the client needs back, replayed as is.
@@ -449,7 +507,7 @@ fn refuse(e: ApiError) -> Error {
     Error::Other(Box::new(e))
 }
 
-/// Runs blocking diesel-l2 work on tokio's blocking pool.
+/// Runs blocking diesel-l2 work on tokio's blocking pool ([`Reads::Blocking`]).
 async fn blocking<T, F>(f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,

@@ -1,15 +1,18 @@
 //! Web: an axum service for users with ETags from versions, If-Match updates,
 //! exactly-once PUT and POST with the `Idempotency-Key` header, and the cache statistics
-//! as JSON. diesel-l2 is synchronous, so handlers call it through
-//! `tokio::task::spawn_blocking`.
+//! as JSON. `GET /users/{id}` takes a cached user inline on the worker thread
+//! (`Db::find_async`, diesel-l2's `tokio` feature); misses and writes run on tokio's
+//! blocking pool.
 //!
 //! ```text
-//! cargo run --example web                           # serves on 127.0.0.1:3000 (SQLite)
-//! cargo run --example web -- --listen 127.0.0.1:8080
-//! cargo run --example web -- --smoke                # serves on a free port, runs a client
-//!                                                   # session against itself, exits
+//! cargo run --features tokio --example web                # serves on 127.0.0.1:3000 (SQLite)
+//! cargo run --features tokio --example web -- --listen 127.0.0.1:8080
+//! cargo run --features tokio --example web -- --blocking  # every GET through spawn_blocking,
+//!                                                         # as before the async front (to compare)
+//! cargo run --features tokio --example web -- --smoke     # serves on a free port, runs a client
+//!                                                         # session against itself, exits
 //! DIESEL_L2_EXAMPLE_BACKEND=postgres DIESEL_L2_PG_URL=postgres://postgres@127.0.0.1:5432/test \
-//!     cargo run --example web --features postgres   # a fresh PostgreSQL schema
+//!     cargo run --example web --features postgres,tokio   # a fresh PostgreSQL schema
 //! ```
 //!
 //! Routes (`examples/web/app.rs`; `tests/web_example.rs` serves the same router and drives
@@ -43,7 +46,8 @@
 //! recognised by the key, never by comparing content (C6): without a key, a resent PUT
 //! from an old ETag is 412 and a resent POST is 409.
 //!
-//! APIs: `Db::builder().cache::<E>()`, `Db::find`, `Db::retry` with `Tx::get` /
+//! APIs: `Db::builder().cache::<E>()`, `Db::find_async` (a hit inline, a miss on the
+//! blocking pool), `Db::spawn_blocking` for the writes, `Db::retry` with `Tx::get` /
 //! `Tx::update` / `Tx::insert` (versions as ETags, a stale version as 412),
 //! `Db::retry_once` with `Operation::new(key).fingerprint(hash)` and `Outcome::is_replay`
 //! (the `Idempotency-Key`), `Error::OperationMismatch` as 422, `Db::stats` (serialized
@@ -67,6 +71,7 @@ use common::{BoxError, ExampleDb};
 struct Args {
     listen: SocketAddr,
     smoke: bool,
+    reads: app::Reads,
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,6 +93,7 @@ fn start() -> Result<(), BoxError> {
 fn parse_args() -> Result<Args, BoxError> {
     let mut listen = None;
     let mut smoke = false;
+    let mut reads = app::Reads::Inline;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -98,9 +104,10 @@ fn parse_args() -> Result<Args, BoxError> {
                 listen = Some(addr.parse().map_err(|e| format!("--listen {addr}: {e}"))?);
             }
             "--smoke" => smoke = true,
+            "--blocking" => reads = app::Reads::Blocking,
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; expected --listen ADDR and/or --smoke"
+                    "unknown argument {other:?}; expected --listen ADDR, --smoke and/or --blocking"
                 )
                 .into())
             }
@@ -114,6 +121,7 @@ fn parse_args() -> Result<Args, BoxError> {
     Ok(Args {
         listen: listen.unwrap_or_else(|| default.parse().expect("a valid socket address")),
         smoke,
+        reads,
     })
 }
 
@@ -131,10 +139,13 @@ where
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
         let addr = listener.local_addr()?;
-        println!("listening on http://{addr}");
+        println!(
+            "listening on http://{addr} (GET /users/{{id}}: {:?})",
+            args.reads
+        );
         if !args.smoke {
             println!("try: curl -i http://{addr}/users/1   (Ctrl-C stops)");
-            axum::serve(listener, app::app(db))
+            axum::serve(listener, app::app_with(db, args.reads))
                 .with_graceful_shutdown(async {
                     let _ = tokio::signal::ctrl_c().await;
                 })
@@ -145,7 +156,7 @@ where
         // the sender after the session stops the server.
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app::app(db))
+            axum::serve(listener, app::app_with(db, args.reads))
                 .with_graceful_shutdown(async move {
                     let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
                 })
