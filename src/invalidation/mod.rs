@@ -120,10 +120,14 @@ pub struct ListenConfig {
     /// How often the connection is checked for notifications (PostgreSQL) or the change
     /// table is read (MariaDB, SQLite).
     pub poll_interval: Duration,
-    /// Outbox: a sequence gap older than this is taken as a lost change, and the regions
-    /// are cleared. Must exceed your longest transaction that writes cached tables.
+    /// Outbox: a missing sequence number (a transaction not committed yet, or rolled
+    /// back) older than this is taken as a possibly lost change: the regions are cleared,
+    /// and the number is still watched for `retention`, its change applied if it commits.
+    /// Set it above your usual longest transaction that writes cached tables, or long
+    /// transactions cost a clear of every region.
     pub gap_timeout: Duration,
-    /// Outbox: change rows older than this are deleted.
+    /// Outbox: change rows older than this, and below every number this listener still
+    /// waits for, are deleted; a timed-out gap is watched this long.
     pub retention: Duration,
     /// First and largest wait between reconnection attempts.
     pub reconnect_backoff: (Duration, Duration),
