@@ -77,7 +77,7 @@
 //! - **Every backend**: changes made while triggers are disabled (PostgreSQL
 //!   `session_replication_role = replica`, as logical replication and `pg_restore
 //!   --disable-triggers` use; dropping or disabling the triggers), and updates of a
-//!   row's primary key.
+//!   row's primary key (reported under the new id only: the old id stays cached).
 //! - **Outbox backends**: a change whose transaction held its sequence number longer than
 //!   `gap_timeout` + `retention` before committing (the regions were cleared at the gap
 //!   timeout, counted in `gaps`), and one of a transaction that started before the
