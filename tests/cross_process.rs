@@ -49,6 +49,34 @@ where
     });
 }
 
+/// The NOTIFY payloads a connection has received (PostgreSQL; none elsewhere).
+trait Drain {
+    fn drain(&mut self) -> Vec<String>;
+}
+
+#[cfg(feature = "postgres")]
+impl Drain for diesel::pg::PgConnection {
+    fn drain(&mut self) -> Vec<String> {
+        self.notifications_iter()
+            .map(|n| n.unwrap().payload)
+            .collect()
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl Drain for diesel::mysql::MysqlConnection {
+    fn drain(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl Drain for diesel::sqlite::SqliteConnection {
+    fn drain(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// A narrow second entity type of the `users` table, which `build()` must refuse next to
 /// `User`.
 #[derive(diesel::Queryable, diesel::Selectable, Clone, Debug, PartialEq, diesel_l2::Cached)]
@@ -346,6 +374,64 @@ backend_tests! {
         assert!(names.iter().all(|n| n.contains("_diesel_l2_v2_")), "a v1 trigger is left: {names:?}");
         let left: Vec<Name> = diesel::sql_query(leftovers).load(&mut c).unwrap();
         assert!(left.is_empty(), "v1 leftovers: {:?}", left.iter().map(|n| &n.name).collect::<Vec<_>>());
+    }
+
+    /// C7: payloads carry the old and new values of the unique-key columns given to the
+    /// `*_with_keys` helpers (users.email; accounts (tenant_id, email)), as extensions a
+    /// listener skips; it still invalidates.
+    fn payloads_carry_unique_key_values(t) {
+        use diesel::prelude::*;
+        #[derive(QueryableByName)]
+        struct Payload {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            payload: String,
+        }
+        let mut raw = t.raw_connection();
+        // PostgreSQL: read the notifications on a connection of the test's own.
+        let mut pg_listen = (BACKEND == Backend::Postgres).then(|| {
+            let mut c = t.raw_connection();
+            c.batch_execute("LISTEN diesel_l2").unwrap();
+            c
+        });
+        let b = Db::builder(t.pool.clone()).cache::<User>().listen(listen(t, "l2_keys")).build().unwrap();
+        raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'ada@x.org', 'A')").unwrap();
+        cache_in(&b, 1);
+        raw.batch_execute("UPDATE users SET email = 'ada@y.org' WHERE id = 1").unwrap();
+        raw.batch_execute("INSERT INTO accounts (id, version, tenant_id, email, plan) VALUES (5, 1, 7, 'c@x', 'free')").unwrap();
+        raw.batch_execute("DELETE FROM accounts WHERE id = 5").unwrap();
+        wait_for("the update to invalidate", || b.peek::<User>(&1).unwrap().is_none());
+        assert_eq!(b.find::<User>(1).unwrap().unwrap().email, "ada@y.org");
+        let expected = [
+            ("|i|", "|1|1|n0.0=9:ada@x.org"),
+            ("|u|", "|1|1|o0.0=9:ada@x.org|n0.0=9:ada@y.org"),
+            ("|i|", "|1|5|n0.0=1:7|n0.1=3:c@x"),
+            ("|d|", "|1|5|o0.0=1:7|o0.1=3:c@x"),
+        ];
+        let all_found = |payloads: &[String]| {
+            expected.iter().all(|(op, ext)| {
+                payloads.iter().any(|p| p.starts_with("v2|") && p.contains(op) && p.ends_with(ext))
+            })
+        };
+        let payloads: Vec<String> = match pg_listen.as_mut() {
+            Some(c) => {
+                // Other tests share the channel: wait for ours among theirs.
+                let mut got = Vec::new();
+                let start = Instant::now();
+                while !all_found(&got) && start.elapsed() < BOUND {
+                    got.extend(Drain::drain(c));
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                got.retain(|p| p.contains("ada@") || p.contains("c@x"));
+                got
+            }
+            None => diesel::sql_query("SELECT payload FROM diesel_l2_changes_v2 ORDER BY seq")
+                .load::<Payload>(&mut raw)
+                .unwrap()
+                .into_iter()
+                .map(|p| p.payload)
+                .collect(),
+        };
+        assert!(all_found(&payloads), "{payloads:?}");
     }
 
     /// C7: two cached entity types of one SQL table are refused at `build()` (a write

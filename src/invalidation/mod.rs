@@ -14,9 +14,12 @@
 //! `<table>` is the table's SQL name (the `#[sql_name]` of its `table!`, which is how
 //! notifications are routed to regions); `<version>` is the row's version after the change
 //! (for a delete, the deleted version + 1); `<id length>` counts the characters of `<id>`,
-//! so ids may contain `|` and fields may follow. Extensions (`<name>=<length>:<value>`) are
-//! reserved for the old and new values of unique-key and index columns; version 2 sends
-//! none and skips any it reads. A payload of an unknown version clears every region; one of
+//! so ids may contain `|` and fields may follow. Extensions, `|<name>=<length>:<value>` or
+//! `|<name>=null`, carry the old (`o<key>.<column>`, for updates and deletes) and new
+//! (`n<key>.<column>`, for inserts and updates) values of the unique-key columns given to
+//! the `*_with_keys` helpers (keys and columns numbered from 0, values as text), e.g.
+//! `v2|u|public|users|3|2|42|o0.0=9:ada@x.org|n0.0=9:ada@y.org`. Readers skip extensions
+//! they do not know; index columns will be added the same way. A payload of an unknown version clears every region; one of
 //! version 1 (triggers not upgraded yet) flushes its table.
 //!
 //! The feed also makes the version a true row clock: an `UPDATE` that does not raise the
@@ -97,12 +100,13 @@ use serde::Serialize;
 
 pub use feed::{ChangeOp, FEED_VERSION};
 pub use outbox::{
-    mysql_changes_table_sql, mysql_table_triggers_sql, mysql_triggers_sql, outbox_drop_v1_sql,
-    sqlite_changes_table_sql, sqlite_table_triggers_sql, sqlite_triggers_sql, CHANGES_TABLE,
+    mysql_changes_table_sql, mysql_table_triggers_sql, mysql_table_triggers_sql_with_keys,
+    mysql_triggers_sql, outbox_drop_v1_sql, sqlite_changes_table_sql, sqlite_table_triggers_sql,
+    sqlite_table_triggers_sql_with_keys, sqlite_triggers_sql, CHANGES_TABLE,
 };
 pub use postgres::{
     postgres_drop_v1_sql, postgres_notify_function_sql, postgres_table_triggers_sql,
-    postgres_triggers_sql, CHANNEL,
+    postgres_table_triggers_sql_with_keys, postgres_triggers_sql, CHANNEL,
 };
 
 use crate::error::{Error, Result};
