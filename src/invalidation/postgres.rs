@@ -214,6 +214,12 @@ mod listen {
         schema: Option<&str>,
         shared: &Shared,
     ) -> Result<(), Result<String, String>> {
+        let hint = match schema {
+            Some(s) => format!(" (looked in schema `{s}`, set by ListenConfig::schema)"),
+            None => " (looked in the listener connection's current schema; set \
+                      ListenConfig::schema if the tables are in another one)"
+                .to_string(),
+        };
         let schema = schema.map_or_else(|| "current_schema()".to_string(), quote_literal);
         let rows: Vec<Trigger> = sql_query(format!(
             "SELECT c.relname::text AS tbl, t.tgname::text AS name FROM pg_trigger t \
@@ -229,7 +235,7 @@ mod listen {
             &SUFFIXES,
             "postgres_triggers_sql",
         )
-        .map_err(Ok)
+        .map_err(|m| Ok(m + &hint))
     }
 
     /// How often an idle listener checks that its connection is alive.
