@@ -5,9 +5,9 @@
 //! `DIESEL_L2_WRITE_MIGRATIONS=1 cargo test --all-features --test trigger_migrations`.
 
 use diesel_l2::invalidation::{
-    mysql_changes_table_sql, mysql_table_triggers_sql, outbox_drop_v1_sql, postgres_drop_v1_sql,
-    postgres_notify_function_sql, postgres_table_triggers_sql, sqlite_changes_table_sql,
-    sqlite_table_triggers_sql,
+    mysql_changes_table_sql, mysql_table_triggers_sql_with_keys, outbox_drop_v1_sql,
+    postgres_drop_v1_sql, postgres_notify_function_sql, postgres_table_triggers_sql_with_keys,
+    sqlite_changes_table_sql, sqlite_table_triggers_sql_with_keys,
 };
 
 const TABLES: &[&str] = &[
@@ -20,6 +20,16 @@ const TABLES: &[&str] = &[
     "notes",
     "note_lines",
 ];
+/// The unique keys of the example schema's tables: their old and new values ride along
+/// in every payload (C7; for the unique-key index and collections).
+fn unique_keys(table: &str) -> &'static [&'static [&'static str]] {
+    match table {
+        "users" => &[&["email"]],
+        "accounts" => &[&["tenant_id", "email"]],
+        _ => &[],
+    }
+}
+
 /// The change feed at payload version 2, upgrading the version 1 feed installed by
 /// `2026-11-22-000003_change_feed` (kept as it was: migrations already run never change).
 const DIR: &str = "2026-11-30-000002_change_feed_v2";
@@ -38,7 +48,15 @@ fn expected() -> Vec<(&'static str, String, String)> {
     let per_table = |f: &dyn Fn(&str) -> String| TABLES.iter().map(|t| f(t)).collect::<String>();
     let pg_up = header("PostgreSQL: statement triggers that pg_notify at commit, payload v2")
         + &postgres_notify_function_sql()
-        + &per_table(&|t| postgres_table_triggers_sql(t, "id", "version", PG_FLUSH_THRESHOLD))
+        + &per_table(&|t| {
+            postgres_table_triggers_sql_with_keys(
+                t,
+                "id",
+                "version",
+                PG_FLUSH_THRESHOLD,
+                unique_keys(t),
+            )
+        })
         + &postgres_drop_v1_sql();
     let pg_down = per_table(&|t| {
         ["bump", "ins", "upd", "del", "trunc"]
@@ -49,7 +67,7 @@ fn expected() -> Vec<(&'static str, String, String)> {
         + &mysql_changes_table_sql()
         + ";\n"
         + &per_table(&|t| {
-            mysql_table_triggers_sql(t, "id", "version")
+            mysql_table_triggers_sql_with_keys(t, "id", "version", unique_keys(t))
                 .into_iter()
                 .map(|s| s + ";\n")
                 .collect()
@@ -66,7 +84,7 @@ fn expected() -> Vec<(&'static str, String, String)> {
     };
     let lite_up = header("SQLite: row triggers appending to diesel_l2_changes_v2")
         + &sqlite_changes_table_sql()
-        + &per_table(&|t| sqlite_table_triggers_sql(t, "id", "version"))
+        + &per_table(&|t| sqlite_table_triggers_sql_with_keys(t, "id", "version", unique_keys(t)))
         + &outbox_drop_v1_sql()
         + ";\n";
     vec![

@@ -19,9 +19,9 @@
 //!   version + 1 (what a tombstone holds).
 //! - `<id length>` is the number of characters of `<id>`, the id as text, so the id may
 //!   contain `|` and fields may follow it.
-//! - Extensions: further `|`-separated fields, each `<name>=<length>:<value>`, reserved
-//!   for the old and new values of unique-key and index columns. Version 2 writers send
-//!   none; version 2 readers skip them.
+//! - Extensions: further `|`-separated fields, each `<name>=<length>:<value>` or
+//!   `<name>=null`: `o<key>.<column>` and `n<key>.<column>` carry the old and new values
+//!   of unique-key columns (index columns will follow the same way). Readers skip them.
 
 /// The payload version the installed triggers must send, and this library reads.
 pub const FEED_VERSION: u32 = 2;
@@ -193,6 +193,16 @@ mod tests {
                 table: "tags",
                 version: 1,
                 id: "a|b"
+            })
+        );
+        assert_eq!(
+            parse_payload("v2|u|public|users|3|2|42|o0.0=9:ada@x.org|n0.0=null"),
+            Some(Payload::Row {
+                op: ChangeOp::Update,
+                schema: "public",
+                table: "users",
+                version: 3,
+                id: "42"
             })
         );
         assert_eq!(

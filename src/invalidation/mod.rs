@@ -14,9 +14,12 @@
 //! `<table>` is the table's SQL name (the `#[sql_name]` of its `table!`, which is how
 //! notifications are routed to regions); `<version>` is the row's version after the change
 //! (for a delete, the deleted version + 1); `<id length>` counts the characters of `<id>`,
-//! so ids may contain `|` and fields may follow. Extensions (`<name>=<length>:<value>`) are
-//! reserved for the old and new values of unique-key and index columns; version 2 sends
-//! none and skips any it reads. A payload of an unknown version clears every region; one of
+//! so ids may contain `|` and fields may follow. Extensions, `|<name>=<length>:<value>` or
+//! `|<name>=null`, carry the old (`o<key>.<column>`, for updates and deletes) and new
+//! (`n<key>.<column>`, for inserts and updates) values of the unique-key columns given to
+//! the `*_with_keys` helpers (keys and columns numbered from 0, values as text), e.g.
+//! `v2|u|public|users|3|2|42|o0.0=9:ada@x.org|n0.0=9:ada@y.org`. Readers skip extensions
+//! they do not know; index columns will be added the same way. A payload of an unknown version clears every region; one of
 //! version 1 (triggers not upgraded yet) flushes its table.
 //!
 //! The feed also makes the version a true row clock: an `UPDATE` that does not raise the
@@ -77,7 +80,7 @@
 //! - **Every backend**: changes made while triggers are disabled (PostgreSQL
 //!   `session_replication_role = replica`, as logical replication and `pg_restore
 //!   --disable-triggers` use; dropping or disabling the triggers), and updates of a
-//!   row's primary key.
+//!   row's primary key (reported under the new id only: the old id stays cached).
 //! - **Outbox backends**: a change whose transaction held its sequence number longer than
 //!   `gap_timeout` + `retention` before committing (the regions were cleared at the gap
 //!   timeout, counted in `gaps`), and one of a transaction that started before the
@@ -97,12 +100,13 @@ use serde::Serialize;
 
 pub use feed::{ChangeOp, FEED_VERSION};
 pub use outbox::{
-    mysql_changes_table_sql, mysql_table_triggers_sql, mysql_triggers_sql, outbox_drop_v1_sql,
-    sqlite_changes_table_sql, sqlite_table_triggers_sql, sqlite_triggers_sql, CHANGES_TABLE,
+    mysql_changes_table_sql, mysql_table_triggers_sql, mysql_table_triggers_sql_with_keys,
+    mysql_triggers_sql, outbox_drop_v1_sql, sqlite_changes_table_sql, sqlite_table_triggers_sql,
+    sqlite_table_triggers_sql_with_keys, sqlite_triggers_sql, CHANGES_TABLE,
 };
 pub use postgres::{
     postgres_drop_v1_sql, postgres_notify_function_sql, postgres_table_triggers_sql,
-    postgres_triggers_sql, CHANNEL,
+    postgres_table_triggers_sql_with_keys, postgres_triggers_sql, CHANNEL,
 };
 
 use crate::error::{Error, Result};
@@ -120,10 +124,14 @@ pub struct ListenConfig {
     /// How often the connection is checked for notifications (PostgreSQL) or the change
     /// table is read (MariaDB, SQLite).
     pub poll_interval: Duration,
-    /// Outbox: a sequence gap older than this is taken as a lost change, and the regions
-    /// are cleared. Must exceed your longest transaction that writes cached tables.
+    /// Outbox: a missing sequence number (a transaction not committed yet, or rolled
+    /// back) older than this is taken as a possibly lost change: the regions are cleared,
+    /// and the number is still watched for `retention`, its change applied if it commits.
+    /// Set it above your usual longest transaction that writes cached tables, or long
+    /// transactions cost a clear of every region.
     pub gap_timeout: Duration,
-    /// Outbox: change rows older than this are deleted.
+    /// Outbox: change rows older than this, and below every number this listener still
+    /// waits for, are deleted; a timed-out gap is watched this long.
     pub retention: Duration,
     /// First and largest wait between reconnection attempts.
     pub reconnect_backoff: (Duration, Duration),

@@ -38,6 +38,18 @@ pub fn mysql_changes_table_sql() -> String {
 /// MariaDB fires no trigger for `TRUNCATE` nor for rows changed by foreign-key cascades:
 /// call [`Db::evict_all`](crate::Db::evict_all) after them.
 pub fn mysql_table_triggers_sql(table: &str, id_column: &str, version_column: &str) -> Vec<String> {
+    mysql_table_triggers_sql_with_keys(table, id_column, version_column, &[])
+}
+
+/// [`mysql_table_triggers_sql`], with the table's unique keys (each a list of columns):
+/// every payload also carries the old and new values of their columns (the `o` and `n`
+/// extensions, see [`crate::invalidation`]).
+pub fn mysql_table_triggers_sql_with_keys(
+    table: &str,
+    id_column: &str,
+    version_column: &str,
+    unique_keys: &[&[&str]],
+) -> Vec<String> {
     let t = mysql_ident(table);
     let (id, v) = (mysql_ident(id_column), mysql_ident(version_column));
     let lit = sql_literal(table);
@@ -58,10 +70,17 @@ pub fn mysql_table_triggers_sql(table: &str, id_column: &str, version_column: &s
         let trigger = mysql_ident(&trigger_name(table, suffix));
         let id_text = format!("CAST({row}.{id} AS CHAR)");
         out.push(format!("DROP TRIGGER IF EXISTS {trigger}"));
+        let ext = key_extensions(op, unique_keys, |row, column| {
+            let value = format!("CAST({row}.{} AS CHAR)", mysql_ident(column));
+            format!("IFNULL(CONCAT(CHAR_LENGTH({value}), ':', {value}), 'null')")
+        })
+        .into_iter()
+        .map(|(name, value)| format!(", '|{name}=', {value}"))
+        .collect::<String>();
         out.push(format!(
             "CREATE TRIGGER {trigger} AFTER {event} ON {t} FOR EACH ROW \
              INSERT INTO {CHANGES_TABLE} (payload) VALUES (CONCAT('v2|{op}|', DATABASE(), '|', {lit}, '|', \
-             IFNULL({row}.{v}, 0){bump}, '|', CHAR_LENGTH({id_text}), '|', {id_text}))"
+             IFNULL({row}.{v}, 0){bump}, '|', CHAR_LENGTH({id_text}), '|', {id_text}{ext}))"
         ));
     }
     out
@@ -89,6 +108,18 @@ pub fn sqlite_changes_table_sql() -> String {
 /// version of an update that did not (`version = old + 1`, an inner `UPDATE` that fires no
 /// trigger unless `recursive_triggers` is on) and records that final version.
 pub fn sqlite_table_triggers_sql(table: &str, id_column: &str, version_column: &str) -> String {
+    sqlite_table_triggers_sql_with_keys(table, id_column, version_column, &[])
+}
+
+/// [`sqlite_table_triggers_sql`], with the table's unique keys (each a list of columns):
+/// every payload also carries the old and new values of their columns (the `o` and `n`
+/// extensions, see [`crate::invalidation`]).
+pub fn sqlite_table_triggers_sql_with_keys(
+    table: &str,
+    id_column: &str,
+    version_column: &str,
+    unique_keys: &[&[&str]],
+) -> String {
     let t = sqlite_ident(table);
     let (id, v) = (sqlite_ident(id_column), sqlite_ident(version_column));
     let lit = sql_literal(table);
@@ -112,13 +143,41 @@ pub fn sqlite_table_triggers_sql(table: &str, id_column: &str, version_column: &
         } else {
             (String::new(), format!("IFNULL({row}.{v}, 0){bump}"))
         };
+        let ext = key_extensions(op, unique_keys, |row, column| {
+            let value = format!("CAST({row}.{} AS TEXT)", sqlite_ident(column));
+            format!("IFNULL(length({value}) || ':' || {value}, 'null')")
+        })
+        .into_iter()
+        .map(|(name, value)| format!(" || '|{name}=' || {value}"))
+        .collect::<String>();
         sql.push_str(&format!(
             "DROP TRIGGER IF EXISTS {trigger};\n\
              CREATE TRIGGER {trigger} AFTER {event} ON {t} FOR EACH ROW BEGIN {raise}\
-             INSERT INTO {CHANGES_TABLE} (payload) VALUES ('v2|{op}|main|' || {lit} || '|' || ({version}) || '|' || length({id_text}) || '|' || {id_text}); END;\n"
+             INSERT INTO {CHANGES_TABLE} (payload) VALUES ('v2|{op}|main|' || {lit} || '|' || ({version}) || '|' || length({id_text}) || '|' || {id_text}{ext}); END;\n"
         ));
     }
     sql
+}
+
+/// The unique-key extensions of a row trigger's payload, `(name, SQL value)`: old values
+/// (`o<key>.<column>`) for updates and deletes, new ones (`n…`) for inserts and updates.
+fn key_extensions(
+    op: &str,
+    unique_keys: &[&[&str]],
+    value: impl Fn(&str, &str) -> String,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, key) in unique_keys.iter().enumerate() {
+        for (j, column) in key.iter().enumerate() {
+            if op != "i" {
+                out.push((format!("o{i}.{j}"), value("OLD", column)));
+            }
+            if op != "d" {
+                out.push((format!("n{i}.{j}"), value("NEW", column)));
+            }
+        }
+    }
+    out
 }
 
 /// Drops what version 1 of the feed left once every table's triggers are upgraded (the

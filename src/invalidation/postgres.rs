@@ -45,12 +45,35 @@ pub fn postgres_table_triggers_sql(
     version_column: &str,
     flush_threshold: u32,
 ) -> String {
+    postgres_table_triggers_sql_with_keys(table, id_column, version_column, flush_threshold, &[])
+}
+
+/// [`postgres_table_triggers_sql`], with the table's unique keys (each a list of columns):
+/// every payload also carries the old and new values of their columns (the `o` and `n`
+/// extensions, see [`crate::invalidation`]).
+pub fn postgres_table_triggers_sql_with_keys(
+    table: &str,
+    id_column: &str,
+    version_column: &str,
+    flush_threshold: u32,
+    unique_keys: &[&[&str]],
+) -> String {
     let t = quote_ident(table);
-    let args = format!(
+    let mut args = format!(
         "{}, {}, '{flush_threshold}'",
         quote_literal(id_column),
         quote_literal(version_column)
     );
+    for (i, key) in unique_keys.iter().enumerate() {
+        for (j, column) in key.iter().enumerate() {
+            args.push_str(&format!(", '{i}.{j}', {}", quote_literal(column)));
+        }
+    }
+    let upd_transition = if unique_keys.is_empty() {
+        "REFERENCING NEW TABLE AS new_rows "
+    } else {
+        "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows "
+    };
     let v = quote_ident(version_column);
     let mut sql = String::new();
     for suffix in ["ins", "upd", "del"] {
@@ -67,7 +90,7 @@ pub fn postgres_table_triggers_sql(
     ));
     for (suffix, event, transition) in [
         ("ins", "INSERT", "REFERENCING NEW TABLE AS new_rows "),
-        ("upd", "UPDATE", "REFERENCING NEW TABLE AS new_rows "),
+        ("upd", "UPDATE", upd_transition),
         ("del", "DELETE", "REFERENCING OLD TABLE AS old_rows "),
         ("trunc", "TRUNCATE", ""),
     ] {
@@ -101,6 +124,9 @@ DECLARE
     head text := 'v2|' || op || '|' || TG_TABLE_SCHEMA || '|' || TG_TABLE_NAME || '|';
     flush text := 'v2|f|' || TG_TABLE_SCHEMA || '|' || TG_TABLE_NAME;
     n bigint;
+    ext text := '';
+    joined text := '';
+    i int := 3;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         PERFORM pg_notify('diesel_l2', flush);
@@ -113,10 +139,29 @@ BEGIN
     IF n > TG_ARGV[2]::bigint THEN
         PERFORM pg_notify('diesel_l2', flush);
     ELSE
+        -- Unique-key columns (arguments 4, 5, …: '<key>.<column>', column name): old and
+        -- new values as extensions, `|o<k>.<c>=<length>:<value>` or `…=null`.
+        WHILE i + 1 < TG_NARGS LOOP
+            IF TG_OP = 'DELETE' THEN
+                ext := ext || format(' || COALESCE(''|o%s='' || length(r.%I::text) || '':'' || r.%I::text, ''|o%s=null'')',
+                    TG_ARGV[i], TG_ARGV[i + 1], TG_ARGV[i + 1], TG_ARGV[i]);
+            ELSE
+                IF TG_OP = 'UPDATE' THEN
+                    ext := ext || format(' || COALESCE(''|o%s='' || length(o.%I::text) || '':'' || o.%I::text, ''|o%s=null'')',
+                        TG_ARGV[i], TG_ARGV[i + 1], TG_ARGV[i + 1], TG_ARGV[i]);
+                END IF;
+                ext := ext || format(' || COALESCE(''|n%s='' || length(r.%I::text) || '':'' || r.%I::text, ''|n%s=null'')',
+                    TG_ARGV[i], TG_ARGV[i + 1], TG_ARGV[i + 1], TG_ARGV[i]);
+            END IF;
+            i := i + 2;
+        END LOOP;
+        IF TG_OP = 'UPDATE' AND ext <> '' THEN
+            joined := format(' LEFT JOIN old_rows o ON o.%I = r.%I', TG_ARGV[0], TG_ARGV[0]);
+        END IF;
         EXECUTE format(
             'SELECT pg_notify(''diesel_l2'', CASE WHEN octet_length(p) < 8000 THEN p ELSE %L END) '
-            'FROM (SELECT %L || (r.%I + %s)::text || ''|'' || length(r.%I::text)::text || ''|'' || r.%I::text AS p FROM %I r) s',
-            flush, head, TG_ARGV[1], bump, TG_ARGV[0], TG_ARGV[0], src);
+            'FROM (SELECT %L || (r.%I + %s)::text || ''|'' || length(r.%I::text)::text || ''|'' || r.%I::text%s AS p FROM %I r%s) s',
+            flush, head, TG_ARGV[1], bump, TG_ARGV[0], TG_ARGV[0], ext, src, joined);
     END IF;
     RETURN NULL;
 END
@@ -169,6 +214,12 @@ mod listen {
         schema: Option<&str>,
         shared: &Shared,
     ) -> Result<(), Result<String, String>> {
+        let hint = match schema {
+            Some(s) => format!(" (looked in schema `{s}`, set by ListenConfig::schema)"),
+            None => " (looked in the listener connection's current schema; set \
+                      ListenConfig::schema if the tables are in another one)"
+                .to_string(),
+        };
         let schema = schema.map_or_else(|| "current_schema()".to_string(), quote_literal);
         let rows: Vec<Trigger> = sql_query(format!(
             "SELECT c.relname::text AS tbl, t.tgname::text AS name FROM pg_trigger t \
@@ -184,7 +235,7 @@ mod listen {
             &SUFFIXES,
             "postgres_triggers_sql",
         )
-        .map_err(Ok)
+        .map_err(|m| Ok(m + &hint))
     }
 
     /// How often an idle listener checks that its connection is alive.

@@ -10,6 +10,9 @@ DECLARE
     head text := 'v2|' || op || '|' || TG_TABLE_SCHEMA || '|' || TG_TABLE_NAME || '|';
     flush text := 'v2|f|' || TG_TABLE_SCHEMA || '|' || TG_TABLE_NAME;
     n bigint;
+    ext text := '';
+    joined text := '';
+    i int := 3;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         PERFORM pg_notify('diesel_l2', flush);
@@ -22,10 +25,29 @@ BEGIN
     IF n > TG_ARGV[2]::bigint THEN
         PERFORM pg_notify('diesel_l2', flush);
     ELSE
+        -- Unique-key columns (arguments 4, 5, …: '<key>.<column>', column name): old and
+        -- new values as extensions, `|o<k>.<c>=<length>:<value>` or `…=null`.
+        WHILE i + 1 < TG_NARGS LOOP
+            IF TG_OP = 'DELETE' THEN
+                ext := ext || format(' || COALESCE(''|o%s='' || length(r.%I::text) || '':'' || r.%I::text, ''|o%s=null'')',
+                    TG_ARGV[i], TG_ARGV[i + 1], TG_ARGV[i + 1], TG_ARGV[i]);
+            ELSE
+                IF TG_OP = 'UPDATE' THEN
+                    ext := ext || format(' || COALESCE(''|o%s='' || length(o.%I::text) || '':'' || o.%I::text, ''|o%s=null'')',
+                        TG_ARGV[i], TG_ARGV[i + 1], TG_ARGV[i + 1], TG_ARGV[i]);
+                END IF;
+                ext := ext || format(' || COALESCE(''|n%s='' || length(r.%I::text) || '':'' || r.%I::text, ''|n%s=null'')',
+                    TG_ARGV[i], TG_ARGV[i + 1], TG_ARGV[i + 1], TG_ARGV[i]);
+            END IF;
+            i := i + 2;
+        END LOOP;
+        IF TG_OP = 'UPDATE' AND ext <> '' THEN
+            joined := format(' LEFT JOIN old_rows o ON o.%I = r.%I', TG_ARGV[0], TG_ARGV[0]);
+        END IF;
         EXECUTE format(
             'SELECT pg_notify(''diesel_l2'', CASE WHEN octet_length(p) < 8000 THEN p ELSE %L END) '
-            'FROM (SELECT %L || (r.%I + %s)::text || ''|'' || length(r.%I::text)::text || ''|'' || r.%I::text AS p FROM %I r) s',
-            flush, head, TG_ARGV[1], bump, TG_ARGV[0], TG_ARGV[0], src);
+            'FROM (SELECT %L || (r.%I + %s)::text || ''|'' || length(r.%I::text)::text || ''|'' || r.%I::text%s AS p FROM %I r%s) s',
+            flush, head, TG_ARGV[1], bump, TG_ARGV[0], TG_ARGV[0], ext, src, joined);
     END IF;
     RETURN NULL;
 END
@@ -43,13 +65,13 @@ DROP TRIGGER IF EXISTS "users_diesel_l2_del" ON "users";
 DROP TRIGGER IF EXISTS "users_diesel_l2_v2_bump" ON "users";
 CREATE TRIGGER "users_diesel_l2_v2_bump" BEFORE UPDATE ON "users" FOR EACH ROW WHEN (NEW."version" IS NULL OR NEW."version" <= OLD."version") EXECUTE FUNCTION diesel_l2_bump_v2('version');
 DROP TRIGGER IF EXISTS "users_diesel_l2_v2_ins" ON "users";
-CREATE TRIGGER "users_diesel_l2_v2_ins" AFTER INSERT ON "users" REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100');
+CREATE TRIGGER "users_diesel_l2_v2_ins" AFTER INSERT ON "users" REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100', '0.0', 'email');
 DROP TRIGGER IF EXISTS "users_diesel_l2_v2_upd" ON "users";
-CREATE TRIGGER "users_diesel_l2_v2_upd" AFTER UPDATE ON "users" REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100');
+CREATE TRIGGER "users_diesel_l2_v2_upd" AFTER UPDATE ON "users" REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100', '0.0', 'email');
 DROP TRIGGER IF EXISTS "users_diesel_l2_v2_del" ON "users";
-CREATE TRIGGER "users_diesel_l2_v2_del" AFTER DELETE ON "users" REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100');
+CREATE TRIGGER "users_diesel_l2_v2_del" AFTER DELETE ON "users" REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100', '0.0', 'email');
 DROP TRIGGER IF EXISTS "users_diesel_l2_v2_trunc" ON "users";
-CREATE TRIGGER "users_diesel_l2_v2_trunc" AFTER TRUNCATE ON "users" FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100');
+CREATE TRIGGER "users_diesel_l2_v2_trunc" AFTER TRUNCATE ON "users" FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100', '0.0', 'email');
 DROP TRIGGER IF EXISTS "products_diesel_l2_ins" ON "products";
 DROP TRIGGER IF EXISTS "products_diesel_l2_upd" ON "products";
 DROP TRIGGER IF EXISTS "products_diesel_l2_del" ON "products";
@@ -108,13 +130,13 @@ DROP TRIGGER IF EXISTS "accounts_diesel_l2_del" ON "accounts";
 DROP TRIGGER IF EXISTS "accounts_diesel_l2_v2_bump" ON "accounts";
 CREATE TRIGGER "accounts_diesel_l2_v2_bump" BEFORE UPDATE ON "accounts" FOR EACH ROW WHEN (NEW."version" IS NULL OR NEW."version" <= OLD."version") EXECUTE FUNCTION diesel_l2_bump_v2('version');
 DROP TRIGGER IF EXISTS "accounts_diesel_l2_v2_ins" ON "accounts";
-CREATE TRIGGER "accounts_diesel_l2_v2_ins" AFTER INSERT ON "accounts" REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100');
+CREATE TRIGGER "accounts_diesel_l2_v2_ins" AFTER INSERT ON "accounts" REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100', '0.0', 'tenant_id', '0.1', 'email');
 DROP TRIGGER IF EXISTS "accounts_diesel_l2_v2_upd" ON "accounts";
-CREATE TRIGGER "accounts_diesel_l2_v2_upd" AFTER UPDATE ON "accounts" REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100');
+CREATE TRIGGER "accounts_diesel_l2_v2_upd" AFTER UPDATE ON "accounts" REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100', '0.0', 'tenant_id', '0.1', 'email');
 DROP TRIGGER IF EXISTS "accounts_diesel_l2_v2_del" ON "accounts";
-CREATE TRIGGER "accounts_diesel_l2_v2_del" AFTER DELETE ON "accounts" REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100');
+CREATE TRIGGER "accounts_diesel_l2_v2_del" AFTER DELETE ON "accounts" REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100', '0.0', 'tenant_id', '0.1', 'email');
 DROP TRIGGER IF EXISTS "accounts_diesel_l2_v2_trunc" ON "accounts";
-CREATE TRIGGER "accounts_diesel_l2_v2_trunc" AFTER TRUNCATE ON "accounts" FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100');
+CREATE TRIGGER "accounts_diesel_l2_v2_trunc" AFTER TRUNCATE ON "accounts" FOR EACH STATEMENT EXECUTE FUNCTION diesel_l2_notify_v2('id', 'version', '100', '0.0', 'tenant_id', '0.1', 'email');
 DROP TRIGGER IF EXISTS "notes_diesel_l2_ins" ON "notes";
 DROP TRIGGER IF EXISTS "notes_diesel_l2_upd" ON "notes";
 DROP TRIGGER IF EXISTS "notes_diesel_l2_del" ON "notes";
