@@ -146,7 +146,8 @@ impl<C: R2D2Connection + 'static> Tx<'_, C> {
     /// `RETURNING`: `UPDATE … SET <changes>, version = version + 1 WHERE id = ? AND
     /// version = ? RETURNING …` on PostgreSQL and SQLite; on MariaDB the `UPDATE` and a
     /// reload by id. Another version in the database, or no row, is [`Error::Conflict`]
-    /// (its `found` read back after the failed update).
+    /// (its `found` read back after the failed update). A changeset with nothing to set
+    /// (every field `None`) still bumps the version.
     ///
     /// ```
     /// # use diesel::prelude::*;

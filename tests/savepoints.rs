@@ -23,6 +23,38 @@ backend_tests! {
         assert!(db.find::<User>(2).unwrap().is_none(), "the savepoint's insert was rolled back");
     }
 
+    fn rolled_back_savepoint_drops_partial_generated_id_and_bulk_writes(t) {
+        use diesel::prelude::*;
+        use common::models::{Article, NewArticle, UserChanges};
+        use common::schema::users;
+        let db = common::builder(t).cache::<Article>().build().unwrap();
+        db.transaction(|tx| {
+            tx.insert(&User::new(1, "Ada"))?;
+            tx.insert(&User::new(2, "Bob"))
+        })
+        .unwrap();
+        let mut ghost = None;
+        db.transaction(|tx| {
+            let kept = UserChanges { name: Some("kept".into()), ..Default::default() };
+            tx.update_changes::<User, _>(1, 1, &kept)?;
+            let r: Result<(), Error> = tx.savepoint(|sp| {
+                let dropped = UserChanges { name: Some("dropped".into()), ..Default::default() };
+                sp.update_changes::<User, _>(1, 2, &dropped)?;
+                sp.update_where::<User, _, _>(users::id.eq(2), users::name.eq("dropped"))?;
+                ghost = Some(sp.insert_new::<Article, _>(&NewArticle { slug: "ghost", title: "Ghost" })?);
+                Err(Error::Other("roll this savepoint back".into()))
+            });
+            assert!(r.is_err());
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let ada = db.find::<User>(1).unwrap().unwrap();
+        assert_eq!((ada.version, ada.name.as_str()), (2, "kept"));
+        let bob = db.find::<User>(2).unwrap().unwrap();
+        assert_eq!((bob.version, bob.name.as_str()), (1, "Bob"));
+        assert!(db.find::<Article>(ghost.unwrap().id).unwrap().is_none(), "C1: the savepoint's insert");
+    }
+
     fn released_savepoints_merge_into_the_parent_three_deep(t) {
         let db = common::cached_db(t);
         db.transaction(|tx| {

@@ -227,6 +227,9 @@ backend_tests! {
         assert!(matches!(err, Error::Conflict { expected: 2, found: Some(3), .. }), "{err}");
         let err = db.transaction(|tx| tx.update_changes_unversioned::<User, _>(9, &a)).unwrap_err();
         assert!(matches!(err, Error::NotFound { table: "users", .. }), "{err}");
+        // An empty changeset (every field `None`) only bumps the version.
+        let touched = db.transaction(|tx| tx.update_changes::<User, _>(1, 3, &UserChanges::default())).unwrap();
+        assert_eq!(touched, User { version: 4, ..stored });
     }
 
     fn partial_update_of_an_i32_version(t) {
