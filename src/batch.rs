@@ -8,7 +8,11 @@
 //! its operation has committed and the cache has applied it, then gets its own result:
 //!
 //! - **Isolation of failures.** An operation's `Err` (a [`Conflict`](Error::Conflict),
-//!   your own error) rolls back its savepoint only; the others commit. A panic in an
+//!   your own error) rolls back its own writes only; the others commit. The batch first
+//!   runs every operation straight in the transaction (half the statements of a
+//!   savepoint each); if one fails, that attempt is rolled back and the batch runs again
+//!   with a savepoint per operation, so the others still commit and the failure is its
+//!   caller's alone. Operations may therefore run more than once before they commit. A panic in an
 //!   operation is re-raised in its caller's thread, and neither poisons the batch nor the
 //!   batcher.
 //! - **Order.** Operations run in submission order, so two operations on one key run in
@@ -57,8 +61,12 @@ use crate::tx::Tx;
 pub struct BatchConfig {
     /// Most operations in one transaction.
     pub max_batch: usize,
-    /// Longest time the first operation of a batch waits for others to join it.
+    /// Longest time the first operation of a batch waits for others to join it. It waits
+    /// only while writers are concurrent (the last batch carried more than one operation),
+    /// unless [`always_wait`](BatchConfig::always_wait) is set.
     pub max_wait: Duration,
+    /// Wait `max_wait` for company even when the last batch carried a single operation.
+    pub always_wait: bool,
 }
 
 impl Default for BatchConfig {
@@ -67,6 +75,7 @@ impl Default for BatchConfig {
         BatchConfig {
             max_batch: 128,
             max_wait: Duration::from_millis(2),
+            always_wait: false,
         }
     }
 }
@@ -77,7 +86,17 @@ impl BatchConfig {
         BatchConfig {
             max_batch,
             max_wait,
+            always_wait: false,
         }
+    }
+
+    /// Always wait up to `max_wait` for more operations, even for a lone writer (which
+    /// then pays `max_wait` of latency per operation). Off by default: a lone writer's
+    /// operation starts at once, like PostgreSQL's `commit_delay` with `commit_siblings`.
+    #[must_use]
+    pub fn always_wait(mut self) -> Self {
+        self.always_wait = true;
+        self
     }
 }
 
@@ -135,7 +154,8 @@ struct Counters {
 type Value = Box<dyn Any + Send>;
 
 /// A submitted operation, as the batch thread runs it (re-runnable).
-type RunOp<C> = Box<dyn FnMut(&mut Tx<'_, C>) -> Result<Ran> + Send>;
+/// The flag says whether the operation runs in a savepoint of its own (see `run_batch`).
+type RunOp<C> = Box<dyn FnMut(&mut Tx<'_, C>, bool) -> Result<Ran> + Send>;
 
 /// Reads the recorded outcome of an operation id after COMMIT.
 type ReplayOp<C> = Box<dyn Fn(&Db<C>) -> Result<Value> + Send>;
@@ -269,9 +289,13 @@ impl<C: R2D2Connection + 'static> Batcher<C> {
         T: Send + 'static,
         F: FnMut(&mut Tx<'_, C>) -> Result<T> + Send + 'static,
     {
-        let run = Box::new(move |tx: &mut Tx<'_, C>| -> Result<Ran> {
-            tx.savepoint(|sp| op(sp))
-                .map(|v| Ran::Value(Box::new(v) as Value))
+        let run = Box::new(move |tx: &mut Tx<'_, C>, isolated: bool| -> Result<Ran> {
+            let v = if isolated {
+                tx.savepoint(|sp| op(sp))?
+            } else {
+                op(tx)?
+            };
+            Ok(Ran::Value(Box::new(v) as Value))
         });
         self.enqueue(run, None)
     }
@@ -288,8 +312,8 @@ impl<C: R2D2Connection + 'static> Batcher<C> {
         let op = op.into();
         op.validate()?;
         let for_replay = op.clone();
-        let run = Box::new(move |tx: &mut Tx<'_, C>| -> Result<Ran> {
-            match tx.once_step(&op, &mut f)? {
+        let run = Box::new(move |tx: &mut Tx<'_, C>, isolated: bool| -> Result<Ran> {
+            match tx.once_step(&op, &mut f, isolated)? {
                 Step::Ran(v) => Ok(Ran::Value(Box::new(Outcome::ran(v)) as Value)),
                 Step::Taken => Ok(Ran::Replay),
             }
@@ -368,6 +392,10 @@ fn run_batches<C: R2D2Connection + 'static>(
     counters: Arc<Counters>,
 ) {
     let mut carried: Vec<Job<C>> = Vec::new();
+    // Like PostgreSQL's commit_delay with commit_siblings: wait for company only when
+    // writers are concurrent (the last batch carried more than one operation); a lone
+    // writer's operation starts at once. Whatever queued meanwhile always joins.
+    let mut concurrent = false;
     loop {
         let mut batch = std::mem::take(&mut carried);
         if batch.is_empty() {
@@ -376,14 +404,23 @@ fn run_batches<C: R2D2Connection + 'static>(
                 Err(_) => return, // closed and drained
             }
         }
-        let deadline = Instant::now() + config.max_wait;
         while batch.len() < config.max_batch {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match jobs.recv_timeout(left) {
+            match jobs.try_recv() {
                 Ok(j) => batch.push(j),
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(_) => break,
             }
         }
+        if concurrent || config.always_wait {
+            let deadline = Instant::now() + config.max_wait;
+            while batch.len() < config.max_batch {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match jobs.recv_timeout(left) {
+                    Ok(j) => batch.push(j),
+                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        }
+        concurrent = batch.len() > 1;
         carried = run_batch(&db, batch, &counters);
     }
 }
@@ -415,22 +452,62 @@ fn run_batch<C: R2D2Connection + 'static>(
             .fetch_add(u64::try_from(waited).unwrap_or(u64::MAX), Relaxed);
     }
 
+    // Fast path: every operation straight in the transaction, no savepoints (half the
+    // statements). Any operation's error or panic rolls the whole attempt back, and the
+    // batch runs again with a savepoint per operation, which isolates the failure. A lone
+    // operation needs no savepoint at all: its transaction is its own.
+    let single = batch.len() == 1;
     let mut slots: Vec<Slot> = Vec::with_capacity(batch.len());
     let mut ran_all = false;
-    let result = db.transaction(|tx| {
+    let fast = db.transaction(|tx| {
         for job in batch.iter_mut() {
-            let slot = match panic::catch_unwind(AssertUnwindSafe(|| (job.run)(tx))) {
-                Ok(Ok(Ran::Value(v))) => Slot::Ok(v),
-                Ok(Ok(Ran::Replay)) => Slot::Replay,
-                Ok(Err(e)) => Slot::Failed(e),
-                // The savepoint rolled back before the panic left it.
-                Err(payload) => Slot::Panicked(payload),
-            };
-            slots.push(slot);
+            match panic::catch_unwind(AssertUnwindSafe(|| (job.run)(tx, false))) {
+                Ok(Ok(Ran::Value(v))) => slots.push(Slot::Ok(v)),
+                Ok(Ok(Ran::Replay)) => slots.push(Slot::Replay),
+                // (`RolledBack` is also a taken operation id on the fast path: re-run.)
+                Ok(Err(e)) if single && !matches!(e, Error::RolledBack) => {
+                    slots.push(Slot::Failed(e));
+                    return Err(Error::RolledBack);
+                }
+                Err(payload) if single => {
+                    slots.push(Slot::Panicked(payload));
+                    return Err(Error::RolledBack);
+                }
+                _ => return Err(Error::RolledBack),
+            }
         }
         ran_all = true;
         Ok::<_, Error>(())
     });
+    let result = match fast {
+        Ok(()) => Ok(()),
+        // The lone operation failed on its own, before COMMIT: rolled back, and its
+        // answer is in `slots`.
+        Err(_) if single && !ran_all && slots.len() == 1 => {
+            answer_failed_alone(batch, slots, counters);
+            return Vec::new();
+        }
+        // Every operation ran and COMMIT failed: handled below like any failed COMMIT,
+        // never re-run (its outcome may be unknown).
+        Err(e) if ran_all => Err(e),
+        Err(_) => {
+            slots.clear();
+            db.transaction(|tx| {
+                for job in batch.iter_mut() {
+                    let slot = match panic::catch_unwind(AssertUnwindSafe(|| (job.run)(tx, true))) {
+                        Ok(Ok(Ran::Value(v))) => Slot::Ok(v),
+                        Ok(Ok(Ran::Replay)) => Slot::Replay,
+                        Ok(Err(e)) => Slot::Failed(e),
+                        // The savepoint rolled back before the panic left it.
+                        Err(payload) => Slot::Panicked(payload),
+                    };
+                    slots.push(slot);
+                }
+                ran_all = true;
+                Ok::<_, Error>(())
+            })
+        }
+    };
 
     match result {
         Ok(()) => {
@@ -518,6 +595,32 @@ fn run_batch<C: R2D2Connection + 'static>(
             }
             again
         }
+    }
+}
+
+/// Answers a batch of one operation that failed (or panicked) before COMMIT.
+fn answer_failed_alone<C: R2D2Connection + 'static>(
+    batch: Vec<Job<C>>,
+    slots: Vec<Slot>,
+    counters: &Counters,
+) {
+    for (job, slot) in batch.into_iter().zip(slots) {
+        let done = match slot {
+            Slot::Panicked(p) => {
+                counters.panics.fetch_add(1, Relaxed);
+                Done::Panicked(p)
+            }
+            Slot::Failed(e) => {
+                counters.failed_operations.fetch_add(1, Relaxed);
+                Done::Failed(e)
+            }
+            // Not reached: only failures are answered here.
+            Slot::Ok(v) => Done::Value(v),
+            Slot::Replay => Done::Failed(Error::Config(
+                "batcher: a replay answered as a failure".into(),
+            )),
+        };
+        let _ = job.reply.send(done);
     }
 }
 

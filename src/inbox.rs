@@ -421,11 +421,28 @@ pub(crate) enum Step<T> {
 impl<'a, C: OperationLog> Tx<'a, C> {
     /// Runs `f` under `op` in a savepoint of this transaction (the batcher's path): the
     /// claim, the writes and the record are rolled back together if `f` fails.
-    pub(crate) fn once_step<T, F>(&mut self, op: &Operation, f: F) -> Result<Step<T>>
+    ///
+    /// Without `isolated` it runs straight in the transaction (the batcher's fast path):
+    /// a taken id is then an error, which makes the batcher re-run the batch with
+    /// savepoints (on PostgreSQL the failed claim has aborted the transaction).
+    pub(crate) fn once_step<T, F>(
+        &mut self,
+        op: &Operation,
+        f: F,
+        isolated: bool,
+    ) -> Result<Step<T>>
     where
         T: Serialize,
         F: FnOnce(&mut Tx<'_, C>) -> Result<T>,
     {
+        if !isolated {
+            if !self.claim(op)? {
+                return Err(Error::RolledBack);
+            }
+            let value = f(self)?;
+            self.record(op, &value)?;
+            return Ok(Step::Ran(value));
+        }
         let r = self.savepoint::<T, OnceFailure<Error>, _>(|sp| {
             if !sp.claim(op)? {
                 return Err(OnceFailure::Taken);
