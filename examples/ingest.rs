@@ -3,7 +3,7 @@
 //! write to be durable, C11). Prints writes per second and latency both ways.
 //!
 //! ```text
-//! cargo run --release --example ingest                        # SQLite file (WAL), 64 writers
+//! cargo run --release --example ingest                        # SQLite file (WAL, synchronous=FULL), 64 writers
 //! cargo run --release --example ingest -- --curve             # 1, 4, 16 and 64 writers (P9)
 //! DIESEL_L2_EXAMPLE_BACKEND=postgres DIESEL_L2_PG_URL=postgres://postgres@127.0.0.1:5432/test \
 //!     cargo run --release --example ingest --features postgres -- --curve
@@ -17,7 +17,8 @@
 //! `batcher.submit(…)` (128 operations or 2 ms). At the end the example checks that the
 //! database holds exactly the writes that were acknowledged, and exits non-zero if not.
 //!
-//! `--seconds N` sets each run's length (default 2; `--quick`: 0.3).
+//! `--seconds N` sets each run's length (default 2; `--quick`: 0.3); `--in-flight N` lets
+//! N batches run at once (`BatchConfig::in_flight`, default 1).
 //!
 //! APIs: `Db::batcher` with `BatchConfig`, `Batcher::submit`, `Batcher::stats`,
 //! `Db::retry`, `Tx::get` / `update` / `insert`.
@@ -60,18 +61,23 @@ const ROWS: i32 = 10_000;
 struct Args {
     curve: bool,
     run: Duration,
+    in_flight: usize,
 }
 
 fn args() -> Result<Args, BoxError> {
     let mut a = Args {
         curve: false,
         run: Duration::from_secs(2),
+        in_flight: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--curve" => a.curve = true,
             "--quick" => a.run = Duration::from_millis(300),
+            "--in-flight" => {
+                a.in_flight = it.next().ok_or("--in-flight needs a value")?.parse()?;
+            }
             "--seconds" => {
                 let s: f64 = it.next().ok_or("--seconds needs a value")?.parse()?;
                 a.run = Duration::from_secs_f64(s);
@@ -88,6 +94,11 @@ fn main() -> std::process::ExitCode {
 
 fn start() -> Result<(), BoxError> {
     let a = args()?;
+    // Each writer waits until its write is durable: on SQLite that takes
+    // `synchronous = FULL` (NORMAL makes a COMMIT durable only at the next checkpoint).
+    if std::env::var_os(common::SQLITE_SYNCHRONOUS_ENV).is_none() {
+        std::env::set_var(common::SQLITE_SYNCHRONOUS_ENV, "FULL");
+    }
     // One connection per writer for the per-write runs (capped), plus the batcher's.
     on_selected_backend!("ingest", 34, run, &a)
 }
@@ -147,7 +158,7 @@ where
         for &n in writers {
             let mut per_write = None;
             for mode in [Mode::PerWrite, Mode::Batched] {
-                let f = measure(&db, mode, kind, n, a.run, &next_id, &acknowledged)?;
+                let f = measure(&db, mode, kind, n, a, &next_id, &acknowledged)?;
                 let speedup = match (mode, &per_write) {
                     (Mode::Batched, Some(base)) => {
                         format!("{:.2}×", f.per_second() / Figures::per_second(base))
@@ -185,7 +196,7 @@ fn measure<C>(
     mode: Mode,
     kind: Kind,
     writers: usize,
-    run: Duration,
+    a: &Args,
     next_id: &AtomicI32,
     acknowledged: &AtomicU64,
 ) -> Result<Figures, BoxError>
@@ -193,7 +204,9 @@ where
     C: R2D2Connection + 'static,
     Product: CachedOps<C>,
 {
-    let batcher = db.batcher(BatchConfig::new(128, Duration::from_millis(2)))?;
+    let run = a.run;
+    let batcher =
+        db.batcher(BatchConfig::new(128, Duration::from_millis(2)).in_flight(a.in_flight))?;
     let policy =
         RetryPolicy::attempts(1_000).backoff(Duration::from_micros(200), Duration::from_millis(10));
     let started = Instant::now();
@@ -219,7 +232,17 @@ where
                                     Kind::Insert => next_id.fetch_add(1, Relaxed),
                                     Kind::Update => 0,
                                 };
-                                batcher.submit(move |tx| write(tx, kind, id, || fresh))?
+                                // Batches running at once (--in-flight) can conflict on a
+                                // row: resubmit, as `db.retry` does per write.
+                                let mut attempts = 0;
+                                loop {
+                                    match batcher.submit(move |tx| write(tx, kind, id, || fresh)) {
+                                        Err(e) if e.is_retryable() && attempts < 1_000 => {
+                                            attempts += 1;
+                                        }
+                                        r => break r?,
+                                    }
+                                }
                             }
                         }
                         acknowledged.fetch_add(1, Relaxed);

@@ -29,12 +29,15 @@
 //!   COMMIT did land.
 //! - **Read-your-writes per caller (C2).** The cache changes of every operation are
 //!   applied after the COMMIT and before any caller of the batch returns.
-//! - **One batch in flight.** One thread runs the batches, one after the other: while a
-//!   batch runs, new operations queue up and form the next batch once it has committed.
-//!   One batch at a time keeps submission order per key across batches, keeps two batches
-//!   from deadlocking on each other's rows, and puts two deliveries of one operation id in
-//!   order. Throughput comes from the size of the batches (one COMMIT for many writes),
-//!   which grows by itself under load, not from their number.
+//! - **How many batches in flight.** One by default: one thread runs the batches, one
+//!   after the other; while a batch runs, new operations queue up and form the next batch
+//!   once it has committed. One at a time keeps submission order per key across batches,
+//!   keeps two batches from deadlocking on each other's rows, and puts two deliveries of
+//!   one operation id in order; throughput comes from the size of the batches (one COMMIT
+//!   for many writes), which grows by itself under load. Where a batch is bound by round
+//!   trips rather than by its COMMIT (MariaDB, whose updates reload each row),
+//!   [`BatchConfig::in_flight`] lets several batches run at once, each on its own
+//!   connection, with order kept within each batch only.
 //! - **Shutdown** ([`Batcher::shutdown`], or dropping the last clone) runs what was
 //!   submitted before it, then stops the thread.
 
@@ -67,6 +70,8 @@ pub struct BatchConfig {
     pub max_wait: Duration,
     /// Wait `max_wait` for company even when the last batch carried a single operation.
     pub always_wait: bool,
+    /// Batches that may run at once, each on its own connection (default 1).
+    pub in_flight: usize,
 }
 
 impl Default for BatchConfig {
@@ -76,6 +81,7 @@ impl Default for BatchConfig {
             max_batch: 128,
             max_wait: Duration::from_millis(2),
             always_wait: false,
+            in_flight: 1,
         }
     }
 }
@@ -87,7 +93,21 @@ impl BatchConfig {
             max_batch,
             max_wait,
             always_wait: false,
+            in_flight: 1,
         }
+    }
+
+    /// Lets `n` batches run at once, each on its own connection. With one (the default)
+    /// operations run strictly in submission order, across batches too. With more, order
+    /// holds within a batch only: two batches running at once may write the same rows,
+    /// so one of them waits for the other's locks (a deadlock between them fails the
+    /// victim operation and re-runs the rest, as any abort). Worth it where the database
+    /// round trip, not the COMMIT, is what limits a batch (MariaDB, whose updates need a
+    /// reload after each statement); see P9 in BENCHMARKS.md.
+    #[must_use]
+    pub fn in_flight(mut self, n: usize) -> Self {
+        self.in_flight = n;
+        self
     }
 
     /// Always wait up to `max_wait` for more operations, even for a lone writer (which
@@ -186,23 +206,24 @@ struct Job<C: R2D2Connection + 'static> {
 
 struct Shared<C: R2D2Connection + 'static> {
     queue: Mutex<Option<Sender<Job<C>>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     counters: Arc<Counters>,
 }
 
 impl<C: R2D2Connection + 'static> Drop for Shared<C> {
     fn drop(&mut self) {
-        stop(&self.queue, &self.thread);
+        stop(&self.queue, &self.threads);
     }
 }
 
 fn stop<C: R2D2Connection + 'static>(
     queue: &Mutex<Option<Sender<Job<C>>>>,
-    thread: &Mutex<Option<JoinHandle<()>>>,
+    threads: &Mutex<Vec<JoinHandle<()>>>,
 ) {
-    // Closing the queue lets the thread drain what was submitted, then end.
+    // Closing the queue lets the threads drain what was submitted, then end.
     drop(queue.lock().unwrap_or_else(PoisonError::into_inner).take());
-    if let Some(t) = thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
+    let threads = std::mem::take(&mut *threads.lock().unwrap_or_else(PoisonError::into_inner));
+    for t in threads {
         let _ = t.join();
     }
 }
@@ -261,21 +282,37 @@ impl<C: R2D2Connection + 'static> Db<C> {
                 "batcher: max_batch is 0; a batch needs room for at least one operation".into(),
             ));
         }
+        if config.in_flight == 0 {
+            return Err(Error::Config(
+                "batcher: in_flight is 0; at least one batch must be able to run".into(),
+            ));
+        }
         let (queue, jobs) = mpsc::channel::<Job<C>>();
+        let jobs = Arc::new(Mutex::new(jobs));
         let counters = Arc::new(Counters::default());
-        let db = self.clone();
-        let thread_counters = Arc::clone(&counters);
-        let thread = std::thread::Builder::new()
-            .name("diesel-l2-batcher".into())
-            .spawn(move || run_batches(db, config, jobs, thread_counters))
-            .map_err(|e| Error::Config(format!("could not start the batcher thread: {e}")))?;
-        Ok(Batcher {
-            shared: Arc::new(Shared {
-                queue: Mutex::new(Some(queue)),
-                thread: Mutex::new(Some(thread)),
-                counters,
-            }),
-        })
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Some(queue)),
+            threads: Mutex::new(Vec::new()),
+            counters: Arc::clone(&counters),
+        });
+        for i in 0..config.in_flight {
+            let (db, config, jobs, counters) = (
+                self.clone(),
+                config.clone(),
+                Arc::clone(&jobs),
+                Arc::clone(&counters),
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("diesel-l2-batcher-{i}"))
+                .spawn(move || run_batches(db, config, jobs, counters))
+                .map_err(|e| Error::Config(format!("could not start a batcher thread: {e}")))?;
+            shared
+                .threads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(thread);
+        }
+        Ok(Batcher { shared })
     }
 }
 
@@ -364,7 +401,7 @@ impl<C: R2D2Connection + 'static> Batcher<C> {
     /// Runs what was submitted, then stops the batcher's thread. Later submissions fail
     /// with [`Error::Config`]. Dropping the last clone does the same.
     pub fn shutdown(&self) {
-        stop(&self.shared.queue, &self.shared.thread);
+        stop(&self.shared.queue, &self.shared.threads);
     }
 
     /// The batcher's counters.
@@ -388,16 +425,19 @@ impl<C: R2D2Connection + 'static> Batcher<C> {
 fn run_batches<C: R2D2Connection + 'static>(
     db: Db<C>,
     config: BatchConfig,
-    jobs: Receiver<Job<C>>,
+    jobs: Arc<Mutex<Receiver<Job<C>>>>,
     counters: Arc<Counters>,
 ) {
     let mut carried: Vec<Job<C>> = Vec::new();
     // Like PostgreSQL's commit_delay with commit_siblings: wait for company only when
-    // writers are concurrent (the last batch carried more than one operation); a lone
-    // writer's operation starts at once. Whatever queued meanwhile always joins.
-    let mut concurrent = false;
+    // writers are concurrent (the last batch carried more than one operation), and only
+    // until as many operations as last time have joined; a lone writer's operation starts
+    // at once. Whatever queued meanwhile always joins.
+    let mut last_len = 0usize;
     loop {
         let mut batch = std::mem::take(&mut carried);
+        // One thread collects at a time, so each batch takes a run of the queue in order.
+        let jobs = jobs.lock().unwrap_or_else(PoisonError::into_inner);
         if batch.is_empty() {
             match jobs.recv() {
                 Ok(j) => batch.push(j),
@@ -410,9 +450,16 @@ fn run_batches<C: R2D2Connection + 'static>(
                 Err(_) => break,
             }
         }
-        if concurrent || config.always_wait {
+        let expected = if config.always_wait {
+            config.max_batch
+        } else if last_len > 1 {
+            last_len.min(config.max_batch)
+        } else {
+            0
+        };
+        if batch.len() < expected {
             let deadline = Instant::now() + config.max_wait;
-            while batch.len() < config.max_batch {
+            while batch.len() < expected {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match jobs.recv_timeout(left) {
                     Ok(j) => batch.push(j),
@@ -420,7 +467,8 @@ fn run_batches<C: R2D2Connection + 'static>(
                 }
             }
         }
-        concurrent = batch.len() > 1;
+        drop(jobs);
+        last_len = batch.len();
         carried = run_batch(&db, batch, &counters);
     }
 }

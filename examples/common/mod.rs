@@ -45,6 +45,9 @@ pub fn exit_code(result: Result<(), BoxError>) -> std::process::ExitCode {
     }
 }
 
+/// SQLite's `synchronous` setting for the examples' pools: `NORMAL` (default) or `FULL`.
+pub const SQLITE_SYNCHRONOUS_ENV: &str = "DIESEL_L2_SQLITE_SYNCHRONOUS";
+
 /// Selects the backend: `sqlite` (default), `postgres` or `mysql`.
 pub const BACKEND_ENV: &str = "DIESEL_L2_EXAMPLE_BACKEND";
 /// PostgreSQL URL, e.g. `postgres://postgres@127.0.0.1:5432/test` (as for the tests).
@@ -179,8 +182,22 @@ impl ExampleBackend for diesel::sqlite::SqliteConnection {
             .to_owned();
         // busy_timeout first: concurrent connections switching the file to WAL then wait
         // instead of failing; WAL lets readers run beside the one writer.
-        let init_sql = "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
-             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+        // `synchronous`: NORMAL (the default here) makes a COMMIT durable at the next
+        // checkpoint; FULL on every COMMIT (DIESEL_L2_SQLITE_SYNCHRONOUS=FULL).
+        let synchronous = match std::env::var(SQLITE_SYNCHRONOUS_ENV).as_deref() {
+            Ok("FULL") | Ok("full") => "FULL",
+            Ok("NORMAL") | Ok("normal") | Err(_) => "NORMAL",
+            Ok(other) => {
+                return Err(
+                    format!("{SQLITE_SYNCHRONOUS_ENV}={other}: expected NORMAL or FULL").into(),
+                )
+            }
+        };
+        let init_sql = format!(
+            "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;"
+        );
+        let init_sql = init_sql.as_str();
         let pool = build_pool(&url, init_sql, max_size, SQLITE_MIGRATIONS)?;
         Ok(ExampleDb {
             pool,
