@@ -265,8 +265,9 @@ mod poll {
     where
         Self::Backend: diesel::backend::Backend,
     {
-        /// Deletes change rows up to `seq` older than `secs` seconds.
-        fn prune_sql(seq: i64, secs: f64) -> String;
+        /// Deletes the change rows up to `seq` older than `secs` seconds. The poller waits
+        /// for it, so it must not wait for a writer's transaction.
+        fn prune(conn: &mut Self, seq: i64, secs: f64) -> QueryResult<()>;
         /// `(tbl, name)` of the triggers installed in this database.
         const TRIGGERS_SQL: &'static str;
         /// The trigger suffixes each cached table needs.
@@ -528,8 +529,7 @@ mod poll {
             if last_prune.is_none_or(|at| at.elapsed() >= prune_every) {
                 // Only rows every change up to which has been read or given up on; a
                 // failure (a writer holds the lock) is retried at the next prune.
-                let sql = C::prune_sql(cursor.watermark(), config.retention.as_secs_f64());
-                if let Err(e) = sql_query(sql).execute(conn) {
+                if let Err(e) = C::prune(conn, cursor.watermark(), config.retention.as_secs_f64()) {
                     tracing::debug!(error = %e, "could not prune the change table; will retry");
                 }
                 last_prune = Some(Instant::now());
@@ -543,9 +543,31 @@ mod poll {
 
     #[cfg(feature = "mysql")]
     impl Outbox for diesel::mysql::MysqlConnection {
-        fn prune_sql(seq: i64, secs: f64) -> String {
+        /// InnoDB ends a range scan by reading (and, under REPEATABLE READ, locking) the
+        /// first row past the range. `DELETE … WHERE seq <= watermark` therefore waited for
+        /// the row just above the watermark, which is typically a change row of a
+        /// transaction still open (its number is what holds the watermark back): the
+        /// poller, which runs the prune, applied no change until that writer ended or
+        /// `innodb_lock_wait_timeout` (50 s by default) passed. So the bound is an existing
+        /// committed row `c` at or below the watermark (a plain read, no lock): rows
+        /// strictly below it are deleted by a range scan that stops at `c`, which no writer
+        /// holds, then `c` by its key (a unique lookup reads no other row). Rows below `c`
+        /// were inserted before it, so are at least as old.
+        fn prune(conn: &mut Self, seq: i64, secs: f64) -> QueryResult<()> {
             let micros = (secs * 1e6) as u64;
-            format!("DELETE FROM {CHANGES_TABLE} WHERE seq <= {seq} AND changed_at < NOW(6) - INTERVAL {micros} MICROSECOND")
+            let bound: Vec<Seq> = sql_query(format!(
+                "SELECT COALESCE(MAX(seq), 0) AS seq FROM {CHANGES_TABLE} \
+                 WHERE seq <= {seq} AND changed_at < NOW(6) - INTERVAL {micros} MICROSECOND"
+            ))
+            .load(conn)?;
+            let bound = bound.first().map_or(0, |b| b.seq);
+            if bound == 0 {
+                return Ok(());
+            }
+            sql_query(format!("DELETE FROM {CHANGES_TABLE} WHERE seq < {bound}")).execute(conn)?;
+            sql_query(format!("DELETE FROM {CHANGES_TABLE} WHERE seq = {bound}"))
+                .execute(conn)
+                .map(drop)
         }
         const TRIGGERS_SQL: &'static str =
             "SELECT CAST(EVENT_OBJECT_TABLE AS CHAR) AS tbl, CAST(TRIGGER_NAME AS CHAR) AS name \
@@ -563,8 +585,10 @@ mod poll {
 
     #[cfg(feature = "sqlite")]
     impl Outbox for diesel::sqlite::SqliteConnection {
-        fn prune_sql(seq: i64, secs: f64) -> String {
-            format!("DELETE FROM {CHANGES_TABLE} WHERE seq <= {seq} AND changed_at < strftime('%Y-%m-%d %H:%M:%f', 'now', '-{secs:.3} seconds')")
+        fn prune(conn: &mut Self, seq: i64, secs: f64) -> QueryResult<()> {
+            sql_query(format!("DELETE FROM {CHANGES_TABLE} WHERE seq <= {seq} AND changed_at < strftime('%Y-%m-%d %H:%M:%f', 'now', '-{secs:.3} seconds')"))
+                .execute(conn)
+                .map(drop)
         }
         const TRIGGERS_SQL: &'static str =
             "SELECT tbl_name AS tbl, name FROM sqlite_master WHERE type = 'trigger'";
