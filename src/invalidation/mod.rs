@@ -39,8 +39,8 @@
 //!   background thread polls by sequence number. Each missing sequence number (a
 //!   transaction not committed yet, or rolled back) has its own timer: after `gap_timeout`
 //!   the regions are cleared (counted in `gaps`), and the number is still looked for until
-//!   `retention` has passed, so a change that commits late is applied then (looked for
-//!   every 100 ms). On (re)connection the numbers up to 1,000 below the maximum that are
+//!   `retention` has passed, so a change that commits late is applied then (swept for
+//!   every 100 ms, a page of 1,000 per poll). On (re)connection the numbers up to 1,000 below the maximum that are
 //!   not in the table are watched the same way, without a flush (MariaDB assigns
 //!   `AUTO_INCREMENT` at insert, not commit; the regions were just cleared).
 //!   New rows are read a page at a time past any gap. Rows are pruned only below the

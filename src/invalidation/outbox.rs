@@ -253,7 +253,9 @@ mod poll {
     /// `AUTO_INCREMENT` at insert, so a transaction still open holds a lower number than
     /// rows committed after it.
     const CONNECT_WINDOW: i64 = 1000;
-    /// How often seqs whose gap already timed out are looked for again.
+    /// How often a sweep over the seqs whose gap already timed out starts again. A sweep
+    /// looks for one page of them per poll, so the poller never spends a poll on all of
+    /// them (up to `MAX_TRACKED`: every rolled-back write leaves one for `retention`).
     const LATE_EVERY: Duration = Duration::from_millis(100);
     /// Most missing or late seqs tracked; beyond, the regions are cleared instead.
     const MAX_TRACKED: usize = 100_000;
@@ -265,8 +267,9 @@ mod poll {
     where
         Self::Backend: diesel::backend::Backend,
     {
-        /// Deletes change rows up to `seq` older than `secs` seconds.
-        fn prune_sql(seq: i64, secs: f64) -> String;
+        /// Deletes the change rows up to `seq` older than `secs` seconds. The poller waits
+        /// for it, so it must not wait for a writer's transaction.
+        fn prune(conn: &mut Self, seq: i64, secs: f64) -> QueryResult<()>;
         /// `(tbl, name)` of the triggers installed in this database.
         const TRIGGERS_SQL: &'static str;
         /// The trigger suffixes each cached table needs.
@@ -288,7 +291,10 @@ mod poll {
         /// Seqs whose gap timed out (the regions were cleared), still looked for until
         /// the retention has passed: one that commits later is applied then.
         late: BTreeMap<i64, Instant>,
+        /// When the last sweep over `late` ended.
         last_late_poll: Instant,
+        /// Where the sweep in progress over `late` resumes (`None`: no sweep under way).
+        late_next: Option<i64>,
     }
 
     impl Cursor {
@@ -422,6 +428,7 @@ mod poll {
             missing: BTreeMap::new(),
             late: BTreeMap::new(),
             last_late_poll: Instant::now(),
+            late_next: None,
         };
         // Watched like gaps that timed out, without their flush: the regions are cleared
         // at connection anyway, so a number that never commits (rolled back, or pruned
@@ -466,11 +473,28 @@ mod poll {
                 shared.on_payload(&c.payload, None);
             }
             // Seqs still missing; those already timed out less often.
-            let late_due = cursor.last_late_poll.elapsed() >= LATE_EVERY;
+            // The late ones a page per poll: all of them at once (up to `MAX_TRACKED`, a
+            // hundred queries of a thousand keys) held up every change behind them, by
+            // about 80 ms per sweep for 90,000 late seqs on an idle machine and by seconds
+            // on a loaded one (the soak's C4 reads of a listening Db lagging > 1 s).
             let mut wanted: Vec<i64> = cursor.missing.keys().copied().collect();
-            if late_due {
-                wanted.extend(cursor.late.keys().copied());
-                cursor.last_late_poll = Instant::now();
+            if cursor.late_next.is_none() && cursor.last_late_poll.elapsed() >= LATE_EVERY {
+                cursor.late_next = Some(i64::MIN);
+            }
+            if let Some(from) = cursor.late_next {
+                let page: Vec<i64> = cursor
+                    .late
+                    .range(from..)
+                    .map(|(s, _)| *s)
+                    .take(PAGE)
+                    .collect();
+                if page.len() < PAGE {
+                    cursor.late_next = None;
+                    cursor.last_late_poll = Instant::now();
+                } else {
+                    cursor.late_next = page.last().map(|s| s + 1);
+                }
+                wanted.extend(page);
             }
             for chunk in wanted.chunks(PAGE) {
                 let list = chunk
@@ -528,8 +552,7 @@ mod poll {
             if last_prune.is_none_or(|at| at.elapsed() >= prune_every) {
                 // Only rows every change up to which has been read or given up on; a
                 // failure (a writer holds the lock) is retried at the next prune.
-                let sql = C::prune_sql(cursor.watermark(), config.retention.as_secs_f64());
-                if let Err(e) = sql_query(sql).execute(conn) {
+                if let Err(e) = C::prune(conn, cursor.watermark(), config.retention.as_secs_f64()) {
                     tracing::debug!(error = %e, "could not prune the change table; will retry");
                 }
                 last_prune = Some(Instant::now());
@@ -543,9 +566,31 @@ mod poll {
 
     #[cfg(feature = "mysql")]
     impl Outbox for diesel::mysql::MysqlConnection {
-        fn prune_sql(seq: i64, secs: f64) -> String {
+        /// InnoDB ends a range scan by reading (and, under REPEATABLE READ, locking) the
+        /// first row past the range. `DELETE … WHERE seq <= watermark` therefore waited for
+        /// the row just above the watermark, which is typically a change row of a
+        /// transaction still open (its number is what holds the watermark back): the
+        /// poller, which runs the prune, applied no change until that writer ended or
+        /// `innodb_lock_wait_timeout` (50 s by default) passed. So the bound is an existing
+        /// committed row `c` at or below the watermark (a plain read, no lock): rows
+        /// strictly below it are deleted by a range scan that stops at `c`, which no writer
+        /// holds, then `c` by its key (a unique lookup reads no other row). Rows below `c`
+        /// were inserted before it, so are at least as old.
+        fn prune(conn: &mut Self, seq: i64, secs: f64) -> QueryResult<()> {
             let micros = (secs * 1e6) as u64;
-            format!("DELETE FROM {CHANGES_TABLE} WHERE seq <= {seq} AND changed_at < NOW(6) - INTERVAL {micros} MICROSECOND")
+            let bound: Vec<Seq> = sql_query(format!(
+                "SELECT COALESCE(MAX(seq), 0) AS seq FROM {CHANGES_TABLE} \
+                 WHERE seq <= {seq} AND changed_at < NOW(6) - INTERVAL {micros} MICROSECOND"
+            ))
+            .load(conn)?;
+            let bound = bound.first().map_or(0, |b| b.seq);
+            if bound == 0 {
+                return Ok(());
+            }
+            sql_query(format!("DELETE FROM {CHANGES_TABLE} WHERE seq < {bound}")).execute(conn)?;
+            sql_query(format!("DELETE FROM {CHANGES_TABLE} WHERE seq = {bound}"))
+                .execute(conn)
+                .map(drop)
         }
         const TRIGGERS_SQL: &'static str =
             "SELECT CAST(EVENT_OBJECT_TABLE AS CHAR) AS tbl, CAST(TRIGGER_NAME AS CHAR) AS name \
@@ -563,8 +608,10 @@ mod poll {
 
     #[cfg(feature = "sqlite")]
     impl Outbox for diesel::sqlite::SqliteConnection {
-        fn prune_sql(seq: i64, secs: f64) -> String {
-            format!("DELETE FROM {CHANGES_TABLE} WHERE seq <= {seq} AND changed_at < strftime('%Y-%m-%d %H:%M:%f', 'now', '-{secs:.3} seconds')")
+        fn prune(conn: &mut Self, seq: i64, secs: f64) -> QueryResult<()> {
+            sql_query(format!("DELETE FROM {CHANGES_TABLE} WHERE seq <= {seq} AND changed_at < strftime('%Y-%m-%d %H:%M:%f', 'now', '-{secs:.3} seconds')"))
+                .execute(conn)
+                .map(drop)
         }
         const TRIGGERS_SQL: &'static str =
             "SELECT tbl_name AS tbl, name FROM sqlite_master WHERE type = 'trigger'";

@@ -1042,6 +1042,7 @@ fn lagged_reads(
     history: &History,
     stop: &std::sync::atomic::AtomicBool,
     seed: u64,
+    incarnations: &Mutex<HashMap<i64, i64>>,
 ) -> (Vec<Event>, u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let (mut events, mut n) = (Vec::new(), 0);
@@ -1054,6 +1055,15 @@ fn lagged_reads(
             keys.pick(&mut rng, kd)
         };
         if origin(thread) == 0 && k.id >= REINSERT_BASE && rng.u8(0..4) == 0 {
+            // No re-insert while this delete runs (the re-inserter takes this lock). The
+            // delete is versioned by `(id, version)` only, and a re-insert starts again at
+            // version 1: without the lock, the adversary could delete the incarnation read
+            // here and re-insert the next one at the same version between `get` and
+            // `delete`, and this versioned delete then (correctly, by its contract) deleted
+            // the *next* incarnation while the history recorded the end of the one read:
+            // the same delete marker twice (a false "C6 committed twice") and a live
+            // incarnation the database no longer holds.
+            let _no_reinsert = incarnations.lock().unwrap_or_else(|p| p.into_inner());
             let start = history.now();
             let mut fx = Vec::new();
             let r = store.run(true, &mut |tx| {
@@ -1191,10 +1201,20 @@ pub fn run_adversarial(
             for i in 0..2 {
                 let second = adv.second;
                 side.push(s.spawn(move || {
-                    lagged_reads(second, 2000 + i, keys, history, stop, seed ^ (3 + i as u64))
+                    lagged_reads(
+                        second,
+                        2000 + i,
+                        keys,
+                        history,
+                        stop,
+                        seed ^ (3 + i as u64),
+                        incarnations,
+                    )
                 }));
             }
-            side.push(s.spawn(move || lagged_reads(store, 3000, keys, history, stop, seed ^ 5)));
+            side.push(s.spawn(move || {
+                lagged_reads(store, 3000, keys, history, stop, seed ^ 5, incarnations)
+            }));
             let handles: Vec<_> = (0..config.threads)
                 .map(|thread| {
                     let guard_ids = &guard_ids;
