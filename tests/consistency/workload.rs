@@ -678,6 +678,46 @@ impl Worker<'_> {
     }
 }
 
+/// Generation 0 of every slot, committed before the workload starts and checked.
+#[allow(clippy::too_many_arguments)]
+fn seed_slots(
+    store: &dyn Store,
+    config: &Config,
+    failure: CommitFailure,
+    keys: &Keys,
+    history: &History,
+    ops: &AtomicU64,
+    guard_ids: &AtomicU64,
+    checker: &mut Checker,
+) {
+    let mut setup = Worker {
+        thread: usize::MAX,
+        rng: fastrand::Rng::with_seed(config.seed),
+        seq: 0,
+        keys,
+        history,
+        events: Vec::new(),
+        ops,
+        per_op: HashMap::new(),
+        op_errors: 0,
+        failure,
+        guard_ids,
+    };
+    for key in keys.all() {
+        let p = setup.payload();
+        setup.write(store, true, |tx, fx| {
+            fx.push(Effect::Put(tx.insert(&Row {
+                key,
+                version: 1,
+                payload: p.clone(),
+            })?));
+            Ok(())
+        });
+    }
+    assert_eq!(setup.op_errors, 0, "setup inserts failed");
+    checker.check_phase(std::mem::take(&mut setup.events));
+}
+
 /// Runs the workload against `store` and checks it. `setup` rows are inserted first.
 pub fn run(store: &dyn Store, config: &Config, failure: CommitFailure) -> Figures {
     quiet_injected_panics();
@@ -688,35 +728,16 @@ pub fn run(store: &dyn Store, config: &Config, failure: CommitFailure) -> Figure
     let mut checker = Checker::new();
     let started = Instant::now();
 
-    // Generation 0 of every slot, committed before the workload starts.
-    {
-        let mut setup = Worker {
-            thread: usize::MAX,
-            rng: fastrand::Rng::with_seed(config.seed),
-            seq: 0,
-            keys: &keys,
-            history: &history,
-            events: Vec::new(),
-            ops: &ops,
-            per_op: HashMap::new(),
-            op_errors: 0,
-            failure,
-            guard_ids: &guard_ids,
-        };
-        for key in keys.all() {
-            let p = setup.payload();
-            setup.write(store, true, |tx, fx| {
-                fx.push(Effect::Put(tx.insert(&Row {
-                    key,
-                    version: 1,
-                    payload: p.clone(),
-                })?));
-                Ok(())
-            });
-        }
-        assert_eq!(setup.op_errors, 0, "setup inserts failed");
-        checker.check_phase(std::mem::take(&mut setup.events));
-    }
+    seed_slots(
+        store,
+        config,
+        failure,
+        &keys,
+        &history,
+        &ops,
+        &guard_ids,
+        &mut checker,
+    );
 
     let per_phase = config.ops.div_ceil(u64::from(config.phases.max(1)));
     let per_thread = per_phase.div_ceil(config.threads as u64).max(1);
@@ -1138,34 +1159,16 @@ pub fn run_adversarial(
     let mut plain = adv.plain;
     assert!(plain.len() >= 2, "two plain-SQL connections");
 
-    {
-        let mut setup = Worker {
-            thread: usize::MAX,
-            rng: fastrand::Rng::with_seed(config.seed),
-            seq: 0,
-            keys: &keys,
-            history: &history,
-            events: Vec::new(),
-            ops: &ops,
-            per_op: HashMap::new(),
-            op_errors: 0,
-            failure,
-            guard_ids: &guard_ids,
-        };
-        for key in keys.all() {
-            let p = setup.payload();
-            setup.write(store, true, |tx, fx| {
-                fx.push(Effect::Put(tx.insert(&Row {
-                    key,
-                    version: 1,
-                    payload: p.clone(),
-                })?));
-                Ok(())
-            });
-        }
-        assert_eq!(setup.op_errors, 0, "setup inserts failed");
-        checker.check_phase(std::mem::take(&mut setup.events));
-    }
+    seed_slots(
+        store,
+        config,
+        failure,
+        &keys,
+        &history,
+        &ops,
+        &guard_ids,
+        &mut checker,
+    );
 
     let per_phase = config.ops.div_ceil(u64::from(config.phases.max(1)));
     let per_thread = per_phase.div_ceil(config.threads as u64).max(1);
