@@ -678,6 +678,48 @@ impl Worker<'_> {
     }
 }
 
+/// What every workload thread of a run shares.
+struct Shared<'a> {
+    keys: &'a Keys,
+    history: &'a History,
+    ops: &'a AtomicU64,
+    guard_ids: &'a AtomicU64,
+    failure: CommitFailure,
+}
+
+/// One workload thread of one phase: up to `per_thread` operations before `deadline`;
+/// returns its per-operation counts, its errors and how many operations it ran.
+fn work(
+    store: &dyn Store,
+    shared: &Shared<'_>,
+    thread: usize,
+    seed: u64,
+    phase: u64,
+    per_thread: u64,
+    deadline: Instant,
+) -> (HashMap<Op, u64>, u64, u64) {
+    let mut w = Worker {
+        thread,
+        rng: fastrand::Rng::with_seed(seed),
+        seq: phase << 32,
+        keys: shared.keys,
+        history: shared.history,
+        events: Vec::new(),
+        ops: shared.ops,
+        per_op: HashMap::new(),
+        op_errors: 0,
+        failure: shared.failure,
+        guard_ids: shared.guard_ids,
+    };
+    let mut done = 0;
+    while done < per_thread && Instant::now() < deadline {
+        w.op(store);
+        done += 1;
+    }
+    shared.history.extend(std::mem::take(&mut w.events));
+    (w.per_op, w.op_errors, done)
+}
+
 /// Generation 0 of every slot, committed before the workload starts and checked.
 #[allow(clippy::too_many_arguments)]
 fn seed_slots(
@@ -760,26 +802,14 @@ pub fn run(store: &dyn Store, config: &Config, failure: CommitFailure) -> Figure
                         .wrapping_add(phase.wrapping_mul(1_000_003))
                         .wrapping_add(thread as u64 * 7919);
                     s.spawn(move || {
-                        let mut w = Worker {
-                            thread,
-                            rng: fastrand::Rng::with_seed(seed),
-                            seq: phase << 32,
+                        let shared = Shared {
                             keys,
                             history,
-                            events: Vec::new(),
                             ops,
-                            per_op: HashMap::new(),
-                            op_errors: 0,
-                            failure,
                             guard_ids,
+                            failure,
                         };
-                        let mut done = 0;
-                        while done < per_thread && Instant::now() < deadline {
-                            w.op(store);
-                            done += 1;
-                        }
-                        history.extend(std::mem::take(&mut w.events));
-                        (w.per_op, w.op_errors, done)
+                        work(store, &shared, thread, seed, phase, per_thread, deadline)
                     })
                 })
                 .collect();
@@ -1224,26 +1254,14 @@ pub fn run_adversarial(
                     let ops = &ops;
                     let seed = seed.wrapping_add(thread as u64 * 7919);
                     s.spawn(move || {
-                        let mut w = Worker {
-                            thread,
-                            rng: fastrand::Rng::with_seed(seed),
-                            seq: phase << 32,
+                        let shared = Shared {
                             keys,
                             history,
-                            events: Vec::new(),
                             ops,
-                            per_op: HashMap::new(),
-                            op_errors: 0,
-                            failure,
                             guard_ids,
+                            failure,
                         };
-                        let mut done = 0;
-                        while done < per_thread && Instant::now() < deadline {
-                            w.op(store);
-                            done += 1;
-                        }
-                        history.extend(std::mem::take(&mut w.events));
-                        (w.per_op, w.op_errors, done)
+                        work(store, &shared, thread, seed, phase, per_thread, deadline)
                     })
                 })
                 .collect();
