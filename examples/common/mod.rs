@@ -9,7 +9,9 @@
 //!   `l2ex_<pid>_<random>` on the server of `DIESEL_L2_MYSQL_URL`.
 //!
 //! An example writes its body once, generic over the connection type, and calls it through
-//! [`on_selected_backend!`].
+//! [`on_selected_backend!`]. The schema is the project's (`migrations/<backend>/`) unless
+//! the example brings its own (`on_selected_backend!(migrations = path::to::module; ..)`,
+//! a module with `SQLITE`, `POSTGRES` and `MYSQL` embedded migrations).
 
 // Each example uses a different part of this module.
 #![allow(dead_code, unused_macros)]
@@ -19,7 +21,7 @@ use std::fmt;
 use std::time::Duration;
 
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, R2D2Connection};
-use diesel_l2::DbPool;
+use diesel_l2::{DbPool, SqliteSetup};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations =
@@ -59,6 +61,23 @@ pub const MYSQL_URL_ENV: &str = "DIESEL_L2_MYSQL_URL";
 /// generic fn over the connection type, monomorphised here once per compiled-in backend.
 /// Expands to a `?` on errors, so use it in a fn returning `Result<_, BoxError>`.
 macro_rules! on_selected_backend {
+    // The example's own schema: `$($m)::+` is a module with the embedded migrations
+    // `SQLITE`, `POSTGRES` and `MYSQL`.
+    (migrations = $($m:ident)::+; $label:expr, $max_size:expr, $run:path $(, $arg:expr)*) => {
+        match common::selected()? {
+            common::Backend::Sqlite => $run(common::ExampleDb::<
+                diesel::sqlite::SqliteConnection,
+            >::open_with($label, $max_size, $($m)::+::SQLITE)? $(, $arg)*),
+            #[cfg(feature = "postgres")]
+            common::Backend::Postgres => $run(common::ExampleDb::<diesel::pg::PgConnection>::open_with(
+                $label, $max_size, $($m)::+::POSTGRES,
+            )? $(, $arg)*),
+            #[cfg(feature = "mysql")]
+            common::Backend::Mysql => $run(common::ExampleDb::<
+                diesel::mysql::MysqlConnection,
+            >::open_with($label, $max_size, $($m)::+::MYSQL)? $(, $arg)*),
+        }
+    };
     ($label:expr, $max_size:expr, $run:path $(, $arg:expr)*) => {
         match common::selected()? {
             common::Backend::Sqlite => $run(common::ExampleDb::<
@@ -126,8 +145,8 @@ pub fn selected() -> Result<Backend, BoxError> {
     }
 }
 
-/// A pool on a database nobody else uses, with the project's schema migrated in; the
-/// database (file, schema) is removed on drop.
+/// A pool on a database nobody else uses, with the project's schema (or the example's own)
+/// migrated in; the database (file, schema) is removed on drop.
 pub struct ExampleDb<C: R2D2Connection + 'static> {
     /// The pool to build a `diesel_l2::Db` on.
     pub pool: DbPool<C>,
@@ -148,14 +167,30 @@ pub struct ExampleDb<C: R2D2Connection + 'static> {
 
 /// The connection types an [`ExampleDb`] can be opened for.
 pub trait ExampleBackend: R2D2Connection + MigrationHarness<Self::Backend> + 'static {
-    /// A fresh database for the example called `label`, with a pool of `max_size`.
-    fn open(label: &str, max_size: u32) -> Result<ExampleDb<Self>, BoxError>;
+    /// The project's schema on this backend (`migrations/<backend>/`).
+    fn project_migrations() -> EmbeddedMigrations;
+    /// A fresh database for the example called `label`, with a pool of `max_size`, and
+    /// `migrations` run.
+    fn open_with(
+        label: &str,
+        max_size: u32,
+        migrations: EmbeddedMigrations,
+    ) -> Result<ExampleDb<Self>, BoxError>;
 }
 
 impl<C: ExampleBackend> ExampleDb<C> {
-    /// See [`ExampleBackend::open`].
+    /// A fresh database with the project's schema: see [`ExampleBackend::open_with`].
     pub fn open(label: &str, max_size: u32) -> Result<Self, BoxError> {
-        C::open(label, max_size)
+        C::open_with(label, max_size, C::project_migrations())
+    }
+
+    /// A fresh database with the example's own schema: see [`ExampleBackend::open_with`].
+    pub fn open_with(
+        label: &str,
+        max_size: u32,
+        migrations: EmbeddedMigrations,
+    ) -> Result<Self, BoxError> {
+        C::open_with(label, max_size, migrations)
     }
 
     /// Another pool on the same database, as a second instance of the application has.
@@ -170,7 +205,15 @@ impl<C: ExampleBackend> ExampleDb<C> {
 }
 
 impl ExampleBackend for diesel::sqlite::SqliteConnection {
-    fn open(label: &str, max_size: u32) -> Result<ExampleDb<Self>, BoxError> {
+    fn project_migrations() -> EmbeddedMigrations {
+        SQLITE_MIGRATIONS
+    }
+
+    fn open_with(
+        label: &str,
+        max_size: u32,
+        migrations: EmbeddedMigrations,
+    ) -> Result<ExampleDb<Self>, BoxError> {
         // A directory rather than a file, so the WAL and SHM files go with it.
         let dir = tempfile::Builder::new()
             .prefix(&format!("diesel-l2-{label}-"))
@@ -184,9 +227,9 @@ impl ExampleBackend for diesel::sqlite::SqliteConnection {
         // instead of failing; WAL lets readers run beside the one writer.
         // `synchronous`: NORMAL (the default here) makes a COMMIT durable at the next
         // checkpoint; FULL on every COMMIT (DIESEL_L2_SQLITE_SYNCHRONOUS=FULL).
-        let synchronous = match std::env::var(SQLITE_SYNCHRONOUS_ENV).as_deref() {
-            Ok("FULL") | Ok("full") => "FULL",
-            Ok("NORMAL") | Ok("normal") | Err(_) => "NORMAL",
+        let (synchronous, setup) = match std::env::var(SQLITE_SYNCHRONOUS_ENV).as_deref() {
+            Ok("FULL") | Ok("full") => ("FULL", SqliteSetup::default().synchronous_full()),
+            Ok("NORMAL") | Ok("normal") | Err(_) => ("NORMAL", SqliteSetup::default()),
             Ok(other) => {
                 return Err(
                     format!("{SQLITE_SYNCHRONOUS_ENV}={other}: expected NORMAL or FULL").into(),
@@ -198,7 +241,9 @@ impl ExampleBackend for diesel::sqlite::SqliteConnection {
              PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;"
         );
         let init_sql = init_sql.as_str();
-        let pool = build_pool(&url, init_sql, max_size, SQLITE_MIGRATIONS)?;
+        // The library's set-up for SQLite pools (the same PRAGMAs as `init_sql`).
+        let setup = setup.busy_timeout(Duration::from_secs(10));
+        let pool = build_pool(&url, Box::new(setup), max_size, migrations)?;
         Ok(ExampleDb {
             pool,
             backend: Backend::Sqlite,
@@ -213,7 +258,15 @@ impl ExampleBackend for diesel::sqlite::SqliteConnection {
 
 #[cfg(feature = "postgres")]
 impl ExampleBackend for diesel::pg::PgConnection {
-    fn open(_label: &str, max_size: u32) -> Result<ExampleDb<Self>, BoxError> {
+    fn project_migrations() -> EmbeddedMigrations {
+        POSTGRES_MIGRATIONS
+    }
+
+    fn open_with(
+        _label: &str,
+        max_size: u32,
+        migrations: EmbeddedMigrations,
+    ) -> Result<ExampleDb<Self>, BoxError> {
         use diesel::connection::{Connection, SimpleConnection};
         let url = env_url(PG_URL_ENV)?;
         let schema = unique_name();
@@ -225,7 +278,12 @@ impl ExampleBackend for diesel::pg::PgConnection {
             schema: schema.clone(),
         };
         let init_sql = format!("SET search_path TO {schema}");
-        let pool = build_pool(&url, &init_sql, max_size, POSTGRES_MIGRATIONS)?;
+        let pool = build_pool(
+            &url,
+            Box::new(InitSql(init_sql.clone())),
+            max_size,
+            migrations,
+        )?;
         Ok(ExampleDb {
             pool,
             backend: Backend::Postgres,
@@ -240,7 +298,15 @@ impl ExampleBackend for diesel::pg::PgConnection {
 
 #[cfg(feature = "mysql")]
 impl ExampleBackend for diesel::mysql::MysqlConnection {
-    fn open(_label: &str, max_size: u32) -> Result<ExampleDb<Self>, BoxError> {
+    fn project_migrations() -> EmbeddedMigrations {
+        MYSQL_MIGRATIONS
+    }
+
+    fn open_with(
+        _label: &str,
+        max_size: u32,
+        migrations: EmbeddedMigrations,
+    ) -> Result<ExampleDb<Self>, BoxError> {
         use diesel::connection::{Connection, SimpleConnection};
         let url = env_url(MYSQL_URL_ENV)?;
         let database = unique_name();
@@ -252,7 +318,12 @@ impl ExampleBackend for diesel::mysql::MysqlConnection {
             database: database.clone(),
         };
         let db_url = with_database(&url, &database);
-        let pool = build_pool(&db_url, "", max_size, MYSQL_MIGRATIONS)?;
+        let pool = build_pool(
+            &db_url,
+            Box::new(InitSql(String::new())),
+            max_size,
+            migrations,
+        )?;
         Ok(ExampleDb {
             pool,
             backend: Backend::Mysql,
@@ -265,10 +336,10 @@ impl ExampleBackend for diesel::mysql::MysqlConnection {
     }
 }
 
-/// Builds the pool (every connection runs `init_sql` first) and migrates the schema.
+/// Builds the pool (every connection is set up by `setup` first) and migrates the schema.
 fn build_pool<C>(
     url: &str,
-    init_sql: &str,
+    setup: Box<dyn CustomizeConnection<C, diesel::r2d2::Error>>,
     max_size: u32,
     migrations: EmbeddedMigrations,
 ) -> Result<DbPool<C>, BoxError>
@@ -280,7 +351,7 @@ where
         // Connections are opened on demand, not `max_size` of them up front.
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(10))
-        .connection_customizer(Box::new(InitSql(init_sql.to_owned())))
+        .connection_customizer(setup)
         .build(ConnectionManager::<C>::new(url))?;
     let mut conn = pool.get()?;
     let conn: &mut C = &mut conn;

@@ -1,0 +1,17 @@
+DROP TRIGGER IF EXISTS "users_diesel_l2_v2_bump" ON "users";
+DROP TRIGGER IF EXISTS "users_diesel_l2_v2_ins" ON "users";
+DROP TRIGGER IF EXISTS "users_diesel_l2_v2_upd" ON "users";
+DROP TRIGGER IF EXISTS "users_diesel_l2_v2_del" ON "users";
+DROP TRIGGER IF EXISTS "users_diesel_l2_v2_trunc" ON "users";
+DROP TRIGGER IF EXISTS "posts_diesel_l2_v2_bump" ON "posts";
+DROP TRIGGER IF EXISTS "posts_diesel_l2_v2_ins" ON "posts";
+DROP TRIGGER IF EXISTS "posts_diesel_l2_v2_upd" ON "posts";
+DROP TRIGGER IF EXISTS "posts_diesel_l2_v2_del" ON "posts";
+DROP TRIGGER IF EXISTS "posts_diesel_l2_v2_trunc" ON "posts";
+DROP TRIGGER IF EXISTS "comments_diesel_l2_v2_bump" ON "comments";
+DROP TRIGGER IF EXISTS "comments_diesel_l2_v2_ins" ON "comments";
+DROP TRIGGER IF EXISTS "comments_diesel_l2_v2_upd" ON "comments";
+DROP TRIGGER IF EXISTS "comments_diesel_l2_v2_del" ON "comments";
+DROP TRIGGER IF EXISTS "comments_diesel_l2_v2_trunc" ON "comments";
+DROP FUNCTION IF EXISTS diesel_l2_notify_v2();
+DROP FUNCTION IF EXISTS diesel_l2_bump_v2();

@@ -1,0 +1,10 @@
+DROP TRIGGER IF EXISTS "users_diesel_l2_v2_ins";
+DROP TRIGGER IF EXISTS "users_diesel_l2_v2_upd";
+DROP TRIGGER IF EXISTS "users_diesel_l2_v2_del";
+DROP TRIGGER IF EXISTS "posts_diesel_l2_v2_ins";
+DROP TRIGGER IF EXISTS "posts_diesel_l2_v2_upd";
+DROP TRIGGER IF EXISTS "posts_diesel_l2_v2_del";
+DROP TRIGGER IF EXISTS "comments_diesel_l2_v2_ins";
+DROP TRIGGER IF EXISTS "comments_diesel_l2_v2_upd";
+DROP TRIGGER IF EXISTS "comments_diesel_l2_v2_del";
+DROP TABLE IF EXISTS diesel_l2_changes_v2;
