@@ -7,12 +7,21 @@
 //! resent after a lost response gets the recorded response and writes nothing again, a
 //! resend without a key is 412 / 409, a key reused for another request is 422, and two
 //! concurrent requests with one key create one user.
+//!
+//! `mod blog` does the same for the blog example (`examples/blog/app.rs`, on its own
+//! schema `examples/blog/migrations/`, with the change feed listening): generated ids,
+//! 409 on a taken email or slug, partial PATCH with If-Match (428, 412), POSTs resent with
+//! their `Idempotency-Key`, reads served by the cache, a write by plain SQL reaching the
+//! cache through the change feed (C7), a post deleted with its comments, and a bulk
+//! unpublish.
 
 mod common;
 
 // Examples cannot be imported, so the router's source is compiled into this test.
 #[path = "../examples/web/app.rs"]
 mod app;
+#[path = "../examples/blog/app.rs"]
+mod blog_app;
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream};
@@ -52,6 +61,11 @@ impl Server {
             .build()
             .expect("valid region settings");
         app::seed(&db).expect("seed users");
+        Self::serve(app::app_with(db, reads))
+    }
+
+    /// Serves `router` on a free port of 127.0.0.1.
+    fn serve(router: axum::Router) -> Server {
         let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = thread::spawn(move || {
@@ -67,7 +81,7 @@ impl Server {
                 addr_tx
                     .send(listener.local_addr().expect("bound address"))
                     .expect("the test waits for the address");
-                axum::serve(listener, app::app_with(db, reads))
+                axum::serve(listener, router)
                     // The sender is dropped when the test ends; `recv` then returns.
                     .with_graceful_shutdown(async move {
                         let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
@@ -577,5 +591,408 @@ backend_tests! {
         assert!(users["hits"].as_u64().expect("hits") >= 3, "{}", r.body);
         assert_eq!(users["conflicts"], 0, "{}", r.body);
         assert_eq!(users["commits_applied"], 4, "seeding three users, one PUT: {}", r.body);
+    }
+}
+
+/// The blog example's service, on its own schema, with the change feed listening.
+mod blog {
+    use std::time::{Duration, Instant};
+
+    use super::{assert_error, client, get, reply, send_compact, Reply, Server};
+    use crate::backend_tests;
+    use crate::blog_app;
+    use crate::common::{Migrations, TestBackend, TestDb, TestDbOptions};
+    use diesel::prelude::*;
+    use diesel_l2::ListenConfig;
+    use serde_json::{json, Value};
+
+    /// A test database with the blog's schema instead of the project's.
+    fn blog_schema() -> TestDbOptions {
+        TestDbOptions::default().migrations(Migrations {
+            sqlite: || blog_app::migrations::SQLITE,
+            postgres: || blog_app::migrations::POSTGRES,
+            mysql: || blog_app::migrations::MYSQL,
+        })
+    }
+
+    /// The blog's router over `t`'s pool, its `Db` listening to the change feed.
+    fn start<C: blog_app::Backend + TestBackend>(t: &TestDb<C>) -> Server {
+        let mut listen = ListenConfig::new(t.url.clone());
+        if let Some(schema) = t.pg_schema() {
+            listen = listen.schema(schema);
+        }
+        let db = C::db(t.pool.clone(), Some(listen)).expect("the blog's Db builds and listens");
+        Server::serve(C::app(db))
+    }
+
+    /// A POST of `body` as JSON, with an `Idempotency-Key` when `key` is given.
+    fn post(http: &ureq::Agent, url: &str, key: Option<&str>, body: &Value) -> Reply {
+        let mut req = http.post(url);
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
+        reply(send_compact(req, body))
+    }
+
+    fn patch(http: &ureq::Agent, url: &str, if_match: Option<&str>, body: &Value) -> Reply {
+        let mut req = http.patch(url);
+        if let Some(tag) = if_match {
+            req = req.header("If-Match", tag);
+        }
+        reply(send_compact(req, body))
+    }
+
+    fn delete(http: &ureq::Agent, url: &str) -> Reply {
+        reply(http.delete(url).call())
+    }
+
+    /// Creates a user and returns its id.
+    fn user(http: &ureq::Agent, server: &Server, email: &str) -> i64 {
+        let r = post(
+            http,
+            &server.url("/users"),
+            None,
+            &json!({ "email": email, "name": email }),
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+        r.body["id"].as_i64().expect("an id")
+    }
+
+    /// Creates a post and returns it.
+    fn new_post(http: &ureq::Agent, server: &Server, author: i64, title: &str) -> Value {
+        let body =
+            json!({ "author_id": author, "title": title, "body": format!("About {title}.") });
+        let r = post(http, &server.url("/posts"), None, &body);
+        assert_eq!(r.status, 201, "{r:?}");
+        r.body
+    }
+
+    /// The regions' counters from `GET /stats`, by region name.
+    fn region(http: &ureq::Agent, server: &Server, name: &str) -> Value {
+        let r = get(http, &server.url("/stats"));
+        assert_eq!(r.status, 200);
+        r.body["regions"]
+            .as_array()
+            .expect("regions")
+            .iter()
+            .find(|r| r["region"] == name)
+            .unwrap_or_else(|| panic!("no region {name} in {}", r.body))
+            .clone()
+    }
+
+    /// Rows of a table, counted in the database.
+    macro_rules! count {
+        ($t:expr, $table:ident, $filter:expr) => {{
+            let mut conn = $t.conn();
+            blog_app::$table::table
+                .filter($filter)
+                .count()
+                .get_result::<i64>(&mut *conn)
+                .expect("count rows")
+        }};
+    }
+
+    backend_tests! {
+        /// Ids come from the database (BIGSERIAL, AUTO_INCREMENT, the rowid) through
+        /// `Tx::insert_new`; the responses carry them, in `Location` too.
+        fn creates_users_posts_and_comments_with_generated_ids(t, blog_schema()) {
+            let server = start(t);
+            let http = client();
+            let ada = post(&http, &server.url("/users"), None, &json!({ "email": "ada@example.com", "name": "Ada" }));
+            assert_eq!((ada.status, ada.etag.as_deref()), (201, Some("\"1\"")), "{ada:?}");
+            let ada_id = ada.body["id"].as_i64().expect("a generated id");
+            assert_eq!(ada.location, Some(format!("/users/{ada_id}")));
+            assert_eq!((ada.body["version"].as_i64(), &ada.body["last_seen_at"]), (Some(1), &Value::Null));
+            let grace_id = user(&http, &server, "grace@example.com");
+            assert_ne!(ada_id, grace_id);
+            assert_eq!(get(&http, &server.url(&format!("/users/{ada_id}"))).body, ada.body);
+
+            let p = post(&http, &server.url("/posts"), None, &json!({ "author_id": ada_id, "title": "Notes on the Engine", "body": "Sketch G." }));
+            assert_eq!((p.status, p.etag.as_deref()), (201, Some("\"1\"")), "{p:?}");
+            let post_id = p.body["id"].as_i64().expect("a generated id");
+            assert_eq!(p.location, Some(format!("/posts/{post_id}")));
+            assert_eq!((p.body["slug"].as_str(), p.body["published"].as_bool()), (Some("notes-on-the-engine"), Some(true)));
+            // Writing a post set its author's last_seen_at (last writer wins, version bumped).
+            let a = get(&http, &server.url(&format!("/users/{ada_id}")));
+            assert_eq!((a.etag.as_deref(), a.body["last_seen_at"].is_string()), (Some("\"2\""), true), "{a:?}");
+
+            let c = post(&http, &server.url(&format!("/posts/{post_id}/comments")), None, &json!({ "author_id": grace_id, "body": "Brilliant" }));
+            assert_eq!(c.status, 201, "{c:?}");
+            let comment_id = c.body["id"].as_i64().expect("a generated id");
+            assert_eq!(c.location, Some(format!("/comments/{comment_id}")));
+            assert_eq!(get(&http, &server.url(&format!("/comments/{comment_id}"))).body, c.body);
+            let second = post(&http, &server.url(&format!("/posts/{post_id}/comments")), None, &json!({ "author_id": ada_id, "body": "Thank you" }));
+            assert!(second.body["id"].as_i64() > Some(comment_id), "{second:?}");
+
+            // The lists (plain diesel).
+            let comments = get(&http, &server.url(&format!("/posts/{post_id}/comments")));
+            assert_eq!(comments.body, json!([c.body, second.body]));
+            let newest = get(&http, &server.url("/posts"));
+            assert_eq!(newest.body.as_array().map(Vec::len), Some(1));
+            assert_eq!(newest.body[0]["id"].as_i64(), Some(post_id));
+
+            // Bad input is a 4xx, never a panic.
+            assert_error(&get(&http, &server.url("/users/ada")), 400, "integers");
+            assert_error(&get(&http, &server.url("/posts/999")), 404, "no post 999");
+            assert_error(&post(&http, &server.url("/users"), None, &json!({ "email": "x" })), 400, "JSON object");
+            assert_error(&post(&http, &server.url("/posts"), None, &json!({ "author_id": 999, "title": "T", "body": "" })), 422, "no such user");
+            assert_error(&post(&http, &server.url("/posts"), None, &json!({ "author_id": ada_id, "title": "?!", "body": "" })), 400, "letters or digits");
+            assert_error(&post(&http, &server.url("/posts/999/comments"), None, &json!({ "author_id": ada_id, "body": "b" })), 404, "no post 999");
+        }
+
+        /// Emails and slugs are unique: a taken one is 409 and writes nothing, whether the
+        /// slug comes from the same title or from another that slugs alike.
+        fn a_taken_email_or_slug_is_409(t, blog_schema()) {
+            let server = start(t);
+            let http = client();
+            let ada = user(&http, &server, "ada@example.com");
+            let r = post(&http, &server.url("/users"), None, &json!({ "email": "ada@example.com", "name": "Other Ada" }));
+            assert_error(&r, 409, "ada@example.com is taken");
+            assert_eq!(count!(t, users, blog_app::users::email.eq("ada@example.com")), 1);
+
+            new_post(&http, &server, ada, "Hello, World");
+            for title in ["Hello, World", "hello world!", "  HELLO -- world  "] {
+                let r = post(&http, &server.url("/posts"), None, &json!({ "author_id": ada, "title": title, "body": "again" }));
+                assert_error(&r, 409, "\"hello-world\" is taken");
+            }
+            assert_eq!(count!(t, posts, blog_app::posts::slug.eq("hello-world")), 1);
+            // The lookups by email and slug find the first ones.
+            let r = get(&http, &server.url("/users/by-email/ada@example.com"));
+            assert_eq!((r.status, r.body["id"].as_i64()), (200, Some(ada)));
+            let r = get(&http, &server.url("/posts/by-slug/hello-world"));
+            assert_eq!((r.status, r.body["body"].as_str()), (200, Some("About Hello, World.")));
+            assert_error(&get(&http, &server.url("/posts/by-slug/nothing-here")), 404, "nothing-here");
+            assert_error(&get(&http, &server.url("/users/by-email/nobody@example.com")), 404, "nobody@example.com");
+        }
+
+        /// `PATCH` applies only the fields sent (an `AsChangeset` with `Option`s), sets
+        /// `updated_at`, and bumps the version the ETag shows; it needs `If-Match` (428)
+        /// and refuses another version than the one edited (412, C6).
+        fn patch_changes_only_the_given_fields_and_bumps_the_etag(t, blog_schema()) {
+            let server = start(t);
+            let http = client();
+            let ada = user(&http, &server, "ada@example.com");
+            let created = new_post(&http, &server, ada, "First Draft");
+            let url = server.url(&format!("/posts/{}", created["id"]));
+
+            assert_error(&patch(&http, &url, None, &json!({ "title": "T" })), 428, "If-Match");
+            assert_error(&patch(&http, &url, Some("1"), &json!({ "title": "T" })), 400, "quoted");
+            assert_error(&patch(&http, &url, Some("\"1\""), &json!({ "slug": "x" })), 400, "unknown field");
+            assert_error(&patch(&http, &url, Some("\"1\""), &json!({ "updated_at": "2000-01-01" })), 400, "unknown field");
+            assert_error(&patch(&http, &url, Some("\"1\""), &json!({ "title": " " })), 400, "empty");
+            assert_error(&patch(&http, &server.url("/posts/999"), Some("\"1\""), &json!({ "title": "T" })), 404, "no post 999");
+            assert_eq!(get(&http, &url).etag.as_deref(), Some("\"1\""), "rejected PATCHes change nothing");
+
+            let r = patch(&http, &url, Some("\"1\""), &json!({ "body": "Rewritten." }));
+            assert_eq!((r.status, r.etag.as_deref()), (200, Some("\"2\"")), "{r:?}");
+            assert_eq!(r.body["body"], "Rewritten.");
+            for unchanged in ["title", "slug", "author_id", "created_at", "published"] {
+                assert_eq!(r.body[unchanged], created[unchanged], "{unchanged} was not sent");
+            }
+            assert!(r.body["updated_at"].as_str() > created["updated_at"].as_str(), "{r:?}");
+            // Read your write, from the cache (no SQL).
+            t.sql.reset();
+            let g = get(&http, &url);
+            assert_eq!((g.etag.as_deref(), &g.body), (Some("\"2\""), &r.body));
+            assert_eq!(t.sql.count(), 0, "served by the cache: {:?}", t.sql.statements());
+
+            // The old ETag is stale now: 412, saying which version is current.
+            let stale = patch(&http, &url, Some("\"1\""), &json!({ "title": "Lost Update" }));
+            assert_error(&stale, 412, "version 2");
+            assert_eq!(stale.body["current_version"], 2);
+            let r = patch(&http, &url, Some("\"2\""), &json!({ "title": "Final" }));
+            assert_eq!((r.status, r.etag.as_deref(), r.body["body"].as_str()), (200, Some("\"3\""), Some("Rewritten.")));
+            // The slug stays: links keep working after a retitle.
+            assert_eq!(r.body["slug"], "first-draft");
+            // `*` overwrites whatever version is current (the last writer wins).
+            let r = patch(&http, &url, Some("*"), &json!({ "title": "Forced" }));
+            assert_eq!((r.status, r.etag.as_deref(), r.body["title"].as_str()), (200, Some("\"4\""), Some("Forced")));
+        }
+
+        /// C6: a POST resent with its `Idempotency-Key` after a lost response gets the
+        /// recorded 201 (`Idempotent-Replayed: true`) and creates one row; without the key
+        /// the resend is 409; the key with another body is 422.
+        fn a_post_resent_with_its_idempotency_key_creates_one_row(t, blog_schema()) {
+            let server = start(t);
+            let http = client();
+            let ada = json!({ "email": "ada@example.com", "name": "Ada" });
+            let lost = send_compact(http.post(server.url("/users")).header("Idempotency-Key", "signup-ada"), &ada);
+            drop(lost.expect("the first POST is sent"));
+            let again = post(&http, &server.url("/users"), Some("signup-ada"), &ada);
+            assert_eq!((again.status, again.replayed, again.etag.as_deref()), (201, true, Some("\"1\"")), "{again:?}");
+            let ada_id = again.body["id"].as_i64().expect("an id");
+            assert_eq!(again.location, Some(format!("/users/{ada_id}")));
+            assert_eq!(count!(t, users, blog_app::users::email.eq("ada@example.com")), 1);
+
+            let hello = json!({ "author_id": ada_id, "title": "Hello", "body": "Once." });
+            let first = post(&http, &server.url("/posts"), Some("post-hello"), &hello);
+            assert_eq!((first.status, first.replayed), (201, false), "{first:?}");
+            for _ in 0..3 {
+                let r = post(&http, &server.url("/posts"), Some("post-hello"), &hello);
+                assert_eq!((r.status, r.replayed, &r.body, &r.location, &r.etag), (201, true, &first.body, &first.location, &first.etag));
+            }
+            assert_eq!(count!(t, posts, blog_app::posts::slug.eq("hello")), 1, "one post");
+            // Without the key, the server cannot tell a resend from a new post: 409.
+            assert_error(&post(&http, &server.url("/posts"), None, &hello), 409, "taken");
+            // The key with another body (or path) is another request: 422, nothing written.
+            let other = json!({ "author_id": ada_id, "title": "Other", "body": "Twice?" });
+            let r = post(&http, &server.url("/posts"), Some("post-hello"), &other);
+            assert_error(&r, 422, "another request");
+            assert_eq!(r.body["idempotency_key"], "post-hello");
+            assert_eq!(count!(t, posts, blog_app::posts::slug.eq("other")), 0);
+
+            // A comment: the resend is the recorded one, and there is one comment.
+            let post_id = first.body["id"].as_i64().expect("an id");
+            let url = server.url(&format!("/posts/{post_id}/comments"));
+            let nice = json!({ "author_id": ada_id, "body": "Nice" });
+            let c1 = post(&http, &url, Some("comment-1"), &nice);
+            let c2 = post(&http, &url, Some("comment-1"), &nice);
+            assert_eq!((c1.status, c2.status, c2.replayed, &c2.body), (201, 201, true, &c1.body));
+            assert_eq!(count!(t, comments, blog_app::comments::post_id.eq(post_id)), 1, "one comment");
+            // Without a key, the same comment again is a second comment (nothing unique).
+            assert_eq!(post(&http, &url, None, &nice).status, 201);
+            assert_eq!(count!(t, comments, blog_app::comments::post_id.eq(post_id)), 2);
+            assert_error(&post(&http, &url, Some(&"k".repeat(256)), &nice), 400, "1 to 255 bytes");
+        }
+
+        /// Reads after the first are answered by the cache: no SQL, counted as hits in
+        /// `/stats` (by id, and by the unique email and slug).
+        fn reads_after_the_first_are_served_from_the_cache(t, blog_schema()) {
+            let server = start(t);
+            let http = client();
+            let ada = user(&http, &server, "ada@example.com");
+            let p = new_post(&http, &server, ada, "Cached");
+            let url = server.url(&format!("/posts/{}", p["id"]));
+            // The insert was written through at commit: the first GET is a hit already.
+            let hits = region(&http, &server, "posts")["hits"].as_u64().expect("hits");
+            t.sql.reset();
+            for _ in 0..5 {
+                let r = get(&http, &url);
+                assert_eq!((r.status, &r.body), (200, &p));
+            }
+            assert_eq!(t.sql.count(), 0, "five GETs, no SQL: {:?}", t.sql.statements());
+            let posts = region(&http, &server, "posts");
+            assert_eq!(posts["hits"].as_u64(), Some(hits + 5), "{posts}");
+
+            // By slug and by email: the first lookup loads, the next ones are hits.
+            t.sql.reset();
+            for _ in 0..3 {
+                assert_eq!(get(&http, &server.url("/posts/by-slug/cached")).body, p);
+                assert_eq!(get(&http, &server.url("/users/by-email/ada@example.com")).body["id"].as_i64(), Some(ada));
+            }
+            assert!(t.sql.selects() <= 2, "one load a key: {:?}", t.sql.statements());
+            assert!(region(&http, &server, "posts")["key_hits"].as_u64() >= Some(2));
+            assert!(region(&http, &server, "users")["key_hits"].as_u64() >= Some(2));
+        }
+
+        /// C7: a write by plain SQL on another connection (no diesel-l2 involved) reaches
+        /// the cache through the change feed: the triggers bump the version and report
+        /// the row, and the next read has it, by id and by its new unique values.
+        fn a_write_by_plain_sql_is_seen_once_the_change_feed_delivers_it(t, blog_schema()) {
+            let server = start(t);
+            let http = client();
+            let ada = user(&http, &server, "ada@example.com");
+            let p = new_post(&http, &server, ada, "Before");
+            let url = server.url(&format!("/posts/{}", p["id"]));
+            assert_eq!(get(&http, &url).body["title"], "Before", "cached");
+            assert_eq!(get(&http, &server.url("/users/by-email/ada@example.com")).status, 200, "cached by email");
+
+            let mut other = t.raw_connection();
+            diesel::sql_query(format!("UPDATE posts SET title = 'Edited elsewhere' WHERE id = {}", p["id"]))
+                .execute(&mut other)
+                .expect("plain SQL update");
+            diesel::sql_query(format!("UPDATE users SET email = 'ada@lovelace.org' WHERE id = {ada}"))
+                .execute(&mut other)
+                .expect("plain SQL update");
+
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let seen = loop {
+                let r = get(&http, &url);
+                if r.body["title"] == "Edited elsewhere" || Instant::now() > deadline {
+                    break r;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert_eq!(seen.body["title"], "Edited elsewhere", "not delivered within 5 s: {seen:?}");
+            // The trigger bumped the version the statement left alone: a new ETag.
+            assert_eq!(seen.etag.as_deref(), Some("\"2\""));
+            let by_email = loop {
+                let r = get(&http, &server.url("/users/by-email/ada@lovelace.org"));
+                if r.status == 200 || Instant::now() > deadline {
+                    break r;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert_eq!((by_email.status, by_email.body["id"].as_i64()), (200, Some(ada)), "{by_email:?}");
+            assert_error(&get(&http, &server.url("/users/by-email/ada@example.com")), 404, "no user with email");
+            // And a PATCH from the old ETag is refused.
+            assert_error(&patch(&http, &url, Some("\"1\""), &json!({ "body": "x" })), 412, "version 2");
+            let remote = region(&http, &server, "posts")["remote_invalidations"].as_u64();
+            assert!(remote >= Some(1), "{remote:?}");
+        }
+
+        /// `DELETE /posts/{id}` deletes its comments with `Tx::delete_where` and then the
+        /// post, in one transaction; the cached comments and post are gone after it (C2).
+        fn deleting_a_post_deletes_its_comments(t, blog_schema()) {
+            let server = start(t);
+            let http = client();
+            let ada = user(&http, &server, "ada@example.com");
+            let doomed = new_post(&http, &server, ada, "Doomed")["id"].as_i64().expect("an id");
+            let kept = new_post(&http, &server, ada, "Kept")["id"].as_i64().expect("an id");
+            let mut doomed_comments = Vec::new();
+            for i in 0..3 {
+                let r = post(&http, &server.url(&format!("/posts/{doomed}/comments")), None, &json!({ "author_id": ada, "body": format!("c{i}") }));
+                doomed_comments.push(server.url(r.location.as_deref().expect("a Location")));
+            }
+            let r = post(&http, &server.url(&format!("/posts/{kept}/comments")), None, &json!({ "author_id": ada, "body": "stays" }));
+            let kept_comment = server.url(r.location.as_deref().expect("a Location"));
+            for url in &doomed_comments {
+                assert_eq!(get(&http, url).status, 200, "cached");
+            }
+
+            let r = delete(&http, &server.url(&format!("/posts/{doomed}")));
+            assert_eq!((r.status, &r.body), (200, &json!({ "deleted": doomed, "comments_deleted": 3 })), "{r:?}");
+            assert_error(&get(&http, &server.url(&format!("/posts/{doomed}"))), 404, "no post");
+            for url in &doomed_comments {
+                assert_error(&get(&http, url), 404, "no comment");
+            }
+            assert_eq!(count!(t, comments, blog_app::comments::post_id.eq(doomed)), 0);
+            assert_eq!(count!(t, posts, blog_app::posts::id.eq(doomed)), 0);
+            assert_eq!(get(&http, &kept_comment).body["body"], "stays");
+            assert_eq!(get(&http, &server.url(&format!("/posts/{kept}/comments"))).body.as_array().map(Vec::len), Some(1));
+            assert_error(&delete(&http, &server.url(&format!("/posts/{doomed}"))), 404, "no post");
+            // The slug is free again.
+            assert_eq!(get(&http, &server.url("/posts/by-slug/doomed")).status, 404);
+            new_post(&http, &server, ada, "Doomed");
+        }
+
+        /// `POST /users/{id}/unpublish-all`: one `Tx::update_where` over the user's
+        /// published posts; each gets a new version, and cached copies are replaced.
+        fn unpublish_all_updates_every_published_post_of_the_user(t, blog_schema()) {
+            let server = start(t);
+            let http = client();
+            let ada = user(&http, &server, "ada@example.com");
+            let grace = user(&http, &server, "grace@example.com");
+            let a1 = new_post(&http, &server, ada, "One")["id"].as_i64().expect("an id");
+            let a2 = new_post(&http, &server, ada, "Two")["id"].as_i64().expect("an id");
+            let g1 = new_post(&http, &server, grace, "Three")["id"].as_i64().expect("an id");
+            for id in [a1, a2, g1] {
+                assert_eq!(get(&http, &server.url(&format!("/posts/{id}"))).body["published"], true);
+            }
+            let r = post(&http, &server.url(&format!("/users/{ada}/unpublish-all")), None, &json!({}));
+            assert_eq!((r.status, &r.body), (200, &json!({ "unpublished": [a1, a2] })), "{r:?}");
+            for id in [a1, a2] {
+                let p = get(&http, &server.url(&format!("/posts/{id}")));
+                assert_eq!((p.body["published"].as_bool(), p.etag.as_deref()), (Some(false), Some("\"2\"")), "{p:?}");
+            }
+            let g = get(&http, &server.url(&format!("/posts/{g1}")));
+            assert_eq!((g.body["published"].as_bool(), g.etag.as_deref()), (Some(true), Some("\"1\"")));
+            let newest = get(&http, &server.url("/posts"));
+            assert_eq!(newest.body.as_array().map(|l| l.iter().map(|p| p["id"].as_i64()).collect::<Vec<_>>()), Some(vec![Some(g1)]));
+            // Nothing left to unpublish; an unknown user is 404.
+            let r = post(&http, &server.url(&format!("/users/{ada}/unpublish-all")), None, &json!({}));
+            assert_eq!(r.body, json!({ "unpublished": [] }));
+            assert_error(&post(&http, &server.url("/users/999/unpublish-all"), None, &json!({})), 404, "no user 999");
+        }
     }
 }

@@ -8,8 +8,9 @@
 //! - MariaDB/MySQL: a fresh database `l2t_<pid>_<n>_<rand>` on the server of
 //!   `DIESEL_L2_MYSQL_URL` (`DROP DATABASE` on drop).
 //!
-//! The example schema (`migrations/<backend>/`) is migrated in before the
-//! constructor returns, and the [`SqlLog`] is reset afterwards.
+//! The example schema (`migrations/<backend>/`, or the one given with
+//! [`TestDbOptions::migrations`]) is migrated in before the constructor
+//! returns, and the [`SqlLog`] is reset afterwards.
 
 use super::SqlLog;
 use diesel::connection::SimpleConnection;
@@ -96,6 +97,22 @@ pub struct TestDbOptions {
     /// many parallel tests don't exhaust the servers' connection limits; r2d2's
     /// own default would open `max_size` connections up front).
     pub min_idle: Option<u32>,
+    /// Another schema than the project's (`migrations/<backend>/`), such as an example
+    /// application's own (default `None`: the project's).
+    pub migrations: Option<Migrations>,
+}
+
+/// One embedded migration set per backend, for a schema other than the project's
+/// ([`TestDbOptions::migrations`]). Functions, because diesel's `EmbeddedMigrations` is
+/// neither `Clone` nor `Debug`: `|| MY_SQLITE_MIGRATIONS`.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    /// SQLite's.
+    pub sqlite: fn() -> EmbeddedMigrations,
+    /// PostgreSQL's.
+    pub postgres: fn() -> EmbeddedMigrations,
+    /// MariaDB/MySQL's.
+    pub mysql: fn() -> EmbeddedMigrations,
 }
 
 impl Default for TestDbOptions {
@@ -104,6 +121,7 @@ impl Default for TestDbOptions {
             max_size: 8,
             connection_timeout: Duration::from_secs(10),
             min_idle: Some(0),
+            migrations: None,
         }
     }
 }
@@ -124,6 +142,12 @@ impl TestDbOptions {
     /// Sets `min_idle`.
     pub fn min_idle(mut self, min_idle: Option<u32>) -> Self {
         self.min_idle = min_idle;
+        self
+    }
+
+    /// Migrates `migrations` instead of the project's schema.
+    pub fn migrations(mut self, migrations: Migrations) -> Self {
+        self.migrations = Some(migrations);
         self
     }
 }
@@ -286,7 +310,9 @@ impl TestDb<SqliteConnection> {
             Backend::Sqlite,
             url,
             SQLITE_INIT.to_owned(),
-            SQLITE_MIGRATIONS,
+            options
+                .migrations
+                .map_or(SQLITE_MIGRATIONS, |m| (m.sqlite)()),
             options,
             Cleanup::Sqlite(dir),
         )
@@ -323,7 +349,7 @@ impl TestDb<PgConnection> {
             Backend::Postgres,
             url,
             init_sql,
-            PG_MIGRATIONS,
+            options.migrations.map_or(PG_MIGRATIONS, |m| (m.postgres)()),
             options,
             cleanup,
         ))
@@ -359,7 +385,7 @@ impl TestDb<MysqlConnection> {
             Backend::Mysql,
             with_database(&base_url, &database),
             String::new(),
-            MYSQL_MIGRATIONS,
+            options.migrations.map_or(MYSQL_MIGRATIONS, |m| (m.mysql)()),
             options,
             cleanup,
         ))

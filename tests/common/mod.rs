@@ -41,7 +41,9 @@ pub mod schema;
 mod sql_log;
 pub mod watchdog;
 
-pub use db::{Backend, TestBackend, TestDb, TestDbOptions, TestPool, MYSQL_URL_ENV, PG_URL_ENV};
+pub use db::{
+    Backend, Migrations, TestBackend, TestDb, TestDbOptions, TestPool, MYSQL_URL_ENV, PG_URL_ENV,
+};
 pub use sql_log::SqlLog;
 
 /// Defines each test once per enabled backend.
