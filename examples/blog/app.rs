@@ -47,8 +47,8 @@ use diesel::dsl;
 use diesel::prelude::*;
 use diesel::result::DatabaseErrorKind;
 use diesel_l2::{
-    Cached, CachedEntity, CachedOps, ChangeFeed, ChangesetOps, Db, DbPool, DeleteWhereOps, Error,
-    InsertOps, ListenConfig, Operation, OperationLog, RetryPolicy, Tx, UniqueOps, UpdateWhereOps,
+    Cached, CachedOps, ChangeFeed, ChangesetOps, Db, DbPool, DeleteWhereOps, Error, InsertOps,
+    ListenConfig, Operation, OperationLog, RetryPolicy, Tx, UniqueOps, UpdateWhereOps,
 };
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{json, Value};
@@ -361,7 +361,11 @@ where
                 ));
             }
             let user = tx.insert_new::<User, _>(&new)?;
-            Ok(Answer::created(format!("/users/{}", user.id), &user))
+            Ok(Answer::created(
+                format!("/users/{}", user.id),
+                user.version,
+                &user,
+            ))
         })
         .await
     }
@@ -446,7 +450,11 @@ where
                 last_seen_at: post.updated_at,
             };
             tx.update_changes_unversioned::<User, _>(form.author_id, seen)?;
-            Ok(Answer::created(format!("/posts/{}", post.id), &post))
+            Ok(Answer::created(
+                format!("/posts/{}", post.id),
+                post.version,
+                &post,
+            ))
         })
         .await
     }
@@ -457,12 +465,7 @@ where
     ) -> Result<Response, ApiError> {
         let limit = page.limit.unwrap_or(20).clamp(1, 100);
         // Plain diesel on a pooled connection: lists are not cached yet.
-        let posts = db
-            .spawn_blocking(move |db| {
-                let mut conn = db.pool().get().map_err(unavailable)?;
-                C::newest_posts(&mut conn, limit).map_err(ApiError::from_diesel)
-            })
-            .await??;
+        let posts = blocking(&db, move |conn| Ok(C::newest_posts(conn, limit)?)).await?;
         Ok(Json(posts).into_response())
     }
 
@@ -565,6 +568,7 @@ where
             tx.update_changes_unversioned::<User, _>(form.author_id, seen)?;
             Ok(Answer::created(
                 format!("/comments/{}", comment.id),
+                comment.version,
                 &comment,
             ))
         })
@@ -581,12 +585,7 @@ where
             .await?
             .ok_or_else(|| not_found("post", post_id))?;
         // Plain diesel on a pooled connection: lists are not cached yet.
-        let comments = db
-            .spawn_blocking(move |db| {
-                let mut conn = db.pool().get().map_err(unavailable)?;
-                C::comments_of(&mut conn, &post).map_err(ApiError::from_diesel)
-            })
-            .await??;
+        let comments = blocking(&db, move |conn| Ok(C::comments_of(conn, &post)?)).await?;
         Ok(Json(comments).into_response())
     }
 
@@ -632,6 +631,17 @@ where
     Ok(answer.into_response(replayed))
 }
 
+/// Runs `f` with a pooled connection on tokio's blocking pool: for plain diesel.
+async fn blocking<C, T, F>(db: &Db<C>, f: F) -> Result<T, ApiError>
+where
+    C: Backend,
+    T: Send + 'static,
+    F: FnOnce(&mut C) -> Result<T, ApiError> + Send + 'static,
+{
+    db.spawn_blocking(move |db| f(&mut *db.pool().get().map_err(unavailable)?))
+        .await?
+}
+
 /// The response of a POST, as recorded for an `Idempotency-Key` and replayed as is.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Answer {
@@ -643,10 +653,10 @@ struct Answer {
 
 impl Answer {
     /// 201 with `Location` and the new row, its version as the ETag.
-    fn created<T: Serialize + CachedEntity>(location: String, row: &T) -> Self {
+    fn created<T: Serialize>(location: String, version: i64, row: &T) -> Self {
         Answer {
             status: StatusCode::CREATED.as_u16(),
-            etag: Some(etag(row.version())),
+            etag: Some(etag(version)),
             location: Some(location),
             body: json!(row),
         }
@@ -821,8 +831,19 @@ fn parse_id(raw: &str) -> Result<i64, ApiError> {
     })
 }
 
-fn not_found(what: &str, id: i64) -> ApiError {
+fn not_found(what: &str, id: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no {what} {id}"))
+}
+
+/// 412 for an edit of another version than `current`.
+fn stale(what: &str, id: impl std::fmt::Display, current: i64) -> ApiError {
+    ApiError::with(
+        StatusCode::PRECONDITION_FAILED,
+        format!(
+            "{what} {id} is at version {current}, not the one you edited: GET it, reapply your change, and send its ETag"
+        ),
+        json!({ "current_version": current }),
+    )
 }
 
 fn no_author(id: i64) -> Error {
@@ -862,10 +883,6 @@ impl ApiError {
         body["error"] = json!(message.into());
         ApiError { status, body }
     }
-
-    fn from_diesel(e: diesel::result::Error) -> Self {
-        ApiError::from(Error::Database(e))
-    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -878,45 +895,30 @@ impl std::error::Error for ApiError {}
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        use DatabaseErrorKind::{ForeignKeyViolation, UniqueViolation};
         let e = match e {
             // Decided by a handler inside its transaction (`refuse`).
             Error::Other(boxed) => match boxed.downcast::<ApiError>() {
                 Ok(api) => return *api,
                 Err(other) => Error::Other(other),
             },
+            Error::Database(e) => return ApiError::from(e),
             e => e,
         };
+        // `table` is plural; the id is formatted with `Debug` (for an i64, the number).
         let status = match &e {
-            // `table` is plural; the id is formatted with `Debug` (for an i64, the number).
-            Error::NotFound { table, id } => {
-                let what = table.strip_suffix('s').unwrap_or(table);
-                return ApiError::new(StatusCode::NOT_FOUND, format!("no {what} {id}"));
-            }
-            Error::Conflict {
+            Error::NotFound { table, id }
+            | Error::Conflict {
                 table,
                 id,
                 found: None,
                 ..
-            } => {
-                let what = table.strip_suffix('s').unwrap_or(table);
-                return ApiError::new(StatusCode::NOT_FOUND, format!("no {what} {id}"));
-            }
+            } => return not_found(table.strip_suffix('s').unwrap_or(table), id),
             Error::Conflict {
                 table,
                 id,
                 found: Some(current),
                 ..
-            } => {
-                let what = table.strip_suffix('s').unwrap_or(table);
-                return ApiError::with(
-                    StatusCode::PRECONDITION_FAILED,
-                    format!(
-                        "{what} {id} is at version {current}, not the one you edited: GET it, reapply your change, and send its ETag"
-                    ),
-                    json!({ "current_version": current }),
-                )
-            }
+            } => return stale(table.strip_suffix('s').unwrap_or(table), id, *current),
             Error::OperationMismatch { id, .. } => {
                 return ApiError::with(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -926,13 +928,25 @@ impl From<Error> for ApiError {
                     json!({ "idempotency_key": id }),
                 )
             }
-            Error::Database(diesel::result::Error::DatabaseError(UniqueViolation, _)) => {
-                StatusCode::CONFLICT
+            Error::Pool { .. } | Error::RetriesExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        tracing::warn!(error = %e, "request failed");
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(e: diesel::result::Error) -> Self {
+        use DatabaseErrorKind::{ForeignKeyViolation, UniqueViolation};
+        let status = match &e {
+            diesel::result::Error::NotFound => {
+                return ApiError::new(StatusCode::NOT_FOUND, "not found")
             }
-            Error::Database(diesel::result::Error::DatabaseError(ForeignKeyViolation, _)) => {
+            diesel::result::Error::DatabaseError(UniqueViolation, _) => StatusCode::CONFLICT,
+            diesel::result::Error::DatabaseError(ForeignKeyViolation, _) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Error::Pool { .. } | Error::RetriesExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
