@@ -730,6 +730,8 @@ mod blog {
             let newest = get(&http, &server.url("/posts"));
             assert_eq!(newest.body.as_array().map(Vec::len), Some(1));
             assert_eq!(newest.body[0]["id"].as_i64(), Some(post_id));
+            assert_eq!(get(&http, &server.url("/posts?limit=1")).body.as_array().map(Vec::len), Some(1));
+            assert_error(&get(&http, &server.url("/posts?limit=many")), 400, "limit");
 
             // Bad input is a 4xx, never a panic.
             assert_error(&get(&http, &server.url("/users/ada")), 400, "integers");

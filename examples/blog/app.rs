@@ -37,6 +37,7 @@
 use std::marker::PhantomData;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -461,8 +462,10 @@ where
 
     async fn newest_posts(
         State(db): State<Db<C>>,
-        Query(page): Query<Page>,
+        page: Result<Query<Page>, QueryRejection>,
     ) -> Result<Response, ApiError> {
+        let Query(page) =
+            page.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
         let limit = page.limit.unwrap_or(20).clamp(1, 100);
         // Plain diesel on a pooled connection: lists are not cached yet.
         let posts = blocking(&db, move |conn| Ok(C::newest_posts(conn, limit)?)).await?;
