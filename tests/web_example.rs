@@ -11,9 +11,9 @@
 //! `mod blog` does the same for the blog example (`examples/blog/app.rs`, on its own
 //! schema `examples/blog/migrations/`, with the change feed listening): generated ids,
 //! 409 on a taken email or slug, partial PATCH with If-Match (428, 412), POSTs resent with
-//! their `Idempotency-Key`, reads served by the cache, a write by plain SQL reaching the
-//! cache through the change feed (C7), a post deleted with its comments, and a bulk
-//! unpublish.
+//! their `Idempotency-Key` (also two at the same moment), reads served by the cache, a
+//! write by plain SQL reaching the cache through the change feed (C7), a post deleted
+//! with its comments, and a bulk unpublish.
 
 mod common;
 
@@ -855,6 +855,37 @@ mod blog {
             assert_eq!(post(&http, &url, None, &nice).status, 201);
             assert_eq!(count!(t, comments, blog_app::comments::post_id.eq(post_id)), 2);
             assert_error(&post(&http, &url, Some(&"k".repeat(256)), &nice), 400, "1 to 255 bytes");
+        }
+
+        /// C6: two POSTs with one key at the same moment (a client retrying while the
+        /// first attempt is still running): one runs, the other waits and replays it.
+        fn two_concurrent_posts_with_one_key_create_one_post(t, blog_schema()) {
+            let server = start(t);
+            let clients = [client(), client()];
+            let ada = user(&clients[0], &server, "ada@example.com");
+            for round in 0..5 {
+                let body = json!({ "author_id": ada, "title": format!("Race {round}"), "body": "once" });
+                let key = format!("race-{round}");
+                let start = std::sync::Barrier::new(2);
+                let replies: Vec<Reply> = std::thread::scope(|s| {
+                    let senders: Vec<_> = clients
+                        .iter()
+                        .map(|http| {
+                            let (start, server, body, key) = (&start, &server, &body, &key);
+                            s.spawn(move || {
+                                start.wait();
+                                post(http, &server.url("/posts"), Some(key), body)
+                            })
+                        })
+                        .collect();
+                    senders.into_iter().map(|h| h.join().expect("client thread")).collect()
+                });
+                assert!(replies.iter().all(|r| r.status == 201), "round {round}: {replies:?}");
+                assert_eq!(replies.iter().filter(|r| !r.replayed).count(), 1, "round {round}: one ran: {replies:?}");
+                assert_eq!(replies[0].body, replies[1].body, "round {round}");
+                let slug = format!("race-{round}");
+                assert_eq!(count!(t, posts, blog_app::posts::slug.eq(&slug)), 1, "round {round}: one post");
+            }
         }
 
         /// Reads after the first are answered by the cache: no SQL, counted as hits in
