@@ -740,6 +740,7 @@ mod blog {
             assert_error(&post(&http, &server.url("/posts"), None, &json!({ "author_id": 999, "title": "T", "body": "" })), 422, "no such user");
             assert_error(&post(&http, &server.url("/posts"), None, &json!({ "author_id": ada_id, "title": "?!", "body": "" })), 400, "letters or digits");
             assert_error(&post(&http, &server.url("/posts/999/comments"), None, &json!({ "author_id": ada_id, "body": "b" })), 404, "no post 999");
+            assert_error(&get(&http, &server.url("/posts/999/comments")), 404, "no post 999");
         }
 
         /// Emails and slugs are unique: a taken one is 409 and writes nothing, whether the

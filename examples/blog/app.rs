@@ -19,7 +19,7 @@
 //! | `PATCH /posts/{id}` | `{"title"?, "body"?}`, only the fields given; `If-Match: "<version>"` needed (428 without, 412 on another version), `If-Match: *` overwrites | `transaction_async` + `Tx::update_changes` / `update_changes_unversioned` |
 //! | `DELETE /posts/{id}` | deletes the post and its comments | `retry_async`, `Tx::delete_where`, `Tx::delete` |
 //! | `POST /posts/{id}/comments` | `{"author_id", "body"}` → 201 | `Tx::insert_new` |
-//! | `GET /posts/{id}/comments` | the post's comments, oldest first | plain diesel: lists are not cached yet |
+//! | `GET /posts/{id}/comments` | the post's comments, oldest first | `get_async` for the post; the list is plain diesel (not cached yet) |
 //! | `GET /comments/{id}` | the comment | `find_async` |
 //! | `GET /stats` | the cache's counters as JSON | `Db::stats` |
 //!
@@ -583,10 +583,8 @@ where
         Path(post_id): Path<String>,
     ) -> Result<Response, ApiError> {
         let post_id = parse_id(&post_id)?;
-        let post = db
-            .find_async::<Post>(post_id)
-            .await?
-            .ok_or_else(|| not_found("post", post_id))?;
+        // The post from the cache (a missing one is `Error::NotFound`, a 404).
+        let post = db.get_async::<Post>(post_id).await?;
         // Plain diesel on a pooled connection: lists are not cached yet.
         let comments = blocking(&db, move |conn| Ok(C::comments_of(conn, &post)?)).await?;
         Ok(Json(comments).into_response())

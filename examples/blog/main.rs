@@ -37,9 +37,10 @@
 //! ```
 //!
 //! APIs: `#[derive(Cached)]` with `#[cache(unique)]`, `Db::builder().cache::<E>().listen(..)`,
-//! `Db::find_async` / `find_by`, `Db::transaction_async`, `retry_async`, `retry_once_async`
-//! with `Operation::new(key).fingerprint(hash)`, `Tx::insert_new`, `update_changes`,
-//! `update_changes_unversioned`, `update_where`, `delete_where`, `find_by`, `Db::stats`.
+//! `Db::find_async` / `get_async` / `find_by`, `Db::transaction_async`, `retry_async`,
+//! `retry_once_async` with `Operation::new(key).fingerprint(hash)`, `Tx::insert_new`,
+//! `update_changes`, `update_changes_unversioned`, `update_where`, `delete_where`,
+//! `find_by`, `Db::stats`.
 
 // Shared backend selection (examples/common/mod.rs), used through `on_selected_backend!`.
 #[macro_use]
