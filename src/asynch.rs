@@ -68,7 +68,7 @@ use std::sync::Arc;
 use diesel::r2d2::R2D2Connection;
 
 use crate::db::Db;
-use crate::entity::CachedEntity;
+use crate::entity::{CachedEntity, IdArg};
 use crate::error::Result;
 use crate::region::Lookup;
 
@@ -132,8 +132,8 @@ impl<C: R2D2Connection + 'static> Db<C> {
     /// negative hits are counted as by `find`; a miss is counted by the load that follows
     /// ([`find_async`](Db::find_async), or `find` on a blocking pool), not here.
     #[inline]
-    pub fn find_cached<E: CachedEntity>(&self, id: &E::Id) -> Result<CacheLookup<E>> {
-        Ok(match self.inner.region::<E>()?.lookup(id) {
+    pub fn find_cached<E: CachedEntity>(&self, id: impl IdArg<E::Id>) -> Result<CacheLookup<E>> {
+        Ok(match self.inner.region::<E>()?.lookup(id.as_id()) {
             Lookup::Hit(e) => CacheLookup::Hit(e),
             Lookup::NegativeHit => CacheLookup::NegativeHit,
             Lookup::Miss => CacheLookup::Miss,
@@ -151,7 +151,7 @@ mod on_tokio {
     use diesel::r2d2::R2D2Connection;
 
     use crate::db::Db;
-    use crate::entity::CachedOps;
+    use crate::entity::{CachedOps, IdArg};
     use crate::error::{Error, Result};
     use crate::inbox::{Operation, OperationLog, Outcome};
     use crate::region::{FillMode, Lookup};
@@ -176,13 +176,17 @@ mod on_tokio {
         ///
         /// A miss needs a tokio runtime: outside one it is [`Error::AsyncRuntime`] (a hit
         /// needs none).
-        pub async fn find_async<E: CachedOps<C>>(&self, id: E::Id) -> Result<Option<Arc<E>>> {
+        pub async fn find_async<E: CachedOps<C>>(
+            &self,
+            id: impl IdArg<E::Id>,
+        ) -> Result<Option<Arc<E>>> {
             // The lookup's borrow of the region ends before any await.
-            let lookup = self.inner.region::<E>()?.lookup(&id);
+            let lookup = self.inner.region::<E>()?.lookup(id.as_id());
             match lookup {
                 Lookup::Hit(e) => Ok(Some(e)),
                 Lookup::NegativeHit => Ok(None),
                 Lookup::Miss => {
+                    let id = id.into_id();
                     self.spawn_blocking(move |db| {
                         let region = db.inner.region::<E>()?;
                         db.load_one(region, id, FillMode::Fill)
@@ -193,7 +197,8 @@ mod on_tokio {
         }
 
         /// Like [`find_async`](Db::find_async), but a missing row is [`Error::NotFound`].
-        pub async fn get_async<E: CachedOps<C>>(&self, id: E::Id) -> Result<Arc<E>> {
+        pub async fn get_async<E: CachedOps<C>>(&self, id: impl IdArg<E::Id>) -> Result<Arc<E>> {
+            let id = id.into_id();
             let missing = format!("{id:?}");
             self.find_async::<E>(id).await?.ok_or(Error::NotFound {
                 table: E::TABLE,

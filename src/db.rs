@@ -11,7 +11,7 @@ use serde::Serialize;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
 
 use crate::config::{KeyCompare, RegionConfig};
-use crate::entity::{CachedEntity, CachedOps};
+use crate::entity::{CachedEntity, CachedOps, IdArg};
 use crate::error::{Error, Result};
 use crate::hooks::Hook;
 use crate::inbox::Inbox;
@@ -337,17 +337,17 @@ impl<C: R2D2Connection + 'static> Db<C> {
     /// run one query; a miss fills the cache unless a write raced with it (C3, C4).
     /// Absent rows are remembered for the region's `negative_ttl`.
     #[inline]
-    pub fn find<E: CachedOps<C>>(&self, id: E::Id) -> Result<Option<Arc<E>>> {
+    pub fn find<E: CachedOps<C>>(&self, id: impl IdArg<E::Id>) -> Result<Option<Arc<E>>> {
         let region = self.inner.region::<E>()?;
-        match region.lookup(&id) {
+        match region.lookup(id.as_id()) {
             Lookup::Hit(e) => Ok(Some(e)),
             Lookup::NegativeHit => Ok(None),
-            Lookup::Miss => self.load_one(region, id, FillMode::Fill),
+            Lookup::Miss => self.load_one(region, id.into_id(), FillMode::Fill),
         }
     }
 
     /// Like [`find`](Db::find), but a missing row is [`Error::NotFound`].
-    pub fn get<E: CachedOps<C>>(&self, id: E::Id) -> Result<Arc<E>> {
+    pub fn get<E: CachedOps<C>>(&self, id: impl IdArg<E::Id>) -> Result<Arc<E>> {
         self.read(CacheMode::Normal).get(id)
     }
 
@@ -419,14 +419,15 @@ impl<C: R2D2Connection + 'static> Db<C> {
         let mut found = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_IDS_PER_QUERY) {
             for row in E::load_many(&mut conn, chunk)? {
-                found.insert(row.id().clone(), Arc::new(row));
+                found.insert(row.id(), Arc::new(row));
             }
         }
         Ok(found)
     }
 
     /// Drops one cached row (this process only) and fences loads in flight for it.
-    pub fn evict<E: CachedEntity>(&self, id: &E::Id) -> Result<()> {
+    pub fn evict<E: CachedEntity>(&self, id: impl IdArg<E::Id>) -> Result<()> {
+        let id = id.as_id();
         let region = self.inner.region::<E>()?;
         Counters::bump(&region.counters.evict_requests);
         tracing::debug!(region = %region.config().name, id = ?id, "evict");
@@ -526,8 +527,8 @@ impl<C: R2D2Connection + 'static> Db<C> {
 
     /// The cached row for `id`, without loading it or counting a read: `Some(row)` only
     /// when the cache would answer with that row now. For tests and diagnostics.
-    pub fn peek<E: CachedEntity>(&self, id: &E::Id) -> Result<Option<Arc<E>>> {
-        Ok(self.inner.region::<E>()?.peek(id))
+    pub fn peek<E: CachedEntity>(&self, id: impl IdArg<E::Id>) -> Result<Option<Arc<E>>> {
+        Ok(self.inner.region::<E>()?.peek(id.as_id()))
     }
 }
 
@@ -555,31 +556,33 @@ pub struct Reader<'a, C: R2D2Connection + 'static> {
 
 impl<C: R2D2Connection + 'static> Reader<'_, C> {
     /// Reads one row in this mode.
-    pub fn find<E: CachedOps<C>>(&self, id: E::Id) -> Result<Option<Arc<E>>> {
+    pub fn find<E: CachedOps<C>>(&self, id: impl IdArg<E::Id>) -> Result<Option<Arc<E>>> {
         let region = self.db.inner.region::<E>()?;
         let mode = match self.mode {
             CacheMode::Normal => return self.db.find(id),
             CacheMode::Bypass => {
                 let mut conn = self.db.inner.checkout()?;
-                return Ok(E::load_one(&mut conn, &id)?.map(Arc::new));
+                return Ok(E::load_one(&mut conn, id.as_id())?.map(Arc::new));
             }
-            CacheMode::NoFill => match region.lookup(&id) {
+            CacheMode::NoFill => match region.lookup(id.as_id()) {
                 Lookup::Hit(e) => return Ok(Some(e)),
                 Lookup::NegativeHit => return Ok(None),
                 Lookup::Miss => FillMode::NoFill,
             },
             CacheMode::Refresh => FillMode::Refresh,
         };
-        self.db.load_one(region, id, mode)
+        self.db.load_one(region, id.into_id(), mode)
     }
 
     /// Like [`find`](Reader::find), but a missing row is [`Error::NotFound`].
-    pub fn get<E: CachedOps<C>>(&self, id: E::Id) -> Result<Arc<E>> {
-        let missing = format!("{id:?}");
-        self.find::<E>(id)?.ok_or(Error::NotFound {
-            table: E::TABLE,
-            id: missing,
-        })
+    pub fn get<E: CachedOps<C>>(&self, id: impl IdArg<E::Id>) -> Result<Arc<E>> {
+        match self.find::<E>(id.as_id())? {
+            Some(row) => Ok(row),
+            None => Err(Error::NotFound {
+                table: E::TABLE,
+                id: format!("{:?}", id.as_id()),
+            }),
+        }
     }
 
     /// Reads by unique key in this mode (see [`Db::find_by`]).
@@ -639,7 +642,7 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
                     // A row found under a looser database equality (`ADA@X.ORG` finding
                     // `ada@x.org`) would fail the check on every hit: map only its own key.
                     if K::of(&row) == key {
-                        index.fill_id(key, row.id().clone());
+                        index.fill_id(key, row.id());
                     }
                     region.fill_if_unchanged(&row, seq);
                 }

@@ -12,7 +12,8 @@ use crate::config::RegionConfig;
 /// Implemented by `#[derive(Cached)]`; writing it by hand is possible but the derive also
 /// generates the backend SQL ([`CachedOps`]) that must match it.
 pub trait CachedEntity: Clone + Send + Sync + 'static {
-    /// The primary key type: integers, `String`, `uuid::Uuid` or any diesel-mappable type.
+    /// The primary key type: integers, `String`, `uuid::Uuid` or any diesel-mappable type;
+    /// a tuple of them for a composite key (`#[diesel(primary_key(a, b))]`).
     type Id: Clone + Eq + Hash + Debug + Send + Sync + 'static;
 
     /// The SQL table name, for messages and tracing.
@@ -21,8 +22,8 @@ pub trait CachedEntity: Clone + Send + Sync + 'static {
     /// The region settings from the `#[cache(...)]` attributes (the builder may override them).
     fn cache_config() -> RegionConfig;
 
-    /// This row's primary key.
-    fn id(&self) -> &Self::Id;
+    /// This row's primary key (a clone of its field, or a tuple of a composite key's).
+    fn id(&self) -> Self::Id;
 
     /// This row's version, widened to `i64`.
     fn version(&self) -> i64;
@@ -35,7 +36,8 @@ pub trait CachedEntity: Clone + Send + Sync + 'static {
     fn approx_bytes(&self) -> usize;
 
     /// Parses an id from its text form (as change notifications carry it). The derive
-    /// uses `FromStr` when the id type has it; `None` makes a notification clear the
+    /// uses `FromStr` when the id type has it (for each column of a composite key, whose
+    /// text is `<length>:<value>` per column); `None` makes a notification clear the
     /// whole region instead.
     fn parse_id(text: &str) -> Option<Self::Id> {
         let _ = text;
@@ -180,5 +182,82 @@ pub trait ParseFallback<T> {
 impl<T> ParseFallback<T> for IdParser<T> {
     fn parse_id(&self, _text: &str) -> Option<T> {
         None
+    }
+}
+
+/// An id given by value or by reference: every method that takes one id
+/// ([`Db::find`](crate::Db::find), [`Db::evict`](crate::Db::evict),
+/// [`Tx::update_changes`](crate::Tx::update_changes), …) accepts `7` and `&7` alike, so
+/// `db.find::<User>(user.id)` and `db.evict::<User>(&user.id)` both read naturally.
+///
+/// A cache hit only borrows the id; an id given by reference is cloned only when it must
+/// be kept (a miss that loads, a write).
+pub trait IdArg<Id> {
+    /// The id, borrowed.
+    fn as_id(&self) -> &Id;
+    /// The id, owned (a clone when given by reference).
+    fn into_id(self) -> Id;
+}
+
+impl<Id> IdArg<Id> for Id {
+    #[inline]
+    fn as_id(&self) -> &Id {
+        self
+    }
+    #[inline]
+    fn into_id(self) -> Id {
+        self
+    }
+}
+
+impl<Id: Clone> IdArg<Id> for &Id {
+    #[inline]
+    fn as_id(&self) -> &Id {
+        self
+    }
+    #[inline]
+    fn into_id(self) -> Id {
+        self.clone()
+    }
+}
+
+/// Splits the text of a composite key as the change feed sends it — `<length>:<value>`
+/// per column, lengths in characters (`1:72:ab` is `("7", "ab")`) — into exactly `n`
+/// values; `None` if the text is not that.
+#[doc(hidden)]
+pub fn split_composite_id(text: &str, n: usize) -> Option<Vec<&str>> {
+    let mut parts = Vec::with_capacity(n);
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_once(':')?;
+        if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let len: usize = len.parse().ok()?;
+        let end = match tail.char_indices().nth(len) {
+            Some((at, _)) => at,
+            None if tail.chars().count() == len => tail.len(),
+            None => return None,
+        };
+        parts.push(&tail[..end]);
+        rest = &tail[end..];
+    }
+    (parts.len() == n).then_some(parts)
+}
+
+#[cfg(test)]
+mod composite_id_tests {
+    use super::split_composite_id;
+
+    #[test]
+    fn splits_length_prefixed_columns() {
+        assert_eq!(split_composite_id("1:72:ab", 2), Some(vec!["7", "ab"]));
+        assert_eq!(split_composite_id("3:a:b0:", 2), Some(vec!["a:b", ""]));
+        assert_eq!(split_composite_id("2:é|", 1), Some(vec!["é|"]));
+        assert_eq!(split_composite_id("1:7", 2), None);
+        assert_eq!(split_composite_id("1:72:a", 2), None);
+        assert_eq!(split_composite_id("x:7", 1), None);
+        assert_eq!(split_composite_id("7", 1), None);
+        assert_eq!(split_composite_id("1:71:8", 1), None);
     }
 }

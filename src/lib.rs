@@ -230,7 +230,7 @@ pub use batch::{BatchConfig, BatchStats, Batcher};
 pub use config::{KeyCompare, RegionConfig};
 pub use db::{CacheMode, Db, DbBuilder, DbPool, Reader, WarmUp};
 pub use diesel_l2_derive::Cached;
-pub use entity::{CachedEntity, CachedOps, HeapSize};
+pub use entity::{CachedEntity, CachedOps, HeapSize, IdArg};
 pub use error::{Error, Result};
 pub use inbox::{Operation, OperationLog, Outcome};
 pub use invalidation::{ChangeFeed, ListenConfig, ListenerStats};
@@ -259,7 +259,8 @@ pub mod testing {
 pub mod __private {
     pub use crate::config::RegionConfig;
     pub use crate::entity::{
-        CachedEntity, CachedOps, HeapSize, IdParser, ParseFallback, ParseViaFromStr,
+        split_composite_id, CachedEntity, CachedOps, HeapSize, IdParser, ParseFallback,
+        ParseViaFromStr,
     };
     pub use crate::invalidation::feed::sql_table_name;
     pub use crate::unique::{UniqueKey, UniqueKeys, UniqueOps};

@@ -709,7 +709,7 @@ impl<E: CachedEntity> Region<E> {
 
     /// Fills one row read by a unique-key lookup that started at write sequence `seq`.
     pub(crate) fn fill_if_unchanged(&self, row: &Arc<E>, seq: u64) -> bool {
-        let id = row.id();
+        let id = &row.id();
         let keys = self.shard(id);
         let locked = keys.get(id).is_some_and(|st| st.locks > 0);
         if locked

@@ -9,7 +9,7 @@ use std::time::Duration;
 use diesel::r2d2::R2D2Connection;
 
 use crate::db::{Db, Inner};
-use crate::entity::{CachedEntity, CachedOps};
+use crate::entity::{CachedEntity, CachedOps, IdArg};
 use crate::error::{Error, Result};
 use crate::hooks::{self, Point};
 use crate::region::{FinalWrite, KeyLock, Region};
@@ -48,15 +48,16 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     ///
     /// The row is yours to change and write back: `let mut u = tx.get::<User>(1)?;
     /// u.name = "Ada".into(); tx.update(&u)?;`.
-    pub fn find<E: CachedOps<C>>(&mut self, id: E::Id) -> Result<Option<E>> {
+    pub fn find<E: CachedOps<C>>(&mut self, id: impl IdArg<E::Id>) -> Result<Option<E>> {
         self.db.region::<E>()?;
-        self.run(|c| E::load_one(c, &id))
+        self.run(|c| E::load_one(c, id.as_id()))
     }
 
     /// Like [`find`](Tx::find), but a missing row is [`Error::NotFound`].
-    pub fn get<E: CachedOps<C>>(&mut self, id: E::Id) -> Result<E> {
+    pub fn get<E: CachedOps<C>>(&mut self, id: impl IdArg<E::Id>) -> Result<E> {
         self.db.region::<E>()?;
-        match self.run(|c| E::load_one(c, &id))? {
+        let id = id.as_id();
+        match self.run(|c| E::load_one(c, id))? {
             Some(row) => Ok(row),
             None => Err(Error::NotFound {
                 table: E::TABLE,
@@ -83,7 +84,7 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     /// Inserts `row` (its id and version as given) and returns the stored row, which the
     /// cache receives when the transaction commits.
     pub fn insert<E: CachedOps<C>>(&mut self, row: &E) -> Result<E> {
-        let slot = self.state.lock::<C, E>(self.db, row.id())?;
+        let slot = self.state.lock::<C, E>(self.db, &row.id())?;
         self.state.touch(slot, row);
         let stored = self.run(|c| E::insert_row(c, row))?;
         self.state.touch(slot, &stored);
@@ -109,7 +110,7 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
         };
         let target = row.version().checked_add(1).ok_or_else(overflow)?;
         let next = row.with_version(target).ok_or_else(overflow)?;
-        let slot = self.state.lock::<C, E>(self.db, row.id())?;
+        let slot = self.state.lock::<C, E>(self.db, &row.id())?;
         self.state.touch(slot, &next);
         if let Some(stored) = self.run(|c| E::update_row(c, row, &next))? {
             self.state.touch(slot, &stored);
@@ -119,7 +120,7 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
             return Ok(stored);
         }
         let found = self
-            .run(|c| E::load_one(c, row.id()))?
+            .run(|c| E::load_one(c, &row.id()))?
             .map(|cur| cur.version());
         Err(self.conflict::<E>(row, found))
     }
@@ -131,23 +132,23 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     /// `found: None`. A redelivered delete is recognised only by an operation id
     /// ([`Db::transaction_once`]). The cache keeps a versioned tombstone after commit (C3).
     pub fn delete<E: CachedOps<C>>(&mut self, row: &E) -> Result<()> {
-        let slot = self.state.lock::<C, E>(self.db, row.id())?;
+        let slot = self.state.lock::<C, E>(self.db, &row.id())?;
         self.state.touch(slot, row);
-        if self.run(|c| E::delete_row(c, row.id(), row.version()))? > 0 {
+        if self.run(|c| E::delete_row(c, &row.id(), row.version()))? > 0 {
             let version = row.version().saturating_add(1);
             self.state.push(slot, PendingWrite::<E>::Delete { version });
             return Ok(());
         }
         let found = self
-            .run(|c| E::load_one(c, row.id()))?
+            .run(|c| E::load_one(c, &row.id()))?
             .map(|cur| cur.version());
         Err(self.conflict::<E>(row, found))
     }
 
     /// Announces that the row `id` of `E` was written through [`conn`](Tx::conn): the key is
     /// soft-locked now and invalidated when the transaction ends, whatever its outcome.
-    pub fn invalidate<E: CachedOps<C>>(&mut self, id: E::Id) -> Result<()> {
-        let slot = self.state.lock::<C, E>(self.db, &id)?;
+    pub fn invalidate<E: CachedOps<C>>(&mut self, id: impl IdArg<E::Id>) -> Result<()> {
+        let slot = self.state.lock::<C, E>(self.db, id.as_id())?;
         self.state.touch_unknown::<E>(slot);
         self.state.push(slot, PendingWrite::<E>::Invalidate);
         Ok(())
@@ -214,7 +215,7 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     }
 
     fn conflict<E: CachedEntity>(&self, row: &E, found: Option<i64>) -> Error {
-        self.conflict_on::<E>(row.id(), row.version(), found)
+        self.conflict_on::<E>(&row.id(), row.version(), found)
     }
 
     /// Counts and reports a version conflict on `id`, written from version `expected`.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use diesel::r2d2::R2D2Connection;
 use diesel::{Connection, QueryResult};
 
-use crate::entity::{CachedEntity, CachedOps};
+use crate::entity::{CachedEntity, CachedOps, IdArg};
 use crate::error::{Error, Result};
 use crate::tx::{PendingWrite, Tx};
 
@@ -128,7 +128,7 @@ impl<C: R2D2Connection + 'static> Tx<'_, C> {
         // Refuse an unregistered entity before writing anything.
         self.db.region::<E>()?;
         let stored = self.run(|c| E::insert_new(c, new))?;
-        let slot = self.state.lock::<C, E>(self.db, stored.id())?;
+        let slot = self.state.lock::<C, E>(self.db, &stored.id())?;
         self.state.touch(slot, &stored);
         self.state
             .push(slot, PendingWrite::<E>::Put(Arc::new(stored.clone())));
@@ -183,16 +183,22 @@ impl<C: R2D2Connection + 'static> Tx<'_, C> {
     /// assert!(matches!(err, Error::Conflict { expected: 1, found: Some(2), .. }));
     /// # Ok(()) }
     /// ```
-    pub fn update_changes<E, Ch>(&mut self, id: E::Id, version: i64, changes: Ch) -> Result<E>
+    pub fn update_changes<E, Ch>(
+        &mut self,
+        id: impl IdArg<E::Id>,
+        version: i64,
+        changes: Ch,
+    ) -> Result<E>
     where
         E: CachedOps<C> + ChangesetOps<C, Ch>,
     {
-        let slot = self.state.lock::<C, E>(self.db, &id)?;
-        match self.run(|c| E::update_changes(c, &id, Some(version), changes))? {
+        let id = id.as_id();
+        let slot = self.state.lock::<C, E>(self.db, id)?;
+        match self.run(|c| E::update_changes(c, id, Some(version), changes))? {
             Some(stored) => Ok(self.updated(slot, stored)),
             None => {
-                let found = self.run(|c| E::load_one(c, &id))?.map(|cur| cur.version());
-                Err(self.conflict_on::<E>(&id, version, found))
+                let found = self.run(|c| E::load_one(c, id))?.map(|cur| cur.version());
+                Err(self.conflict_on::<E>(id, version, found))
             }
         }
     }
@@ -204,12 +210,17 @@ impl<C: R2D2Connection + 'static> Tx<'_, C> {
     ///
     /// `UPDATE … SET <changes>, version = version + 1 WHERE id = ? RETURNING …` (a reload
     /// by id on MariaDB). A missing row is [`Error::NotFound`].
-    pub fn update_changes_unversioned<E, Ch>(&mut self, id: E::Id, changes: Ch) -> Result<E>
+    pub fn update_changes_unversioned<E, Ch>(
+        &mut self,
+        id: impl IdArg<E::Id>,
+        changes: Ch,
+    ) -> Result<E>
     where
         E: ChangesetOps<C, Ch>,
     {
-        let slot = self.state.lock::<C, E>(self.db, &id)?;
-        match self.run(|c| E::update_changes(c, &id, None, changes))? {
+        let id = id.as_id();
+        let slot = self.state.lock::<C, E>(self.db, id)?;
+        match self.run(|c| E::update_changes(c, id, None, changes))? {
             Some(stored) => Ok(self.updated(slot, stored)),
             None => Err(Error::NotFound {
                 table: E::TABLE,

@@ -264,6 +264,37 @@ backend_tests! {
         assert_eq!(b.find::<User>(1).unwrap().unwrap().version, 3);
     }
 
+    /// C7 with a composite primary key: plain-SQL writes to a join table reach a
+    /// listening Db by their (follower_id, followee_id) key — the id text carries both
+    /// columns, so exactly that row is invalidated and its neighbours stay cached.
+    fn a_plain_sql_write_to_a_composite_key_row_invalidates_exactly_that_row(t) {
+        use common::models::Follow;
+        let b = Db::builder(t.pool.clone()).cache::<Follow>().listen(listen(t, "l2_comp")).build().unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute(
+            "INSERT INTO follows (follower_id, followee_id, version, note) VALUES (1, 2, 1, 'a'), (12, 3, 1, 'b'), (1, 23, 1, 'c')",
+        )
+        .unwrap();
+        let keys = [(1_i64, 2_i64), (12, 3), (1, 23)];
+        wait_for("the rows to be cached", || {
+            keys.iter().all(|k| {
+                b.find::<Follow>(k).unwrap();
+                b.peek::<Follow>(k).unwrap().is_some()
+            })
+        });
+        let before = b.stats().listener.unwrap().flushes;
+        raw.batch_execute("UPDATE follows SET note = 'plain' WHERE follower_id = 12 AND followee_id = 3").unwrap();
+        wait_for("the plain update to invalidate (12, 3)", || b.peek::<Follow>((12, 3)).unwrap().is_none());
+        assert!(b.peek::<Follow>((1, 2)).unwrap().is_some(), "(1, 2) stays cached");
+        assert!(b.peek::<Follow>((1, 23)).unwrap().is_some(), "(1, 23) stays cached: \"12|3\" and \"1|23\" differ");
+        assert_eq!(b.stats().listener.unwrap().flushes, before, "invalidated by key, not by a table flush");
+        let read = b.find::<Follow>((12, 3)).unwrap().unwrap();
+        assert_eq!((read.version, read.note.as_str()), (2, "plain"), "the database bumped the version");
+        raw.batch_execute("DELETE FROM follows WHERE follower_id = 1 AND followee_id = 23").unwrap();
+        wait_for("the plain delete to be seen", || b.find::<Follow>((1, 23)).unwrap().is_none());
+        assert!(b.peek::<Follow>((1, 2)).unwrap().is_some(), "(1, 2) stays cached");
+    }
+
     /// C7: a local delete leaves a tombstone; a re-insert by another client (at version 1,
     /// below the tombstone) clears it.
     fn a_remote_reinsert_clears_a_local_tombstone(t) {

@@ -21,7 +21,7 @@ backend_tests! {
         let stored = db.transaction(|tx| tx.update(&next)).unwrap();
         assert_eq!(stored.rev, 2);
         t.sql.reset();
-        assert_eq!(db.find::<Tag>("rust".into()).unwrap().unwrap().label, "Rust lang");
+        assert_eq!(db.find::<Tag>(String::from("rust")).unwrap().unwrap().label, "Rust lang");
         assert_eq!(t.sql.count(), 0);
         assert!(matches!(db.transaction(|tx| tx.update(&tag)), Err(diesel_l2::Error::Conflict { expected: 1, found: Some(2), .. })));
     }

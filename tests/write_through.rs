@@ -341,6 +341,94 @@ backend_tests! {
         assert!(none.is_empty());
     }
 
+    /// Composite primary keys (a join table, `#[diesel(primary_key(a, b))]`): every
+    /// operation addresses the row by both columns, ids are tuples, taken by value or by
+    /// reference (C1, C2, C6).
+    fn a_composite_primary_key_works_for_every_operation(t) {
+        use diesel::prelude::*;
+        use common::models::Follow;
+        use common::schema::follows;
+        let db = common::builder(t).cache::<Follow>().build().unwrap();
+        let rows = [Follow::new(1, 2, "a"), Follow::new(1, 3, "b"), Follow::new(2, 1, "c"), Follow::new(12, 3, "d")];
+        db.transaction(|tx| rows.iter().try_for_each(|r| tx.insert(r).map(drop))).unwrap();
+        t.sql.reset();
+        assert_eq!(*db.find::<Follow>((1, 2)).unwrap().unwrap(), rows[0], "C2: written through at commit");
+        assert_eq!(*db.get::<Follow>(&(2, 1)).unwrap(), rows[2]);
+        assert_eq!(t.sql.count(), 0, "C2: both served from the cache");
+        assert!(db.find::<Follow>((2, 2)).unwrap().is_none());
+        assert!(db.find::<Follow>((2, 2)).unwrap().is_none());
+        assert_eq!(t.sql.selects(), 1, "the absent key is negatively cached");
+
+        // find_many: misses of a composite key in one statement.
+        db.evict_all::<Follow>().unwrap();
+        t.sql.reset();
+        let many = db.find_many::<Follow>(&[(1, 3), (9, 9), (12, 3), (1, 2)]).unwrap();
+        let got: Vec<_> = many.iter().map(|r| r.as_ref().map(|r| r.note.clone())).collect();
+        assert_eq!(got, [Some("b".into()), None, Some("d".into()), Some("a".into())]);
+        assert_eq!(t.sql.selects(), 1, "one SELECT … WHERE (a = ? AND b = ?) OR …");
+
+        // Versioned update and delete by both columns; a conflict names the key.
+        let mut next = (*db.get::<Follow>((1, 3)).unwrap()).clone();
+        next.note = "edited".into();
+        let stored = db.transaction(|tx| tx.update(&next)).unwrap();
+        assert_eq!(stored.version, 2);
+        assert_eq!(db.get::<Follow>((1, 3)).unwrap().note, "edited");
+        assert_eq!(db.get::<Follow>((1, 2)).unwrap().note, "a", "the neighbour sharing a column is untouched");
+        let stale = db.transaction(|tx| tx.update(&next)).unwrap_err();
+        assert!(matches!(stale, Error::Conflict { expected: 1, found: Some(2), .. }), "{stale}");
+        db.transaction(|tx| tx.delete(&stored)).unwrap();
+        assert!(db.find::<Follow>((1, 3)).unwrap().is_none());
+
+        // Partial updates and bulk writes return and invalidate tuple ids.
+        #[derive(AsChangeset)]
+        #[diesel(table_name = follows)]
+        struct Note<'a> {
+            note: &'a str,
+        }
+        let changed = db.transaction(|tx| tx.update_changes::<Follow, _>((12, 3), 1, &Note { note: "partial" })).unwrap();
+        assert_eq!((changed.version, changed.note.as_str()), (2, "partial"));
+        for key in [(1, 2), (2, 1), (12, 3)] {
+            db.find::<Follow>(key).unwrap();
+        }
+        let mut ids = db
+            .transaction(|tx| tx.update_where::<Follow, _, _>(follows::followee_id.le(2), follows::note.eq("bulk")))
+            .unwrap();
+        ids.sort();
+        assert_eq!(ids, [(1, 2), (2, 1)]);
+        assert_eq!(db.get::<Follow>((1, 2)).unwrap().note, "bulk", "C2: invalidated at commit");
+        assert_eq!(db.get::<Follow>((2, 1)).unwrap().version, 2);
+        assert_eq!(db.get::<Follow>((12, 3)).unwrap().note, "partial", "not matched, untouched");
+        let gone = db.transaction(|tx| tx.delete_where::<Follow, _>(follows::follower_id.eq(1))).unwrap();
+        assert_eq!(gone, [(1, 2)]);
+        assert!(db.find::<Follow>((1, 2)).unwrap().is_none());
+        assert!(db.find::<Follow>((2, 1)).unwrap().is_some());
+
+        // Exactly once under an operation id, with a tuple key.
+        for _ in 0..2 {
+            db.transaction_once("follow-7-8", |tx| tx.insert(&Follow::new(7, 8, "once")).map(|f| f.version)).unwrap();
+        }
+        assert_eq!(db.get::<Follow>((7, 8)).unwrap().note, "once");
+    }
+
+    /// Many composite ids in one find_many: loaded in chunks, every row found once.
+    fn find_many_with_many_composite_ids_loads_them_all(t) {
+        use common::models::Follow;
+        let db = common::builder(t).cache::<Follow>().build().unwrap();
+        let rows: Vec<Follow> = (0..150).map(|i| Follow::new(i / 10, i % 10, "x")).collect();
+        db.transaction(|tx| rows.iter().try_for_each(|r| tx.insert(r).map(drop))).unwrap();
+        db.evict_all::<Follow>().unwrap();
+        let keys: Vec<(i64, i64)> = rows.iter().map(|r| (r.follower_id, r.followee_id)).chain([(99, 99)]).collect();
+        t.sql.reset();
+        let found = db.find_many::<Follow>(&keys).unwrap();
+        assert_eq!(found.iter().filter(|r| r.is_some()).count(), 150);
+        assert!(found[150].is_none());
+        for (key, row) in keys.iter().zip(&found).take(150) {
+            let row = row.as_ref().unwrap();
+            assert_eq!((row.follower_id, row.followee_id), *key, "in input order");
+        }
+        assert_eq!(t.sql.selects(), 3, "151 ids in chunks of 64");
+    }
+
     fn update_where_soft_locks_the_rows_until_the_transaction_ends(t) {
         use diesel::prelude::*;
         use common::models::{Article, NewArticle};

@@ -96,6 +96,9 @@ pub(crate) struct Input {
     /// The last path segments of `#[diesel(check_for_backend(...))]` (`Sqlite`, `Pg`,
     /// `Mysql`): SQL is generated for these backends only. `None`: every backend.
     pub backends: Option<Vec<String>>,
+    /// `#[diesel(primary_key(a, b))]`: the fields of the primary key, as diesel's
+    /// `Identifiable` reads them.
+    pub primary_key: Option<Vec<Ident>>,
     pub attrs: StructAttrs,
     pub fields: Vec<Field>,
 }
@@ -138,6 +141,7 @@ pub(crate) fn parse(input: &DeriveInput, errors: &mut Errors) -> Option<Input> {
 
     let mut table = None;
     let mut backends: Option<Vec<String>> = None;
+    let mut primary_key: Option<Vec<Ident>> = None;
     let mut unreadable_diesel = None;
     let mut attrs = StructAttrs::default();
     for attr in &input.attrs {
@@ -147,6 +151,14 @@ pub(crate) fn parse(input: &DeriveInput, errors: &mut Errors) -> Option<Input> {
                     let path: Path = meta.value()?.parse()?;
                     table.get_or_insert(path);
                     Ok(())
+                } else if meta.path.is_ident("primary_key") {
+                    let list = primary_key.get_or_insert_with(Vec::new);
+                    meta.parse_nested_meta(|k| {
+                        if let Some(ident) = k.path.get_ident() {
+                            list.push(ident.clone());
+                        }
+                        Ok(())
+                    })
                 } else if meta.path.is_ident("check_for_backend") {
                     let list = backends.get_or_insert_with(Vec::new);
                     meta.parse_nested_meta(|b| {
@@ -182,6 +194,7 @@ pub(crate) fn parse(input: &DeriveInput, errors: &mut Errors) -> Option<Input> {
         table,
         unreadable_diesel,
         backends,
+        primary_key,
         attrs,
         fields,
     })

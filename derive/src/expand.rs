@@ -105,13 +105,105 @@ fn duration(ms: u64) -> TokenStream {
     quote!(::diesel_l2::__private::Duration::from_millis(#ms))
 }
 
+/// The most ids of a composite key matched by one `(a = ? AND b = ?) OR …` predicate.
+const COMPOSITE_CHUNK: usize = 64;
+
+/// The id's Rust type: the key field's type, or the tuple of a composite key's types.
+fn id_type(model: &Model) -> TokenStream {
+    let tys: Vec<_> = model.id_fields().map(|f| &f.ty).collect();
+    if model.composite() {
+        quote!((#(#tys,)*))
+    } else {
+        let ty = tys[0];
+        quote!(#ty)
+    }
+}
+
+/// The owned id of `row` (an expression of type `&Self`).
+fn id_of(model: &Model, row: &TokenStream) -> TokenStream {
+    let members: Vec<_> = model.id_fields().map(|f| &f.member).collect();
+    if model.composite() {
+        quote!((#(::core::clone::Clone::clone(&#row.#members),)*))
+    } else {
+        let m = members[0];
+        quote!(::core::clone::Clone::clone(&#row.#m))
+    }
+}
+
+/// `.filter(t::id.eq(<id>))` for the id expression `id` (of type `&Id`): one filter per
+/// key column.
+fn id_filters(model: &Model, id: &TokenStream) -> TokenStream {
+    let table = &model.table;
+    if model.composite() {
+        let filters = model.id_fields().enumerate().map(|(pos, f)| {
+            let c = &f.column;
+            let pos = syn::Index::from(pos);
+            quote!(.filter(#table::#c.eq(&(#id).#pos)))
+        });
+        quote!(#(#filters)*)
+    } else {
+        let c = &model.fields[model.ids[0]].column;
+        quote!(.filter(#table::#c.eq(#id)))
+    }
+}
+
+/// `.filter(t::id.eq(&row.id))`: one filter per key column, on the fields of `row` (a
+/// `&Self` expression).
+fn row_filters(model: &Model, row: &TokenStream) -> TokenStream {
+    let table = &model.table;
+    let filters = model.id_fields().map(|f| {
+        let (c, m) = (&f.column, &f.member);
+        quote!(.filter(#table::#c.eq(&#row.#m)))
+    });
+    quote!(#(#filters)*)
+}
+
+/// The key columns, as `returning`/`select` take them: `t::id` or `(t::a, t::b)`.
+fn id_columns(model: &Model) -> TokenStream {
+    let table = &model.table;
+    let cols: Vec<_> = model.id_fields().map(|f| &f.column).collect();
+    if model.composite() {
+        quote!((#(#table::#cols,)*))
+    } else {
+        let c = cols[0];
+        quote!(#table::#c)
+    }
+}
+
+/// For a composite key: statements that set `pred` to a boxed
+/// `(a = ? AND b = ?) OR …` predicate matching the ids of the slice `chunk`.
+fn composite_predicate(model: &Model, db: &TokenStream, chunk: &TokenStream) -> TokenStream {
+    let table = &model.table;
+    let d = quote!(::diesel_l2::__private::diesel);
+    let one = |id: TokenStream| {
+        let mut parts = model.id_fields().enumerate().map(|(pos, f)| {
+            let c = &f.column;
+            let pos = syn::Index::from(pos);
+            quote!(#table::#c.eq(&#id.#pos))
+        });
+        let first = parts.next().expect("a composite key has columns");
+        parts.fold(first, |acc, next| quote!(#acc.and(#next)))
+    };
+    let first = one(quote!(#chunk[0]));
+    let each = one(quote!(id));
+    quote! {
+        #[allow(unused_imports)]
+        use #d::prelude::BoolExpressionMethods as _;
+        let mut pred: ::std::boxed::Box<
+            dyn #d::expression::BoxableExpression<#table::table, #db, SqlType = #d::sql_types::Bool> + '_,
+        > = ::std::boxed::Box::new(#first);
+        for id in &#chunk[1..] {
+            pred = ::std::boxed::Box::new(pred.or(#each));
+        }
+    }
+}
+
 fn entity_impl(model: &Model) -> TokenStream {
     let ident = &model.ident;
     let table_name = &model.table_name;
     let region = &model.region;
-    let id = model.id_field();
-    let id_member = &id.member;
-    let id_ty = &id.ty;
+    let id_ty = id_type(model);
+    let self_id = id_of(model, &quote!(self));
     let version = model.version_field();
     let v_member = &version.member;
     let v_ty = &version.ty;
@@ -119,6 +211,19 @@ fn entity_impl(model: &Model) -> TokenStream {
 
     let some = quote!(::core::option::Option::Some);
     let none = quote!(::core::option::Option::None);
+    let parse_id_body = if model.composite() {
+        let n = model.ids.len();
+        let parts = model.id_fields().enumerate().map(|(pos, f)| {
+            let ty = &f.ty;
+            quote!((&&::diesel_l2::__private::IdParser::<#ty>::new()).parse_id(parts[#pos])?)
+        });
+        quote! {
+            let parts = ::diesel_l2::__private::split_composite_id(text, #n)?;
+            #some((#(#parts,)*))
+        }
+    } else {
+        quote!((&&::diesel_l2::__private::IdParser::<#id_ty>::new()).parse_id(text))
+    };
     let mut settings = Vec::new();
     if let Some(ms) = model.ttl {
         let d = duration(ms);
@@ -171,8 +276,8 @@ fn entity_impl(model: &Model) -> TokenStream {
                 c
             }
 
-            fn id(&self) -> &#id_ty {
-                &self.#id_member
+            fn id(&self) -> #id_ty {
+                #self_id
             }
 
             fn version(&self) -> i64 {
@@ -194,7 +299,7 @@ fn entity_impl(model: &Model) -> TokenStream {
                 // Autoref specialization: `FromStr` when the id type has it, else `None`.
                 #[allow(unused_imports)]
                 use ::diesel_l2::__private::{ParseFallback as _, ParseViaFromStr as _};
-                (&&::diesel_l2::__private::IdParser::<#id_ty>::new()).parse_id(text)
+                #parse_id_body
             }
 
             fn unique_keys(keys: &mut ::diesel_l2::__private::UniqueKeys<Self>) {
@@ -327,10 +432,7 @@ fn unique_ops(model: &Model, backend: Backend) -> TokenStream {
 fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
     let ident = &model.ident;
     let table = &model.table;
-    let id = model.id_field();
-    let id_ty = &id.ty;
-    let id_col = &id.column;
-    let id_member = &id.member;
+    let id_ty = id_type(model);
     let version = model.version_field();
     let v_col = &version.column;
     let v_member = &version.member;
@@ -367,7 +469,7 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
             .fields
             .iter()
             .enumerate()
-            .filter(|&(i, _)| i != model.id && i != model.version)
+            .filter(|&(i, _)| !model.ids.contains(&i) && i != model.version)
             .map(|(_, f)| {
                 let (c, m) = (&f.column, &f.member);
                 quote!(#table::#c.eq(&next.#m))
@@ -378,10 +480,11 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
     let insert = quote! {
         #d::insert_into(#table::table).values(#insert_values)
     };
+    let current_filters = row_filters(model, &quote!(current));
     let update = quote! {
         #d::update(
             #table::table
-                .filter(#table::#id_col.eq(&current.#id_member))
+                #current_filters
                 .filter(#table::#v_col.eq(&current.#v_member)),
         )
         .set(#changes)
@@ -395,7 +498,7 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
         (
             quote! {
                 #insert.execute(conn)?;
-                #ops::load_one(conn, &row.#id_member)?
+                #ops::load_one(conn, &<Self as ::diesel_l2::__private::CachedEntity>::id(row))?
                     .ok_or(#d::result::Error::NotFound)
             },
             quote! {
@@ -403,12 +506,32 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
                 if n == 0 {
                     ::core::result::Result::Ok(::core::option::Option::None)
                 } else {
-                    #ops::load_one(conn, &next.#id_member)
+                    #ops::load_one(conn, &<Self as ::diesel_l2::__private::CachedEntity>::id(next))
                 }
             },
         )
     };
 
+    let one_id = id_filters(model, &quote!(id));
+    let load_many_body = if model.composite() {
+        let pred = composite_predicate(model, &db, &quote!(chunk));
+        quote! {
+            let mut out = ::std::vec::Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(#COMPOSITE_CHUNK) {
+                #pred
+                out.extend(#table::table.filter(pred).select(#select).load::<Self>(conn)?);
+            }
+            ::core::result::Result::Ok(out)
+        }
+    } else {
+        let c = &model.fields[model.ids[0]].column;
+        quote! {
+            #table::table
+                .filter(#table::#c.eq_any(ids))
+                .select(#select)
+                .load(conn)
+        }
+    };
     quote! {
         #gate! {
             #[automatically_derived]
@@ -419,7 +542,7 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
                 ) -> #d::QueryResult<::core::option::Option<Self>> {
                     #traits
                     #table::table
-                        .filter(#table::#id_col.eq(id))
+                        #one_id
                         .select(#select)
                         .first(conn)
                         .optional()
@@ -430,10 +553,7 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
                     ids: &[#id_ty],
                 ) -> #d::QueryResult<::std::vec::Vec<Self>> {
                     #traits
-                    #table::table
-                        .filter(#table::#id_col.eq_any(ids))
-                        .select(#select)
-                        .load(conn)
+                    #load_many_body
                 }
 
                 fn insert_row(conn: &mut #conn, row: &Self) -> #d::QueryResult<Self> {
@@ -463,7 +583,7 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
                     };
                     #d::delete(
                         #table::table
-                            .filter(#table::#id_col.eq(id))
+                            #one_id
                             .filter(#table::#v_col.eq(version)),
                     )
                     .execute(conn)
@@ -488,9 +608,9 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
 fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
     let ident = &model.ident;
     let table = &model.table;
-    let id = model.id_field();
-    let id_ty = &id.ty;
-    let id_col = &id.column;
+    let id_ty = id_type(model);
+    let id_cols = id_columns(model);
+    let one_id = id_filters(model, &quote!(id));
     let version = model.version_field();
     let v_col = &version.column;
     let v_ty = &version.ty;
@@ -523,6 +643,61 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
         <__F as #d::expression::Expression>::SqlType: #d::sql_types::BoolOrNullableBool,
     };
 
+    let (generated, update_ids, delete_ids) = if model.composite() {
+        let pred = composite_predicate(model, &db, &quote!(chunk));
+        (
+            quote! {
+                let generated = "";
+                if generated.is_empty() {
+                    return ::core::result::Result::Err(#d::result::Error::QueryBuilderError(
+                        ::std::convert::From::from(
+                            "insert_new on MariaDB/MySQL finds the new row by LAST_INSERT_ID(), \
+                             which a composite primary key does not have: insert the row with \
+                             its key through Tx::insert",
+                        ),
+                    ));
+                }
+            },
+            quote! {
+                for chunk in ids.chunks(#COMPOSITE_CHUNK) {
+                    #pred
+                    #d::update(#table::table.filter(pred))
+                        .set((::core::clone::Clone::clone(&changes), #bump))
+                        .execute(conn)?;
+                }
+            },
+            quote! {
+                for chunk in ids.chunks(#COMPOSITE_CHUNK) {
+                    #pred
+                    #d::delete(#table::table.filter(pred)).execute(conn)?;
+                }
+            },
+        )
+    } else {
+        let id_col = &model.fields[model.ids[0]].column;
+        (
+            quote! {
+                let generated = ::std::format!(
+                    "`{}` = LAST_INSERT_ID()",
+                    <#table::#id_col as #d::Column>::NAME,
+                );
+            },
+            quote! {
+                #d::update(#table::table.filter(#table::#id_col.eq_any(&ids)))
+                    .set((changes, #bump))
+                    .execute(conn)?;
+            },
+            quote! {
+                #d::delete(#table::table.filter(#table::#id_col.eq_any(&ids))).execute(conn)?;
+            },
+        )
+    };
+    // Updating a composite key's matches chunk by chunk needs the changes more than once.
+    let clone_bound = if model.composite() && !backend.has_returning() {
+        quote!(__Ch: ::core::clone::Clone,)
+    } else {
+        quote!()
+    };
     let (insert_body, update_one, update_where_body, delete_where_body) = if backend.has_returning()
     {
         (
@@ -537,13 +712,13 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
                 #d::update(#table::table)
                     .filter(filter)
                     .set((changes, #bump))
-                    .returning(#table::#id_col)
+                    .returning(#id_cols)
                     .load(conn)
             },
             quote! {
                 #d::delete(#table::table)
                     .filter(filter)
-                    .returning(#table::#id_col)
+                    .returning(#id_cols)
                     .load(conn)
             },
         )
@@ -551,7 +726,7 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
         let select_ids = quote! {
             let ids: ::std::vec::Vec<#id_ty> = #table::table
                 .filter(filter)
-                .select(#table::#id_col)
+                .select(#id_cols)
                 .for_update()
                 .load(conn)?;
             if ids.is_empty() {
@@ -569,10 +744,7 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
                 ))
                 .get_result::<u64>(conn)?;
                 #d::insert_into(#table::table).values(new).execute(conn)?;
-                let generated = ::std::format!(
-                    "`{}` = LAST_INSERT_ID()",
-                    <#table::#id_col as #d::Column>::NAME,
-                );
+                #generated
                 #table::table
                     .filter(#d::dsl::sql::<#d::sql_types::Bool>(&generated))
                     .select(<Self as #d::SelectableHelper<#db>>::as_select())
@@ -594,14 +766,12 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
             },
             quote! {
                 #select_ids
-                #d::update(#table::table.filter(#table::#id_col.eq_any(&ids)))
-                    .set((changes, #bump))
-                    .execute(conn)?;
+                #update_ids
                 ::core::result::Result::Ok(ids)
             },
             quote! {
                 #select_ids
-                #d::delete(#table::table.filter(#table::#id_col.eq_any(&ids))).execute(conn)?;
+                #delete_ids
                 ::core::result::Result::Ok(ids)
             },
         )
@@ -611,14 +781,14 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
             quote! {
                 #d::update(
                     #table::table
-                        .filter(#table::#id_col.eq(id))
+                        #one_id
                         .filter(#table::#v_col.eq(expected)),
                 )
                 .set((changes, #bump))
                 #update_one
             },
             quote! {
-                #d::update(#table::table.filter(#table::#id_col.eq(id)))
+                #d::update(#table::table #one_id)
                     .set((changes, #bump))
                     #update_one
             },
@@ -628,14 +798,14 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
             quote! {
                 let n = #d::update(
                     #table::table
-                        .filter(#table::#id_col.eq(id))
+                        #one_id
                         .filter(#table::#v_col.eq(expected)),
                 )
                 .set((changes, #bump))
                 #update_one
             },
             quote! {
-                let n = #d::update(#table::table.filter(#table::#id_col.eq(id)))
+                let n = #d::update(#table::table #one_id)
                     .set((changes, #bump))
                     #update_one
             },
@@ -691,6 +861,7 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
             where
                 #filter_bounds
                 #changeset_bounds
+                #clone_bound
             {
                 fn update_where(
                     conn: &mut #conn,

@@ -82,7 +82,7 @@ fn expands_entity_with_defaults() {
         "typeId=i64;",
         "constTABLE:&'staticstr=\"users\";",
         "letc=::diesel_l2::__private::RegionConfig::new(\"users\");c",
-        "fnid(&self)->&i64{&self.id}",
+        "fnid(&self)->i64{::core::clone::Clone::clone(&self.id)}",
         "::core::convert::From::from(self.version)",
         "<i64as::core::convert::TryFrom<i64>>::try_from(version).ok()?",
         "::core::mem::size_of::<Self>()+::diesel_l2::__private::HeapSize::heap_size(&self.id)",
@@ -119,7 +119,7 @@ fn expands_entity_with_defaults() {
     ] {
         assert!(out.contains(needle), "missing {needle} in\n{out}");
     }
-    assert!(out.contains(".execute(conn)?;<Selfas::diesel_l2::__private::CachedOps<::diesel_l2::__private::diesel::mysql::MysqlConnection>>::load_one(conn,&row.id)?.ok_or(::diesel_l2::__private::diesel::result::Error::NotFound)"));
+    assert!(out.contains(".execute(conn)?;<Selfas::diesel_l2::__private::CachedOps<::diesel_l2::__private::diesel::mysql::MysqlConnection>>::load_one(conn,&<Selfas::diesel_l2::__private::CachedEntity>::id(row))?.ok_or(::diesel_l2::__private::diesel::result::Error::NotFound)"));
 }
 
 #[test]
@@ -278,7 +278,7 @@ fn missing_pieces() {
             version: i64,
         }
     ));
-    assert!(e.contains("needs a primary key field"), "{e}");
+    assert!(e.contains("needs a primary key: add an `id` field"), "{e}");
     // All three at once.
     assert_eq!(
         errors(quote!(
@@ -354,13 +354,27 @@ fn field_errors() {
         e.starts_with("a field cannot be both `#[cache(id)]` and `#[cache(version)]`"),
         "{e}"
     );
-    let e = single_error(quote! {
+    // Two marked fields are a composite key; diesel's primary_key must agree with them.
+    let out = expand(quote! {
         #[diesel(table_name = users)]
         struct User { #[cache(id)] a: i64, #[cache(id)] b: i64, version: i64 }
     });
+    assert!(out.contains("typeId=(i64,i64,);"), "{out}");
+    let e = single_error(quote! {
+        #[diesel(table_name = users, primary_key(a, version))]
+        struct User { #[cache(id)] a: i64, #[cache(id)] b: i64, version: i64 }
+    });
+    assert!(
+        e.starts_with("the fields marked `#[cache(id)]` are not the fields of"),
+        "{e}"
+    );
+    let e = single_error(quote! {
+        #[diesel(table_name = users, primary_key(a, c))]
+        struct User { a: i64, b: i64, version: i64 }
+    });
     assert_eq!(
         e,
-        "two fields are marked `#[cache(id)]`: keep it only on `a`"
+        "no field `c` in `User`: `#[diesel(primary_key(...))]` lists field names of this struct"
     );
     let e = single_error(quote! {
         #[diesel(table_name = users)]
@@ -368,7 +382,7 @@ fn field_errors() {
     });
     assert_eq!(
         e,
-        "unknown `cache` field attribute `versoin`; expected one of: id, version, shallow, unique"
+        "unknown `cache` field attribute `versoin`; did you mean `version`? expected one of: id, version, shallow, unique"
     );
     let e = single_error(quote! {
         #[diesel(table_name = users)]

@@ -1,5 +1,6 @@
 //! Validation: from the parsed input to a model the expansion can trust.
 
+use proc_macro2::Span;
 use quote::format_ident;
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
@@ -24,8 +25,9 @@ pub(crate) struct Model {
     /// `Some(None)`: `negative_ttl = "off"`; `Some(Some(ms))`: a duration.
     pub negative_ttl: Option<Option<u64>>,
     pub fields: Vec<Field>,
-    /// Index of the id field in `fields`.
-    pub id: usize,
+    /// Indexes of the primary key's fields in `fields`, in key order (one for a plain id,
+    /// several for a composite key).
+    pub ids: Vec<usize>,
     /// Index of the version field in `fields`.
     pub version: usize,
     /// Backends named by `#[diesel(check_for_backend(...))]`; `None`: all of them.
@@ -59,8 +61,14 @@ fn camel(ident: &Ident) -> String {
 }
 
 impl Model {
-    pub(crate) fn id_field(&self) -> &Field {
-        &self.fields[self.id]
+    /// The primary key's fields, in key order.
+    pub(crate) fn id_fields(&self) -> impl Iterator<Item = &Field> + '_ {
+        self.ids.iter().map(|&i| &self.fields[i])
+    }
+
+    /// Whether the primary key has more than one column.
+    pub(crate) fn composite(&self) -> bool {
+        self.ids.len() > 1
     }
 
     pub(crate) fn version_field(&self) -> &Field {
@@ -76,6 +84,7 @@ pub(crate) fn validate(input: Input, errors: &mut Errors) -> Option<Model> {
         table,
         unreadable_diesel,
         backends,
+        primary_key,
         attrs,
         fields,
     } = input;
@@ -158,13 +167,7 @@ pub(crate) fn validate(input: Input, errors: &mut Errors) -> Option<Model> {
         );
     }
 
-    let id = find_role(
-        &fields,
-        |f| f.id.as_ref(),
-        |f| f.version.is_none() && f.member.unraw() == "id",
-        "id",
-        errors,
-    );
+    let ids = primary_key_fields(&ident, &fields, primary_key.as_deref(), errors);
     let version = find_role(
         &fields,
         |f| f.version.as_ref(),
@@ -181,18 +184,6 @@ pub(crate) fn validate(input: Input, errors: &mut Errors) -> Option<Model> {
             );
         }
     }
-    let id = match id {
-        Some(Some(i)) => Some(i),
-        Some(None) => {
-            errors.add(
-                ident.span(),
-                "`#[derive(Cached)]` needs a primary key field: add an `id` field or mark \
-                 one with `#[cache(id)]`",
-            );
-            None
-        }
-        None => None,
-    };
     let version = match version {
         Some(Some(i)) => {
             let ty = &fields[i].ty;
@@ -253,8 +244,8 @@ pub(crate) fn validate(input: Input, errors: &mut Errors) -> Option<Model> {
     }
 
     let table = table?;
-    let (id, version) = (id?, version?);
-    if id == version {
+    let (ids, version) = (ids?, version?);
+    if ids.contains(&version) {
         // Reported above.
         return None;
     }
@@ -274,12 +265,87 @@ pub(crate) fn validate(input: Input, errors: &mut Errors) -> Option<Model> {
         max_bytes,
         negative_ttl,
         fields,
-        id,
+        ids,
         version,
         backends,
         vis,
         unique_keys,
     })
+}
+
+/// The primary key's fields, in key order: those marked `#[cache(id)]` (in the order of
+/// `#[diesel(primary_key(...))]` when it is given too, which must name the same fields),
+/// else the fields of `#[diesel(primary_key(...))]`, else the field named `id`. `None`
+/// when an error was reported.
+fn primary_key_fields(
+    ident: &Ident,
+    fields: &[Field],
+    primary_key: Option<&[Ident]>,
+    errors: &mut Errors,
+) -> Option<Vec<usize>> {
+    let marked: Vec<usize> = (0..fields.len())
+        .filter(|&i| fields[i].id.is_some())
+        .collect();
+    if let Some(names) = primary_key {
+        let mut ids = Vec::new();
+        for name in names {
+            match fields.iter().position(|f| f.member.unraw() == *name) {
+                Some(i) => ids.push(i),
+                None => {
+                    errors.add(
+                        name.span(),
+                        format!(
+                            "no field `{name}` in `{ident}`: `#[diesel(primary_key(...))]` lists \
+                             field names of this struct"
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        if !marked.is_empty() {
+            let mut sorted = ids.clone();
+            sorted.sort_unstable();
+            if sorted != marked {
+                let span = fields[marked[0]]
+                    .id
+                    .as_ref()
+                    .map_or_else(Span::call_site, Ident::span);
+                errors.add(
+                    span,
+                    "the fields marked `#[cache(id)]` are not the fields of \
+                     `#[diesel(primary_key(...))]`: remove the `#[cache(id)]` marks (the \
+                     primary key is enough)",
+                );
+                return None;
+            }
+        }
+        return (!ids.is_empty()).then_some(ids).or_else(|| {
+            errors.add(
+                ident.span(),
+                "`#[diesel(primary_key())]` names no field: list the primary key's fields",
+            );
+            None
+        });
+    }
+    if !marked.is_empty() {
+        return Some(marked);
+    }
+    match fields
+        .iter()
+        .position(|f| f.version.is_none() && f.member.unraw() == "id")
+    {
+        Some(i) => Some(vec![i]),
+        None => {
+            errors.add(
+                ident.span(),
+                "`#[derive(Cached)]` needs a primary key: add an `id` field, mark the key's \
+                 field with `#[cache(id)]`, or name a composite key's fields with \
+                 `#[diesel(primary_key(a, b))]`",
+            );
+            None
+        }
+    }
 }
 
 /// The field playing a role: the one marked with the attribute, else the one found by

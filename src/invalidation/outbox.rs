@@ -38,20 +38,21 @@ pub fn mysql_changes_table_sql() -> String {
 /// MariaDB fires no trigger for `TRUNCATE` nor for rows changed by foreign-key cascades:
 /// call [`Db::evict_all`](crate::Db::evict_all) after them.
 pub fn mysql_table_triggers_sql(table: &str, id_column: &str, version_column: &str) -> Vec<String> {
-    mysql_table_triggers_sql_with_keys(table, id_column, version_column, &[])
+    mysql_table_triggers_sql_with_keys(table, &[id_column], version_column, &[])
 }
 
-/// [`mysql_table_triggers_sql`], with the table's unique keys (each a list of columns):
-/// every payload also carries the old and new values of their columns (the `o` and `n`
-/// extensions, see [`crate::invalidation`]).
+/// [`mysql_table_triggers_sql`], with the primary key's columns (several for a composite
+/// key, whose id text is `<length>:<value>` per column) and the table's unique keys (each
+/// a list of columns): every payload also carries the old and new values of their
+/// columns (the `o` and `n` extensions, see [`crate::invalidation`]).
 pub fn mysql_table_triggers_sql_with_keys(
     table: &str,
-    id_column: &str,
+    id_columns: &[&str],
     version_column: &str,
     unique_keys: &[&[&str]],
 ) -> Vec<String> {
     let t = mysql_ident(table);
-    let (id, v) = (mysql_ident(id_column), mysql_ident(version_column));
+    let v = mysql_ident(version_column);
     let lit = sql_literal(table);
     let mut out = Vec::new();
     for suffix in ["ins", "upd", "del"] {
@@ -68,7 +69,12 @@ pub fn mysql_table_triggers_sql_with_keys(
     ));
     for (suffix, event, op, row, bump) in TRIGGERS {
         let trigger = mysql_ident(&trigger_name(table, suffix));
-        let id_text = format!("CAST({row}.{id} AS CHAR)");
+        let id_text = id_text(
+            id_columns,
+            |c| format!("CAST({row}.{} AS CHAR)", mysql_ident(c)),
+            "CHAR_LENGTH",
+            |parts| format!("CONCAT({})", parts.join(", ")),
+        );
         out.push(format!("DROP TRIGGER IF EXISTS {trigger}"));
         let ext = key_extensions(op, unique_keys, |row, column| {
             let value = format!("CAST({row}.{} AS CHAR)", mysql_ident(column));
@@ -108,20 +114,29 @@ pub fn sqlite_changes_table_sql() -> String {
 /// version of an update that did not (`version = old + 1`, an inner `UPDATE` that fires no
 /// trigger unless `recursive_triggers` is on) and records that final version.
 pub fn sqlite_table_triggers_sql(table: &str, id_column: &str, version_column: &str) -> String {
-    sqlite_table_triggers_sql_with_keys(table, id_column, version_column, &[])
+    sqlite_table_triggers_sql_with_keys(table, &[id_column], version_column, &[])
 }
 
-/// [`sqlite_table_triggers_sql`], with the table's unique keys (each a list of columns):
-/// every payload also carries the old and new values of their columns (the `o` and `n`
-/// extensions, see [`crate::invalidation`]).
+/// [`sqlite_table_triggers_sql`], with the primary key's columns (several for a composite
+/// key, whose id text is `<length>:<value>` per column) and the table's unique keys (each
+/// a list of columns): every payload also carries the old and new values of their
+/// columns (the `o` and `n` extensions, see [`crate::invalidation`]).
 pub fn sqlite_table_triggers_sql_with_keys(
     table: &str,
-    id_column: &str,
+    id_columns: &[&str],
     version_column: &str,
     unique_keys: &[&[&str]],
 ) -> String {
     let t = sqlite_ident(table);
-    let (id, v) = (sqlite_ident(id_column), sqlite_ident(version_column));
+    let v = sqlite_ident(version_column);
+    let same_row = id_columns
+        .iter()
+        .map(|c| {
+            let c = sqlite_ident(c);
+            format!("{c} = NEW.{c}")
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
     let lit = sql_literal(table);
     let mut sql = String::new();
     for suffix in ["ins", "upd", "del"] {
@@ -132,11 +147,16 @@ pub fn sqlite_table_triggers_sql_with_keys(
     }
     for (suffix, event, op, row, bump) in TRIGGERS {
         let trigger = sqlite_ident(&trigger_name(table, suffix));
-        let id_text = format!("CAST({row}.{id} AS TEXT)");
+        let id_text = id_text(
+            id_columns,
+            |c| format!("CAST({row}.{} AS TEXT)", sqlite_ident(c)),
+            "length",
+            |parts| format!("({})", parts.join(" || ")),
+        );
         let (raise, version) = if suffix == "upd" {
             (
                 format!(
-                    "UPDATE {t} SET {v} = OLD.{v} + 1 WHERE {id} = NEW.{id} AND (NEW.{v} IS NULL OR NEW.{v} <= OLD.{v}); "
+                    "UPDATE {t} SET {v} = OLD.{v} + 1 WHERE {same_row} AND (NEW.{v} IS NULL OR NEW.{v} <= OLD.{v}); "
                 ),
                 format!("CASE WHEN NEW.{v} IS NULL OR NEW.{v} <= OLD.{v} THEN OLD.{v} + 1 ELSE NEW.{v} END"),
             )
@@ -157,6 +177,26 @@ pub fn sqlite_table_triggers_sql_with_keys(
         ));
     }
     sql
+}
+
+/// The id text of a row: its one key column as text, or for a composite key
+/// `<length>:<value>` per column (`concat` joins the SQL parts), as
+/// [`CachedEntity::parse_id`](crate::CachedEntity::parse_id) reads it.
+fn id_text(
+    id_columns: &[&str],
+    column_text: impl Fn(&str) -> String,
+    length: &str,
+    concat: impl Fn(&[String]) -> String,
+) -> String {
+    if let [one] = id_columns {
+        return column_text(one);
+    }
+    let mut parts = Vec::new();
+    for column in id_columns {
+        let text = column_text(column);
+        parts.extend([format!("{length}({text})"), "':'".to_string(), text]);
+    }
+    concat(&parts)
 }
 
 /// The unique-key extensions of a row trigger's payload, `(name, SQL value)`: old values

@@ -21,8 +21,8 @@ impl CachedEntity for Row {
     fn cache_config() -> RegionConfig {
         RegionConfig::new("rows")
     }
-    fn id(&self) -> &i64 {
-        &self.id
+    fn id(&self) -> i64 {
+        self.id
     }
     fn version(&self) -> i64 {
         self.version

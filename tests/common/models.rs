@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel_l2::Cached;
 
 use super::schema::{
-    accounts, articles, documents_text, memos, note_lines, posts, products, tags, users,
+    accounts, articles, documents_text, follows, memos, note_lines, posts, products, tags, users,
 };
 
 /// `i64` id and version, a nullable column, a unique column.
@@ -230,6 +230,27 @@ mod mysql_uuid {
         fn from_sql(bytes: MysqlValue<'_>) -> deserialize::Result<Self> {
             let s = <String as FromSql<Text, Mysql>>::from_sql(bytes)?;
             Ok(UuidText(uuid::Uuid::parse_str(&s)?))
+        }
+    }
+}
+
+/// A composite primary key, named by diesel's own `primary_key(...)` (a join table).
+#[derive(Queryable, Selectable, Insertable, Identifiable, Clone, Debug, PartialEq, Cached)]
+#[diesel(table_name = follows, primary_key(follower_id, followee_id))]
+pub struct Follow {
+    pub follower_id: i64,
+    pub followee_id: i64,
+    pub version: i64,
+    pub note: String,
+}
+
+impl Follow {
+    pub fn new(follower_id: i64, followee_id: i64, note: &str) -> Self {
+        Follow {
+            follower_id,
+            followee_id,
+            version: 1,
+            note: note.to_string(),
         }
     }
 }

@@ -121,3 +121,14 @@ diesel::table! {
         line -> Text,
     }
 }
+
+diesel::table! {
+    /// A join table with a composite primary key.
+    follows (follower_id, followee_id) {
+        follower_id -> BigInt,
+        followee_id -> BigInt,
+        version -> BigInt,
+        #[max_length = 255]
+        note -> Varchar,
+    }
+}

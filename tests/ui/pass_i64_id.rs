@@ -29,7 +29,7 @@ fn main() {
         email: "a@b.c".into(),
         bio: None,
     };
-    assert_eq!(*user.id(), 7_i64);
+    assert_eq!(user.id(), 7_i64);
     assert_eq!(CachedEntity::version(&user), 3);
     assert_eq!(user.with_version(4).map(|u| u.version), Some(4));
 }

@@ -12,6 +12,8 @@ DECLARE
     n bigint;
     ext text := '';
     joined text := '';
+    idtext text := '';
+    samerow text := '';
     i int := 3;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
@@ -27,8 +29,14 @@ BEGIN
     ELSE
         -- Unique-key columns (arguments 4, 5, …: '<key>.<column>', column name): old and
         -- new values as extensions, `|o<k>.<c>=<length>:<value>` or `…=null`.
+        -- A composite key's columns (arguments 4, 5, …: 'id.<n>', column name): the id
+        -- text is `<length>:<value>` per column.
         WHILE i + 1 < TG_NARGS LOOP
-            IF TG_OP = 'DELETE' THEN
+            IF left(TG_ARGV[i], 3) = 'id.' THEN
+                idtext := idtext || format(' || length(r.%I::text) || '':'' || r.%I::text',
+                    TG_ARGV[i + 1], TG_ARGV[i + 1]);
+                samerow := samerow || format(' AND o.%I = r.%I', TG_ARGV[i + 1], TG_ARGV[i + 1]);
+            ELSIF TG_OP = 'DELETE' THEN
                 ext := ext || format(' || COALESCE(''|o%s='' || length(r.%I::text) || '':'' || r.%I::text, ''|o%s=null'')',
                     TG_ARGV[i], TG_ARGV[i + 1], TG_ARGV[i + 1], TG_ARGV[i]);
             ELSE
@@ -41,13 +49,19 @@ BEGIN
             END IF;
             i := i + 2;
         END LOOP;
+        IF TG_ARGV[0] <> '' THEN
+            idtext := format('r.%I::text', TG_ARGV[0]);
+            samerow := format(' AND o.%I = r.%I', TG_ARGV[0], TG_ARGV[0]);
+        ELSE
+            idtext := '''''' || idtext;
+        END IF;
         IF TG_OP = 'UPDATE' AND ext <> '' THEN
-            joined := format(' LEFT JOIN old_rows o ON o.%I = r.%I', TG_ARGV[0], TG_ARGV[0]);
+            joined := ' LEFT JOIN old_rows o ON ' || substr(samerow, 6);
         END IF;
         EXECUTE format(
             'SELECT pg_notify(''diesel_l2'', CASE WHEN octet_length(p) < 8000 THEN p ELSE %L END) '
-            'FROM (SELECT %L || (r.%I + %s)::text || ''|'' || length(r.%I::text)::text || ''|'' || r.%I::text%s AS p FROM %I r%s) s',
-            flush, head, TG_ARGV[1], bump, TG_ARGV[0], TG_ARGV[0], ext, src, joined);
+            'FROM (SELECT %L || (r.%I + %s)::text || ''|'' || length(%s)::text || ''|'' || %s%s AS p FROM %I r%s) s',
+            flush, head, TG_ARGV[1], bump, idtext, idtext, ext, src, joined);
     END IF;
     RETURN NULL;
 END
