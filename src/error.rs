@@ -139,6 +139,10 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A migration could not be generated, written or checked ([`crate::migration`]).
+    #[error("migration: {0}")]
+    Migration(String),
+
     /// A user error returned from a transaction closure, boxed.
     #[error("{0}")]
     Other(Box<dyn std::error::Error + Send + Sync + 'static>),

@@ -79,6 +79,9 @@
 //!   [`Db::find_by`].
 //! - [`invalidation`] — cross-process invalidation: trigger SQL, the PostgreSQL `LISTEN`
 //!   loop and the outbox poller for MariaDB and SQLite, started by [`DbBuilder::listen`].
+//! - [`migration`] — ready diesel migrations (`up.sql`, `down.sql`) on any backend: the
+//!   change feed of the cached entities' tables, named by the entities themselves, and the
+//!   operations table; the `diesel-l2` command-line tool writes the same.
 //! - `sqlite` — [`sqlite_pool`] and [`SqliteSetup`]: SQLite pools set up for many threads
 //!   (WAL, busy timeout, foreign keys).
 //! - `stats` — [`Stats`] and [`RegionStats`]: counters, serializable, printable as a table.
@@ -217,6 +220,7 @@ mod error;
 mod hooks;
 pub mod inbox;
 pub mod invalidation;
+pub mod migration;
 mod region;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -263,6 +267,7 @@ pub mod __private {
         ParseViaFromStr,
     };
     pub use crate::invalidation::feed::sql_table_name;
+    pub use crate::migration::{table_sql_name, FeedTable};
     pub use crate::unique::{UniqueKey, UniqueKeys, UniqueOps};
     pub use crate::write::{ChangesetOps, DeleteWhereOps, InsertOps, UpdateWhereOps};
     pub use diesel;

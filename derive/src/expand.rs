@@ -208,6 +208,7 @@ fn entity_impl(model: &Model) -> TokenStream {
     let v_member = &version.member;
     let v_ty = &version.ty;
     let unique_names: Vec<_> = model.unique_keys.iter().map(|k| &k.name).collect();
+    let feed_table = feed_table_impl(model);
 
     let some = quote!(::core::option::Option::Some);
     let none = quote!(::core::option::Option::None);
@@ -306,6 +307,38 @@ fn entity_impl(model: &Model) -> TokenStream {
                 #(keys.add::<#unique_names>();)*
                 let _ = keys;
             }
+
+            #feed_table
+        }
+    }
+}
+
+/// `CachedEntity::feed_table`: the SQL names of the table, the id, version and unique-key
+/// columns (from diesel's `table!`, so `#[sql_name]` and `column_name` carry over), for
+/// `diesel_l2::migration`.
+fn feed_table_impl(model: &Model) -> TokenStream {
+    let table = &model.table;
+    let p = quote!(::diesel_l2::__private);
+    let column = |i: usize| {
+        let c = &model.fields[i].column;
+        quote!(<#table::#c as #p::diesel::Column>::NAME)
+    };
+    let ids: Vec<TokenStream> = model.ids.iter().map(|&i| column(i)).collect();
+    let version = column(model.version);
+    let keys = model.unique_keys.iter().map(|k| {
+        let columns = k.fields.iter().map(|&i| column(i));
+        quote!(&[#(#columns),*])
+    });
+    quote! {
+        fn feed_table() -> #p::FeedTable {
+            #p::FeedTable::from_derive(
+                #p::table_sql_name(&#table::table).unwrap_or_else(|| {
+                    ::std::string::ToString::to_string(<Self as #p::CachedEntity>::TABLE)
+                }),
+                &[#(#ids),*],
+                #version,
+                &[#(#keys),*],
+            )
         }
     }
 }
