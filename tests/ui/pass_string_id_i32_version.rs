@@ -36,7 +36,7 @@ fn main() {
         owner: None,
         blob: vec![1, 2, 3],
     };
-    let id: &String = diesel_l2::CachedEntity::id(&account);
+    let id: String = diesel_l2::CachedEntity::id(&account);
     assert!(id == "A");
     assert!(diesel_l2::CachedEntity::with_version(&account, i64::MAX).is_none());
 }
