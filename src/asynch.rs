@@ -156,6 +156,7 @@ mod on_tokio {
     use crate::inbox::{Operation, OperationLog, Outcome};
     use crate::region::{FillMode, Lookup};
     use crate::tx::{RetryPolicy, Tx};
+    use crate::unique::UniqueOps;
 
     /// Compile-time check: `find_async`'s future is `Send`, as multi-threaded runtimes
     /// (axum handlers) need. Never called.
@@ -194,6 +195,33 @@ mod on_tokio {
                     .await?
                 }
             }
+        }
+
+        /// [`find_by`](Db::find_by) for async code (feature `tokio`): a cached key whose
+        /// row is cached (or a cached "no row has this key") is answered inline, without
+        /// SQL and without leaving the worker thread; anything else runs `find_by` on
+        /// tokio's blocking pool, with the same fences (C3, C4, C5 for keys).
+        ///
+        /// ```no_run
+        /// # #[cfg(feature = "tokio")]
+        /// # async fn run(db: diesel_l2::Db<diesel::sqlite::SqliteConnection>) -> diesel_l2::Result<()> {
+        /// # use diesel::prelude::*;
+        /// # diesel::table! { users (id) { id -> BigInt, version -> BigInt, email -> Text } }
+        /// # #[derive(Queryable, Selectable, Clone, diesel_l2::Cached)]
+        /// # #[diesel(table_name = users)]
+        /// # struct User { id: i64, version: i64, #[cache(unique)] email: String }
+        /// let ada = db.find_by_async(UserByEmail("ada@example.com".into())).await?;
+        /// # let _ = ada; Ok(()) }
+        /// ```
+        pub async fn find_by_async<K>(&self, key: K) -> Result<Option<Arc<K::Entity>>>
+        where
+            K: UniqueOps<C> + Send + 'static,
+            K::Entity: CachedOps<C>,
+        {
+            if let Some(answer) = self.find_by_cached(&key)? {
+                return Ok(answer);
+            }
+            self.spawn_blocking(move |db| db.find_by(key)).await?
         }
 
         /// Like [`find_async`](Db::find_async), but a missing row is [`Error::NotFound`].

@@ -375,6 +375,38 @@ impl<C: R2D2Connection + 'static> Db<C> {
         self.read(CacheMode::Normal).find_by(key)
     }
 
+    /// The answer [`find_by`](Db::find_by) would give from the cache alone: `Some(row)`
+    /// or `Some(None)` (a cached absent key) when the key entry and its row are both
+    /// cached and trusted, counted as a key hit; `None` when it would load. Never runs SQL.
+    pub(crate) fn find_by_cached<K>(&self, key: &K) -> Result<Option<Option<Arc<K::Entity>>>>
+    where
+        K: UniqueOps<C>,
+        K::Entity: CachedOps<C>,
+    {
+        let region = self.inner.region::<K::Entity>()?;
+        let Some(index) = region.index::<K>() else {
+            // Let the blocking path report the unregistered key.
+            return Ok(None);
+        };
+        if !region.trusted() {
+            return Ok(None);
+        }
+        match index.lookup(key) {
+            Some(IndexSlot::Id(id)) => match region.lookup(&id) {
+                Lookup::Hit(row) if K::of(&row) == *key => {
+                    Counters::bump(&region.counters.key_hits);
+                    Ok(Some(Some(row)))
+                }
+                _ => Ok(None),
+            },
+            Some(IndexSlot::Absent) => {
+                Counters::bump(&region.counters.key_hits);
+                Ok(Some(None))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Reads with a per-call [`CacheMode`]: `db.read(CacheMode::Refresh).find::<User>(1)`.
     /// The shorthands [`no_fill`](Db::no_fill), [`refresh`](Db::refresh) and
     /// [`bypass`](Db::bypass) read more naturally.

@@ -10,12 +10,12 @@
 //! |---|---|---|
 //! | `POST /users` | `{"email", "name"}` → 201, `Location`; 409 when the email is taken | `retry_once_async` / `retry_async`, `Tx::find_by`, `Tx::insert_new` |
 //! | `GET /users/{id}` | the user, `ETag: "<version>"` | `find_async` |
-//! | `GET /users/by-email/{email}` | the user with that email | `Db::find_by` |
+//! | `GET /users/by-email/{email}` | the user with that email (a cached key answered inline) | `Db::find_by_async` |
 //! | `POST /users/{id}/unpublish-all` | unpublishes every post of the user | `Tx::update_where` |
 //! | `POST /posts` | `{"author_id", "title", "body"}` → 201; the slug comes from the title, 409 when taken | `Tx::insert_new`, `Tx::update_changes_unversioned` (the author's `last_seen_at`) |
 //! | `GET /posts` | the newest published posts (`?limit=`, at most 100) | plain diesel: lists are not cached yet |
 //! | `GET /posts/{id}` | the post, `ETag: "<version>"` | `find_async` |
-//! | `GET /posts/by-slug/{slug}` | the post with that slug | `Db::find_by` |
+//! | `GET /posts/by-slug/{slug}` | the post with that slug (a cached key answered inline) | `Db::find_by_async` |
 //! | `PATCH /posts/{id}` | `{"title"?, "body"?}`, only the fields given; `If-Match: "<version>"` needed (428 without, 412 on another version), `If-Match: *` overwrites | `transaction_async` + `Tx::update_changes` / `update_changes_unversioned` |
 //! | `DELETE /posts/{id}` | deletes the post and its comments | `retry_async`, `Tx::delete_where`, `Tx::delete` |
 //! | `POST /posts/{id}/comments` | `{"author_id", "body"}` → 201 | `Tx::insert_new` |
@@ -387,7 +387,7 @@ where
         Path(email): Path<String>,
     ) -> Result<Response, ApiError> {
         let key = UserByEmail(email.clone());
-        match db.spawn_blocking(move |db| db.find_by(key)).await?? {
+        match db.find_by_async(key).await? {
             Some(user) => Ok(with_etag(user.version, &*user)),
             None => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -488,7 +488,7 @@ where
         Path(slug): Path<String>,
     ) -> Result<Response, ApiError> {
         let key = PostBySlug(slug.clone());
-        match db.spawn_blocking(move |db| db.find_by(key)).await?? {
+        match db.find_by_async(key).await? {
             Some(post) => Ok(with_etag(post.version, &*post)),
             None => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
