@@ -155,7 +155,7 @@ mod on_tokio {
     use crate::error::{Error, Result};
     use crate::inbox::{Operation, OperationLog, Outcome};
     use crate::region::{FillMode, Lookup};
-    use crate::tx::{RetryPolicy, Tx};
+    use crate::tx::{RetryPolicy, RetryableError, Tx};
     use crate::unique::UniqueOps;
 
     /// Compile-time check: `find_async`'s future is `Send`, as multi-threaded runtimes
@@ -278,31 +278,40 @@ mod on_tokio {
 
         /// [`retry`](Db::retry) on tokio's blocking pool (feature `tokio`); the backoff
         /// between attempts sleeps there too, never on the calling task.
-        pub async fn retry_async<T, F>(&self, policy: RetryPolicy, f: F) -> Result<T>
+        pub async fn retry_async<T, E, F>(
+            &self,
+            policy: RetryPolicy,
+            f: F,
+        ) -> std::result::Result<T, E>
         where
             T: Send + 'static,
-            F: FnMut(&mut Tx<'_, C>) -> Result<T> + Send + 'static,
+            E: RetryableError + Send + 'static,
+            F: FnMut(&mut Tx<'_, C>) -> std::result::Result<T, E> + Send + 'static,
         {
-            self.spawn_blocking(move |db| db.retry(policy, f)).await?
+            self.spawn_blocking(move |db| db.retry(policy, f))
+                .await
+                .map_err(E::from)?
         }
     }
 
     impl<C: OperationLog> Db<C> {
         /// [`retry_once`](Db::retry_once) on tokio's blocking pool (feature `tokio`):
         /// exactly once per operation id (C6).
-        pub async fn retry_once_async<T, F>(
+        pub async fn retry_once_async<T, E, F>(
             &self,
             policy: RetryPolicy,
             op: impl Into<Operation>,
             f: F,
-        ) -> Result<Outcome<T>>
+        ) -> std::result::Result<Outcome<T>, E>
         where
             T: Serialize + DeserializeOwned + Send + 'static,
-            F: FnMut(&mut Tx<'_, C>) -> Result<T> + Send + 'static,
+            E: RetryableError + Send + 'static,
+            F: FnMut(&mut Tx<'_, C>) -> std::result::Result<T, E> + Send + 'static,
         {
             let op = op.into();
             self.spawn_blocking(move |db| db.retry_once(policy, op, f))
-                .await?
+                .await
+                .map_err(E::from)?
         }
     }
 }

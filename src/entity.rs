@@ -88,6 +88,87 @@ pub trait CachedOps<C: Connection>: CachedEntity {
     }
 }
 
+/// A field type that reads and writes SQL type `ST` on backend `DB`.
+///
+/// `#[derive(Cached)]` bounds each backend's SQL by it (field by field), so that a model
+/// compiles with every backend feature on and works on the backends its columns map to.
+/// Using it with another backend names the field type that does not map.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be read or written as SQL type `{ST}` on `{DB}`, so this cached model cannot be used with `{DB}`",
+    label = "the model's columns do not map to `{DB}`",
+    note = "a `#[derive(Cached)]` model works with the backends its column types map to: use it through a `Db` of such a backend (a PostgreSQL type such as `Uuid`, `Jsonb` or an array needs `Db<PgConnection>`)",
+    note = "to use it on `{DB}` as well, map the column to a type `{DB}` has (a `Text` column and a newtype implementing `FromSql` and `ToSql`, say)"
+)]
+pub trait FieldMaps<ST, DB: diesel::backend::Backend>:
+    diesel::deserialize::FromSql<ST, DB> + diesel::serialize::ToSql<ST, DB>
+{
+}
+
+// `do_not_recommend`: an unmet bound is reported as `FieldMaps` (whose message names the
+// way out), not as the diesel trait inside it.
+#[diagnostic::do_not_recommend]
+impl<T, ST, DB> FieldMaps<ST, DB> for T
+where
+    DB: diesel::backend::Backend,
+    T: diesel::deserialize::FromSql<ST, DB> + diesel::serialize::ToSql<ST, DB>,
+{
+}
+
+/// A backend that has SQL type `ST`; the companion bound of [`FieldMaps`].
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no SQL type `{ST}`, which a column of this cached model uses, so the model cannot be used with `{Self}`",
+    label = "the model's columns do not map to `{Self}`",
+    note = "a `#[derive(Cached)]` model works with the backends its column types map to: use it through a `Db` of such a backend (a PostgreSQL type such as `Uuid`, `Jsonb` or an array needs `Db<PgConnection>`)"
+)]
+pub trait SqlTypeMaps<ST>: diesel::sql_types::HasSqlType<ST> {}
+
+#[diagnostic::do_not_recommend]
+impl<DB, ST> SqlTypeMaps<ST> for DB where DB: diesel::sql_types::HasSqlType<ST> {}
+
+/// A model that derives `Selectable`, which every statement `#[derive(Cached)]` writes
+/// loads and returns rows with. The derive checks it where the model is declared, so
+/// that the first error for a missing `Selectable` says what to add.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` needs `#[derive(Selectable)]` to be cached",
+    label = "add `Selectable` to this model's derives",
+    note = "#[derive(Cached)] loads and returns rows with diesel's `Selectable`: write `#[derive(Queryable, Selectable, Cached)]` (the errors that follow this one come from the same omission)"
+)]
+pub trait SelectableModel<DB: diesel::backend::Backend>: diesel::Selectable<DB> {}
+
+#[diagnostic::do_not_recommend]
+impl<T, DB> SelectableModel<DB> for T
+where
+    DB: diesel::backend::Backend,
+    T: diesel::Selectable<DB>,
+{
+}
+
+/// Compiles only for a model that derives `Selectable` (see [`SelectableModel`]).
+#[doc(hidden)]
+pub fn assert_selectable<T: SelectableModel<DB>, DB: diesel::backend::Backend>() {}
+
+/// `execute` with the backend named rather than projected from the connection.
+///
+/// The derive's statements run through it: with the per-field mapping bounds in scope,
+/// rustc cannot always infer diesel's `ExecuteDsl<Conn, Conn::Backend>` by itself.
+#[doc(hidden)]
+pub trait ExecuteIn: Sized {
+    /// Runs the statement on `conn`, whose backend is `DB`.
+    fn execute_in<DB, C>(self, conn: &mut C) -> QueryResult<usize>
+    where
+        DB: diesel::backend::Backend,
+        C: Connection<Backend = DB>,
+        Self: diesel::query_dsl::methods::ExecuteDsl<C, DB>,
+    {
+        diesel::query_dsl::methods::ExecuteDsl::<C, DB>::execute(self, conn)
+    }
+}
+
+impl<T> ExecuteIn for T {}
+
 /// An estimate of the heap bytes a field owns, used by byte-budgeted regions.
 ///
 /// Implemented for the common column types. For a type of your own, implement it (return 0

@@ -263,8 +263,8 @@ pub mod testing {
 pub mod __private {
     pub use crate::config::RegionConfig;
     pub use crate::entity::{
-        split_composite_id, CachedEntity, CachedOps, HeapSize, IdParser, ParseFallback,
-        ParseViaFromStr,
+        assert_selectable, split_composite_id, CachedEntity, CachedOps, ExecuteIn, FieldMaps,
+        HeapSize, IdParser, ParseFallback, ParseViaFromStr, SelectableModel, SqlTypeMaps,
     };
     pub use crate::invalidation::feed::sql_table_name;
     pub use crate::migration::{table_sql_name, FeedTable};

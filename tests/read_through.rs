@@ -321,7 +321,7 @@ mod async_front {
                 // Exactly once (C6): the second delivery of the id replays the first result.
                 for replay in [false, true] {
                     let out = db
-                        .retry_once_async(RetryPolicy::default(), "async-grace", |tx| {
+                        .retry_once_async(RetryPolicy::default(), "async-grace", |tx| -> diesel_l2::Result<_> {
                             Ok(tx.insert(&User::new(2, "Grace"))?.version)
                         })
                         .await

@@ -83,6 +83,9 @@ pub(crate) struct Field {
     pub shallow: Option<Ident>,
     /// The `unique` of `#[cache(unique)]`, when given.
     pub unique: Option<Ident>,
+    /// `#[diesel(deserialize_as = ...)]` or `serialize_as`: the field's type is not the
+    /// one diesel reads or writes, so no per-backend mapping bound is written for it.
+    pub mapped_as: bool,
 }
 
 /// The parsed derive input.
@@ -382,6 +385,7 @@ fn parse_field(
     let mut version = None;
     let mut shallow = None;
     let mut unique = None;
+    let mut mapped_as = false;
     for attr in &field.attrs {
         if attr.path().is_ident("diesel") {
             let result = attr.parse_nested_meta(|meta| {
@@ -404,6 +408,10 @@ fn parse_field(
                     };
                     column.get_or_insert(ident);
                     Ok(())
+                } else if meta.path.is_ident("deserialize_as") || meta.path.is_ident("serialize_as")
+                {
+                    mapped_as = true;
+                    skip_value(meta.input)
                 } else if meta.path.is_ident("embed") || meta.path.is_ident("select_expression") {
                     errors.add(
                         meta.path.span(),
@@ -485,6 +493,7 @@ fn parse_field(
         version,
         shallow,
         unique,
+        mapped_as,
     }
 }
 

@@ -72,6 +72,7 @@ fn tuple(items: Vec<TokenStream>) -> TokenStream {
 
 /// The whole expansion for a validated model.
 pub(crate) fn expand(model: &Model) -> TokenStream {
+    let ident = &model.ident;
     let entity = entity_impl(model);
     let ops: Vec<TokenStream> = [Backend::Sqlite, Backend::Postgres, Backend::Mysql]
         .into_iter()
@@ -95,10 +96,51 @@ pub(crate) fn expand(model: &Model) -> TokenStream {
         #unique_types
         #[allow(non_local_definitions, clippy::all)]
         const _: () = {
+            // One clear error first for a model without `Selectable` (the SQL needs it).
+            fn __diesel_l2_selectable<__DB: ::diesel_l2::__private::diesel::backend::Backend>() {
+                ::diesel_l2::__private::assert_selectable::<#ident, __DB>();
+            }
             #entity
             #(#ops)*
         };
     }
+}
+
+/// The bounds that keep one backend's SQL for the columns that map to it: per field,
+/// `for<'__l> Field: FieldMaps<SqlType, DB>` and `for<'__l> DB: SqlTypeMaps<SqlType>`.
+/// A bound that does not hold (a PostgreSQL `Uuid` on SQLite) does not stop the model
+/// from compiling (the `for<'__l>` keeps rustc from judging it where it is written); the
+/// impl then does not apply, and using the model with that backend reports the field
+/// type through the traits' `on_unimplemented` messages.
+fn maps_bounds(model: &Model, backend: Backend) -> TokenStream {
+    let table = &model.table;
+    let db = backend.backend();
+    let d = quote!(::diesel_l2::__private::diesel);
+    let p = quote!(::diesel_l2::__private);
+    let bounds = model.fields.iter().filter(|f| !f.mapped_as).map(|f| {
+        let (ty, col) = (&f.ty, &f.column);
+        let st = quote!(<#table::#col as #d::Expression>::SqlType);
+        quote! {
+            for<'__l> #ty: #p::FieldMaps<#st, #db>,
+            for<'__l> #db: #p::SqlTypeMaps<#st>,
+        }
+    });
+    quote!(#(#bounds)*)
+}
+
+/// What the statements select and return: the model's `Selectable` columns. (A flat
+/// tuple of the columns would spare the `Selectable`, but names no backend: rustc then
+/// infers a PostgreSQL-only field's backend inside the SQLite impl and rejects it.)
+fn select_expr(model: &Model, db: &TokenStream) -> TokenStream {
+    let d = quote!(::diesel_l2::__private::diesel);
+    let ident = &model.ident;
+    quote!(<#ident as #d::SelectableHelper<#db>>::as_select())
+}
+
+fn returning_expr(model: &Model, db: &TokenStream) -> TokenStream {
+    let d = quote!(::diesel_l2::__private::diesel);
+    let ident = &model.ident;
+    quote!(<#ident as #d::SelectableHelper<#db>>::as_returning())
 }
 
 fn duration(ms: u64) -> TokenStream {
@@ -429,6 +471,8 @@ fn unique_ops(model: &Model, backend: Backend) -> TokenStream {
     let db = backend.backend();
     let d = quote!(::diesel_l2::__private::diesel);
     let ident = &model.ident;
+    let maps = maps_bounds(model, backend);
+    let select = select_expr(model, &db);
     let impls = model.unique_keys.iter().map(|k| {
         let name = &k.name;
         let filters = k.fields.iter().enumerate().map(|(pos, &i)| {
@@ -439,7 +483,10 @@ fn unique_ops(model: &Model, backend: Backend) -> TokenStream {
         quote! {
             #gate! {
                 #[automatically_derived]
-                impl ::diesel_l2::__private::UniqueOps<#conn> for #name {
+                impl ::diesel_l2::__private::UniqueOps<#conn> for #name
+                where
+                    #maps
+                {
                     fn load_by(
                         conn: &mut #conn,
                         key: &Self,
@@ -451,7 +498,7 @@ fn unique_ops(model: &Model, backend: Backend) -> TokenStream {
                         };
                         #table::table
                             #(#filters)*
-                            .select(<#ident as #d::SelectableHelper<#db>>::as_select())
+                            .select(#select)
                             .first(conn)
                             .optional()
                     }
@@ -472,6 +519,7 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
     let v_ty = &version.ty;
 
     let gate = backend.gate();
+    let maps = maps_bounds(model, backend);
     let conn = backend.connection();
     let db = backend.backend();
     let d = quote!(::diesel_l2::__private::diesel);
@@ -481,9 +529,11 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
             ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, RunQueryDsl as _,
             SelectableHelper as _,
         };
+        #[allow(unused_imports)]
+        use ::diesel_l2::__private::ExecuteIn as _;
     };
-    let select = quote!(<Self as #d::SelectableHelper<#db>>::as_select());
-    let returning = quote!(<Self as #d::SelectableHelper<#db>>::as_returning());
+    let select = select_expr(model, &db);
+    let returning = returning_expr(model, &db);
     let ops = quote!(<Self as ::diesel_l2::__private::CachedOps<#conn>>);
 
     let insert_values = tuple(
@@ -530,12 +580,12 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
     } else {
         (
             quote! {
-                #insert.execute(conn)?;
+                #insert.execute_in::<#db, _>(conn)?;
                 #ops::load_one(conn, &<Self as ::diesel_l2::__private::CachedEntity>::id(row))?
                     .ok_or(#d::result::Error::NotFound)
             },
             quote! {
-                let n = #update.execute(conn)?;
+                let n = #update.execute_in::<#db, _>(conn)?;
                 if n == 0 {
                     ::core::result::Result::Ok(::core::option::Option::None)
                 } else {
@@ -568,7 +618,10 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
     quote! {
         #gate! {
             #[automatically_derived]
-            impl ::diesel_l2::__private::CachedOps<#conn> for #ident {
+            impl ::diesel_l2::__private::CachedOps<#conn> for #ident
+            where
+                #maps
+            {
                 fn load_one(
                     conn: &mut #conn,
                     id: &#id_ty,
@@ -619,7 +672,7 @@ fn ops_impl(model: &Model, backend: Backend) -> TokenStream {
                             #one_id
                             .filter(#table::#v_col.eq(version)),
                     )
-                    .execute(conn)
+                    .execute_in::<#db, _>(conn)
                 }
 
                 fn sql_table() -> ::std::string::String {
@@ -649,6 +702,7 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
     let v_ty = &version.ty;
 
     let gate = backend.gate();
+    let maps = maps_bounds(model, backend);
     let conn = backend.connection();
     let db = backend.backend();
     let d = quote!(::diesel_l2::__private::diesel);
@@ -659,8 +713,10 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
             ExpressionMethods as _, OptionalExtension as _, QueryDsl as _, RunQueryDsl as _,
             SelectableHelper as _,
         };
+        #[allow(unused_imports)]
+        use ::diesel_l2::__private::ExecuteIn as _;
     };
-    let returning = quote!(<Self as #d::SelectableHelper<#db>>::as_returning());
+    let returning = returning_expr(model, &db);
     let ops = quote!(<Self as #p::CachedOps<#conn>>);
     let bump = quote!(#table::#v_col.eq(#table::#v_col + (1 as #v_ty)));
     let changeset_bounds = quote! {
@@ -696,13 +752,13 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
                     #pred
                     #d::update(#table::table.filter(pred))
                         .set((::core::clone::Clone::clone(&changes), #bump))
-                        .execute(conn)?;
+                        .execute_in::<#db, _>(conn)?;
                 }
             },
             quote! {
                 for chunk in ids.chunks(#COMPOSITE_CHUNK) {
                     #pred
-                    #d::delete(#table::table.filter(pred)).execute(conn)?;
+                    #d::delete(#table::table.filter(pred)).execute_in::<#db, _>(conn)?;
                 }
             },
         )
@@ -718,10 +774,10 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
             quote! {
                 #d::update(#table::table.filter(#table::#id_col.eq_any(&ids)))
                     .set((changes, #bump))
-                    .execute(conn)?;
+                    .execute_in::<#db, _>(conn)?;
             },
             quote! {
-                #d::delete(#table::table.filter(#table::#id_col.eq_any(&ids))).execute(conn)?;
+                #d::delete(#table::table.filter(#table::#id_col.eq_any(&ids))).execute_in::<#db, _>(conn)?;
             },
         )
     };
@@ -776,7 +832,7 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
                     "LAST_INSERT_ID(0)",
                 ))
                 .get_result::<u64>(conn)?;
-                #d::insert_into(#table::table).values(new).execute(conn)?;
+                #d::insert_into(#table::table).values(new).execute_in::<#db, _>(conn)?;
                 #generated
                 #table::table
                     .filter(#d::dsl::sql::<#d::sql_types::Bool>(&generated))
@@ -790,7 +846,7 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
                     )))
             },
             quote! {
-                .execute(conn)?;
+                .execute_in::<#db, _>(conn)?;
                 if n == 0 {
                     ::core::result::Result::Ok(::core::option::Option::None)
                 } else {
@@ -854,6 +910,7 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
                 <__N as #d::Insertable<#table::table>>::Values: #d::query_builder::QueryFragment<#db>
                     + #d::query_builder::QueryId
                     + #d::insertable::CanInsertInSingleQuery<#db>,
+                #maps
             {
                 fn insert_new(conn: &mut #conn, new: __N) -> #d::QueryResult<Self> {
                     #traits
@@ -865,6 +922,7 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
             impl<__Ch> #p::ChangesetOps<#conn, __Ch> for #ident
             where
                 #changeset_bounds
+                #maps
             {
                 fn update_changes(
                     conn: &mut #conn,
@@ -895,6 +953,7 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
                 #filter_bounds
                 #changeset_bounds
                 #clone_bound
+                #maps
             {
                 fn update_where(
                     conn: &mut #conn,
@@ -910,6 +969,7 @@ fn partial_ops(model: &Model, backend: Backend) -> TokenStream {
             impl<__F> #p::DeleteWhereOps<#conn, __F> for #ident
             where
                 #filter_bounds
+                #maps
             {
                 fn delete_where(
                     conn: &mut #conn,

@@ -52,9 +52,14 @@ use proc_macro::TokenStream;
 ///   `version`. Its type must be `i32` or `i64`. Every write checks and bumps it.
 /// - Every field type (except `#[cache(shallow)]` ones) implements `diesel_l2::HeapSize`
 ///   and `PartialEq`.
-/// - SQL is generated for every backend diesel-l2 is built with. A model whose columns
-///   only map on some backends (a PostgreSQL `Uuid`, say) names them with diesel's own
-///   `#[diesel(check_for_backend(diesel::pg::Pg))]`, and gets SQL for those only.
+/// - SQL is generated for every backend diesel-l2 is built with, and applies where the
+///   model's field types map: a model with a PostgreSQL-only column (`Uuid`, `Jsonb`, an
+///   array) compiles with every backend feature on and works through a
+///   `Db<PgConnection>`; used through a SQLite or MySQL `Db`, it is a compile error that
+///   names the field type that does not map and the way out. diesel's own
+///   `#[diesel(check_for_backend(diesel::pg::Pg))]` restricts the SQL to the backends it
+///   names.
+/// - Without `Selectable`, the first error says to add it.
 ///
 /// # Struct attributes: `#[cache(...)]`
 ///

@@ -92,12 +92,14 @@ fn expands_entity_with_defaults() {
         "CachedOps<::diesel_l2::__private::diesel::sqlite::SqliteConnection>forUser",
         "CachedOps<::diesel_l2::__private::diesel::pg::PgConnection>forUser",
         "CachedOps<::diesel_l2::__private::diesel::mysql::MysqlConnection>forUser",
-        "users::table.filter(users::id.eq(id)).select(<Selfas::diesel_l2::__private::diesel::SelectableHelper<::diesel_l2::__private::diesel::sqlite::Sqlite>>::as_select()).first(conn).optional()",
+        "users::table.filter(users::id.eq(id)).select(<Useras::diesel_l2::__private::diesel::SelectableHelper<::diesel_l2::__private::diesel::sqlite::Sqlite>>::as_select()).first(conn).optional()",
         "users::table.filter(users::id.eq_any(ids))",
         "values((users::id.eq(&row.id),users::version.eq(&row.version),users::email.eq(&row.email),users::bio.eq(&row.bio),))",
         ".set((users::version.eq(&next.version),users::email.eq(&next.email),users::bio.eq(&next.bio),))",
         ".filter(users::id.eq(&current.id)).filter(users::version.eq(&current.version))",
-        "::diesel_l2::__private::diesel::delete(users::table.filter(users::id.eq(id)).filter(users::version.eq(version)),).execute(conn)",
+        "::diesel_l2::__private::diesel::delete(users::table.filter(users::id.eq(id)).filter(users::version.eq(version)),).execute_in::<::diesel_l2::__private::diesel::sqlite::Sqlite,_>(conn)",
+        // Each backend's SQL applies only where every field maps (issue 12, item 4).
+        "wherefor<'__l>i64:::diesel_l2::__private::FieldMaps<<users::idas::diesel_l2::__private::diesel::Expression>::SqlType,::diesel_l2::__private::diesel::sqlite::Sqlite>",
     ] {
         assert!(out.contains(needle), "missing {needle} in\n{out}");
     }
@@ -119,7 +121,7 @@ fn expands_entity_with_defaults() {
     ] {
         assert!(out.contains(needle), "missing {needle} in\n{out}");
     }
-    assert!(out.contains(".execute(conn)?;<Selfas::diesel_l2::__private::CachedOps<::diesel_l2::__private::diesel::mysql::MysqlConnection>>::load_one(conn,&<Selfas::diesel_l2::__private::CachedEntity>::id(row))?.ok_or(::diesel_l2::__private::diesel::result::Error::NotFound)"));
+    assert!(out.contains(".execute_in::<::diesel_l2::__private::diesel::mysql::Mysql,_>(conn)?;<Selfas::diesel_l2::__private::CachedOps<::diesel_l2::__private::diesel::mysql::MysqlConnection>>::load_one(conn,&<Selfas::diesel_l2::__private::CachedEntity>::id(row))?.ok_or(::diesel_l2::__private::diesel::result::Error::NotFound)"));
 }
 
 #[test]

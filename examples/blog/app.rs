@@ -49,7 +49,8 @@ use diesel::prelude::*;
 use diesel::result::DatabaseErrorKind;
 use diesel_l2::{
     Cached, CachedOps, ChangeFeed, ChangesetOps, Db, DbPool, DeleteWhereOps, Error, InsertOps,
-    ListenConfig, Operation, OperationLog, RetryPolicy, Tx, UniqueOps, UpdateWhereOps,
+    ListenConfig, Operation, OperationLog, RetryPolicy, RetryableError, Tx, UniqueOps,
+    UpdateWhereOps,
 };
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{json, Value};
@@ -530,7 +531,7 @@ where
     ) -> Result<Response, ApiError> {
         let id = parse_id(&id)?;
         let deleted = db
-            .retry_async(RetryPolicy::default(), move |tx| {
+            .retry_async(RetryPolicy::default(), move |tx| -> Result<_, ApiError> {
                 let post = tx.get::<Post>(id)?;
                 // The comments first (their foreign key), by predicate; then the post, at
                 // the version just read (a write in between is a conflict, and a retry).
@@ -619,7 +620,7 @@ pub struct Page {
 async fn write<C, F>(db: &Db<C>, op: Option<Operation>, f: F) -> Result<Response, ApiError>
 where
     C: OperationLog,
-    F: FnMut(&mut Tx<'_, C>) -> Result<Answer, Error> + Send + 'static,
+    F: FnMut(&mut Tx<'_, C>) -> Result<Answer, ApiError> + Send + 'static,
 {
     let (answer, replayed) = match op {
         Some(op) => {
@@ -847,7 +848,7 @@ fn stale(what: &str, id: impl std::fmt::Display, current: i64) -> ApiError {
     )
 }
 
-fn no_author(id: i64) -> Error {
+fn no_author(id: i64) -> ApiError {
     refuse(
         StatusCode::UNPROCESSABLE_ENTITY,
         format!("author_id {id}: no such user"),
@@ -855,9 +856,10 @@ fn no_author(id: i64) -> Error {
 }
 
 /// An HTTP error decided inside a transaction: it rolls the transaction back (an
-/// `Idempotency-Key` records nothing) and comes out of `write` as itself.
-fn refuse(status: StatusCode, message: impl Into<String>) -> Error {
-    Error::Other(Box::new(ApiError::new(status, message)))
+/// `Idempotency-Key` records nothing) and comes out of `write` as itself (the closures
+/// return `ApiError`, which says whether to retry: `RetryableError`).
+fn refuse(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(status, message)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -872,6 +874,8 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
 pub struct ApiError {
     status: StatusCode,
     body: Value,
+    /// From a diesel-l2 error that a retry may cure (a version conflict, a deadlock).
+    retryable: bool,
 }
 
 impl ApiError {
@@ -882,7 +886,11 @@ impl ApiError {
     fn with(status: StatusCode, message: impl Into<String>, details: Value) -> Self {
         let mut body = details;
         body["error"] = json!(message.into());
-        ApiError { status, body }
+        ApiError {
+            status,
+            body,
+            retryable: false,
+        }
     }
 }
 
@@ -894,14 +902,25 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// Transaction closures return `ApiError`: `retry_async` asks it whether to run again.
+impl RetryableError for ApiError {
+    fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
+        let retryable = e.is_retryable();
+        let mut api = ApiError::from_library(e);
+        api.retryable = retryable;
+        api
+    }
+}
+
+impl ApiError {
+    fn from_library(e: Error) -> Self {
         let e = match e {
-            // Decided by a handler inside its transaction (`refuse`).
-            Error::Other(boxed) => match boxed.downcast::<ApiError>() {
-                Ok(api) => return *api,
-                Err(other) => Error::Other(other),
-            },
             Error::Database(e) => return ApiError::from(e),
             e => e,
         };

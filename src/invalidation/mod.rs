@@ -435,8 +435,10 @@ pub(crate) fn check_feed(
     });
     Err(format!(
         "listen: the change feed (payload version {FEED_VERSION}) is not installed{}: missing trigger(s) {}. \
-         Run the SQL of `diesel_l2::invalidation::{helper}` for each cached table in a migration \
-         (it drops the triggers of an earlier version and installs the current ones), then build again (C7)",
+         Generate the migration with `diesel-l2 migration change-feed` (the cli/ crate) or \
+         `diesel_l2::migration::change_feed(backend).table::<E>()` for each cached entity \
+         (or run the SQL of `diesel_l2::invalidation::{helper}` per table), apply it, \
+         then build again; it drops the triggers of an earlier version (C7)",
         if old { " (an earlier version is)" } else { "" },
         missing.join(", ")
     ))

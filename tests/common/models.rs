@@ -149,7 +149,8 @@ pub struct ArticleChanges<'a> {
 #[cfg(feature = "postgres")]
 #[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
 #[diesel(table_name = super::schema::documents)]
-#[diesel(check_for_backend(diesel::pg::Pg))]
+// No `check_for_backend`: a PostgreSQL-only model as applications write it. It compiles
+// with every backend feature on and works through a `Db<PgConnection>` (issue 12, item 4).
 pub struct Document {
     pub id: uuid::Uuid,
     pub version: i64,
