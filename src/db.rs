@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::hooks::Hook;
 use crate::inbox::Inbox;
 use crate::invalidation::{ChangeFeed, ListenConfig, Listener};
+use crate::query::{QueryCache, QueryCacheConfig};
 use crate::region::{AnyRegion, BatchLoad, FillMode, Lookup, Region};
 use crate::stats::{Counters, RegionStats, Stats};
 use crate::unique::{IndexSlot, UniqueOps};
@@ -68,6 +69,8 @@ pub(crate) struct Inner<C: R2D2Connection + 'static> {
     listener: Option<Listener>,
     /// Operation ids (`transaction_once`): retention and pruning state.
     pub(crate) inbox: Inbox,
+    /// Cached query results and the per-table clocks that fence them (C10).
+    pub(crate) queries: Arc<QueryCache>,
 }
 
 impl<C: R2D2Connection + 'static> Inner<C> {
@@ -137,9 +140,10 @@ pub struct DbBuilder<C: R2D2Connection + 'static> {
     hook: Option<Hook>,
     listen: Option<(ListenConfig, StartListener)>,
     operation_retention: Duration,
+    query_cache: QueryCacheConfig,
 }
 
-type StartListener = fn(ListenConfig, &[Arc<dyn AnyRegion>]) -> Result<Listener>;
+type StartListener = fn(ListenConfig, &[Arc<dyn AnyRegion>], Arc<QueryCache>) -> Result<Listener>;
 
 struct Registration {
     type_id: TypeId,
@@ -213,6 +217,13 @@ impl<C: R2D2Connection + 'static> DbBuilder<C> {
         self
     }
 
+    /// The bounds of the query cache ([`Db::query`]): 10,000 results without expiry by
+    /// default.
+    pub fn query_cache(mut self, config: QueryCacheConfig) -> Self {
+        self.query_cache = config;
+        self
+    }
+
     /// Validates every region's settings and builds the `Db`.
     ///
     /// Fails with [`Error::Config`] on a zero capacity, a zero duration, no bound at all,
@@ -267,14 +278,20 @@ impl<C: R2D2Connection + 'static> DbBuilder<C> {
             order.push(Arc::clone(&region));
             regions.insert(reg.type_id, region);
         }
+        self.query_cache.validate()?;
+        let queries = Arc::new(QueryCache::new(
+            &self.query_cache,
+            order.iter().map(|r| r.sql_table().to_string()),
+        ));
         let listener = match self.listen {
-            Some((config, start)) => Some(start(config, &order)?),
+            Some((config, start)) => Some(start(config, &order, Arc::clone(&queries))?),
             None => None,
         };
         Ok(Db {
             inner: Arc::new(Inner {
                 listener,
                 inbox: Inbox::new(self.operation_retention),
+                queries,
                 pool: self.pool,
                 hook: self.hook,
                 regions,
@@ -325,6 +342,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
             hook: None,
             listen: None,
             operation_retention: crate::inbox::DEFAULT_RETENTION,
+            query_cache: QueryCacheConfig::default(),
         }
     }
 
@@ -484,6 +502,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
         region.evict_requested();
         tracing::debug!(region = %region.name(), "evict region");
         region.clear();
+        self.inner.queries.table_changed(region.sql_table());
         Ok(())
     }
 
@@ -494,6 +513,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
             region.evict_requested();
             region.clear();
         }
+        self.inner.queries.all_changed();
     }
 
     /// Preloads `E`'s region with the rows `query` returns, for example the most recent
@@ -547,6 +567,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
         Stats {
             regions: self.inner.order.iter().map(|r| r.stats()).collect(),
             listener: self.inner.listener.as_ref().map(|l| l.shared.snapshot()),
+            queries: self.inner.queries.stats(),
         }
     }
 

@@ -77,6 +77,9 @@
 //!   each in its own savepoint, each caller answered after the COMMIT (C11).
 //! - `unique` — [`UniqueKey`]: `#[cache(unique)]` keys and the fenced key → id index behind
 //!   [`Db::find_by`].
+//! - `query` — the query cache: [`Db::query`] and [`Db::query_keyed`] keep any query's
+//!   rows as one list, unusable after any committed write to a table it reads (per-table
+//!   generations, fenced against writes in flight; C10).
 //! - [`invalidation`] — cross-process invalidation: trigger SQL, the PostgreSQL `LISTEN`
 //!   loop and the outbox poller for MariaDB and SQLite, started by [`DbBuilder::listen`].
 //! - [`migration`] — ready diesel migrations (`up.sql`, `down.sql`) on any backend: the
@@ -221,6 +224,7 @@ mod hooks;
 pub mod inbox;
 pub mod invalidation;
 pub mod migration;
+mod query;
 mod region;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -238,6 +242,7 @@ pub use entity::{CachedEntity, CachedOps, HeapSize, IdArg};
 pub use error::{Error, Result};
 pub use inbox::{Operation, OperationLog, Outcome};
 pub use invalidation::{ChangeFeed, ListenConfig, ListenerStats};
+pub use query::{QueryCacheConfig, QueryKey, QueryStats, Rows};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{sqlite_pool, SqliteSetup};
 pub use stats::{RegionStats, Stats};

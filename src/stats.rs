@@ -200,6 +200,8 @@ pub struct Stats {
     pub regions: Vec<RegionStats>,
     /// The cross-process change listener, when the `Db` has one.
     pub listener: Option<crate::invalidation::ListenerStats>,
+    /// The query cache ([`Db::query`](crate::Db::query)).
+    pub queries: crate::query::QueryStats,
 }
 
 impl Stats {

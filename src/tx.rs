@@ -368,6 +368,9 @@ struct Held<E: CachedEntity> {
     touched: Vec<Arc<E>>,
     /// Written with plain SQL (`Tx::invalidate`): its unique-key values are unknown.
     unknown: bool,
+    /// The table's query-cache clock: bumped when the key was locked and again when the
+    /// transaction ends, counting it as a writer in between (C10).
+    clock: Option<Arc<crate::query::TableClock>>,
 }
 
 impl<E: CachedEntity> Held<E> {
@@ -402,11 +405,17 @@ impl<E: CachedEntity> HeldKey for Held<E> {
         };
         self.region().commit(&self.id, &self.lock, write);
         self.end_key_writes();
+        if let Some(clock) = &self.clock {
+            clock.end_write();
+        }
     }
 
     fn release(&self) {
         self.region().release(&self.id);
         self.end_key_writes();
+        if let Some(clock) = &self.clock {
+            clock.end_write();
+        }
     }
 }
 
@@ -445,6 +454,10 @@ impl TxState {
             return Ok(i);
         }
         let region = db.region_arc::<E>()?;
+        let clock = db.queries.clock(region.sql_table());
+        if let Some(clock) = &clock {
+            clock.begin_write();
+        }
         let (lock, previous) = region
             .as_any()
             .downcast_ref::<Region<E>>()
@@ -457,6 +470,7 @@ impl TxState {
             lock,
             touched: previous.into_iter().collect(),
             unknown: false,
+            clock,
         }));
         index.insert(id.clone(), i);
         Ok(i)

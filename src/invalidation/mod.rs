@@ -222,6 +222,8 @@ pub struct Shared {
     /// Set when the connected database lacks the change feed (or has another version of
     /// it): `build()` returns it as [`Error::Config`].
     pub(crate) config_error: Mutex<Option<String>>,
+    /// The `Db`'s query cache: remote changes bump its table clocks (C10).
+    pub(crate) queries: Option<Arc<crate::query::QueryCache>>,
 }
 
 #[derive(Default)]
@@ -250,6 +252,7 @@ impl Shared {
             counters: ListenerCounters::default(),
             last_error: Mutex::new(None),
             config_error: Mutex::new(None),
+            queries: None,
         }
     }
 
@@ -279,6 +282,9 @@ impl Shared {
         for r in self.all() {
             r.set_trusted(true);
         }
+        if let Some(q) = &self.queries {
+            q.set_trusted(true);
+        }
         self.connected.store(true, Relaxed);
         self.counters.connects.fetch_add(1, Relaxed);
         tracing::info!("change listener connected; regions cleared and trusted");
@@ -288,6 +294,9 @@ impl Shared {
     pub(crate) fn on_lost(&self, error: &str) {
         for r in self.all() {
             r.set_trusted(false);
+        }
+        if let Some(q) = &self.queries {
+            q.set_trusted(false);
         }
         if self.connected.swap(false, Relaxed) {
             self.counters.disconnects.fetch_add(1, Relaxed);
@@ -305,6 +314,9 @@ impl Shared {
     /// One changed row.
     pub(crate) fn on_change(&self, table: &str, op: ChangeOp, id: &str, version: i64) {
         self.counters.changes.fetch_add(1, Relaxed);
+        if let Some(q) = &self.queries {
+            q.table_changed(table);
+        }
         match self.regions.get(table) {
             Some(regions) => {
                 tracing::trace!(table, ?op, id, version, "remote change");
@@ -358,6 +370,12 @@ impl Shared {
     pub(crate) fn on_flush(&self, table: Option<&str>) {
         self.counters.flushes.fetch_add(1, Relaxed);
         tracing::debug!(table, "remote flush");
+        if let Some(q) = &self.queries {
+            match table {
+                Some(t) => q.table_changed(t),
+                None => q.all_changed(),
+            }
+        }
         match table {
             Some(t) => {
                 for r in self.regions.get(t).into_iter().flatten() {
@@ -476,10 +494,14 @@ impl Listener {
     pub(crate) fn start<C: ChangeFeed>(
         config: ListenConfig,
         regions: &[Arc<dyn AnyRegion>],
+        queries: Arc<crate::query::QueryCache>,
     ) -> Result<Self> {
         config.validate()?;
-        let shared = Arc::new(Shared::new(regions));
+        let mut shared = Shared::new(regions);
         // Untrusted until the first connection has been made and the regions cleared.
+        queries.set_trusted(false);
+        shared.queries = Some(queries);
+        let shared = Arc::new(shared);
         for r in shared.all() {
             r.set_trusted(false);
         }
