@@ -246,6 +246,86 @@ backend_tests! {
         assert!(l.last_error.is_some());
     }
 
+    /// C10, C7: cached query results are not trusted across a lost listener either: a
+    /// change written while it was down is seen after it reconnects.
+    only(postgres)
+    fn losing_the_listener_makes_cached_queries_unusable_until_reconnected(t) {
+        use common::schema::users;
+        use diesel::prelude::*;
+        let app = format!("l2_qloss_{}", std::process::id());
+        let b = Db::builder(t.pool.clone()).cache::<User>().listen(listen(t, &app)).build().unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A')").unwrap();
+        let names = || -> Vec<String> {
+            b.query::<User, _>(users::table.order(users::id.asc()).select(User::as_select()))
+                .unwrap()
+                .iter()
+                .map(|u| u.name.clone())
+                .collect()
+        };
+        wait_for("the query to be stored", || {
+            names();
+            b.query_stats().hits > 0
+        });
+        let mut admin = t.raw_connection();
+        admin
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}'"
+            ))
+            .unwrap();
+        raw.batch_execute("UPDATE users SET name = 'during the outage' WHERE id = 1").unwrap();
+        wait_for("the listener to notice and reconnect", || {
+            let l = b.stats().listener.unwrap();
+            l.disconnects >= 1 && l.connected && l.connects >= 2
+        });
+        assert_eq!(names(), ["during the outage"], "stored results were dropped on reconnection");
+    }
+
+    /// C10, C7: a plain SQL write from another connection (no library, version left to
+    /// the trigger) makes a cached query over its table unusable once the change feed
+    /// delivers it; a query over another table stays cached.
+    fn a_plain_sql_write_makes_a_cached_query_unusable_through_the_change_feed(t) {
+        use common::models::Post;
+        use common::schema::{posts, users};
+        use diesel::prelude::*;
+        let b = Db::builder(t.pool.clone())
+            .cache::<User>()
+            .cache::<Post>()
+            .listen(listen(t, "l2_query"))
+            .build()
+            .unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute(
+            "INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A'), (2, 1, 'b@x', 'B')",
+        )
+        .unwrap();
+        raw.batch_execute("INSERT INTO posts (id, version, user_id, title) VALUES (7, 1, 1, 'p')").unwrap();
+        let names = || -> Vec<String> {
+            b.query::<User, _>(users::table.order(users::name.asc()).select(User::as_select()))
+                .unwrap()
+                .iter()
+                .map(|u| u.name.clone())
+                .collect()
+        };
+        let posts_of_1 = || b.query::<Post, _>(posts::table.filter(posts::user_id.eq(1)).select(Post::as_select())).unwrap();
+        wait_for("both queries to be stored", || {
+            let _ = (names(), posts_of_1());
+            b.query_stats().hits >= 2
+        });
+        t.sql.reset();
+        assert_eq!(names(), ["A", "B"]);
+        assert_eq!(t.sql.count(), 0, "served from the cache: {:?}", t.sql.statements());
+        raw.batch_execute("UPDATE users SET name = 'C' WHERE id = 1").unwrap();
+        wait_for("the plain update to reach the query", || names() == ["B", "C"]);
+        let fills = b.query_stats().fills;
+        posts_of_1();
+        assert_eq!(b.query_stats().fills, fills, "the posts query was not touched by a users write");
+        raw.batch_execute("DELETE FROM posts WHERE id = 7").unwrap();
+        wait_for("the plain delete to reach the posts query", || posts_of_1().is_empty());
+        let q = b.query_stats();
+        assert!(q.invalidations.iter().any(|(t, n)| t == "users" && *n >= 1), "{q:?}");
+    }
+
     /// C7: the version is a row clock. An update that leaves the version as it was (an
     /// admin script, psql) is bumped by the database and invalidated in a listening Db.
     fn a_plain_sql_update_that_leaves_the_version_is_invalidated(t) {
