@@ -117,6 +117,9 @@ pub trait Store: Sync {
     fn find(&self, key: Key) -> Result<Option<Row>, Error>;
     /// Keys of one kind.
     fn find_many(&self, keys: &[Key]) -> Result<Vec<Option<Row>>, Error>;
+    /// The users with an id in `lo..=hi`, in id order, through the store's query cache
+    /// (C10): the cached query read, checked key by key like `find_many`.
+    fn query_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error>;
     /// One transaction running `body`; `retry` re-runs it on retryable errors.
     fn run(
         &self,

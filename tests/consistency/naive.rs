@@ -22,6 +22,9 @@ pub struct Naive<C: R2D2Connection + 'static> {
     seen_ops: Cache<String, Row>,
     users: Cache<i64, Option<Row>>,
     tags: Cache<i64, Option<Row>>,
+    /// Cached user ranges (the query cache's baseline): filled on a miss, dropped after a
+    /// commit that wrote a user inside them.
+    ranges: Cache<(i64, i64), Arc<Vec<Row>>>,
 }
 
 impl<C: R2D2Connection + 'static> Naive<C> {
@@ -40,6 +43,10 @@ impl<C: R2D2Connection + 'static> Naive<C> {
             tags: Cache::builder()
                 .max_capacity(tags_max)
                 .time_to_live(tags_ttl)
+                .build(),
+            ranges: Cache::builder()
+                .max_capacity(10_000)
+                .support_invalidation_closures()
                 .build(),
         }
     }
@@ -166,6 +173,21 @@ where
         keys.iter().map(|k| self.find(*k)).collect()
     }
 
+    fn query_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error> {
+        let rows = self
+            .ranges
+            .try_get_with((lo, hi), || {
+                let mut conn = self.conn()?;
+                // The ids of the range in one query (`IN`), in id order.
+                let ids: Vec<i64> = (lo..=hi).collect();
+                let mut users = <User as CachedOps<C>>::load_many(&mut *conn, &ids)?;
+                users.sort_by_key(|u| u.id);
+                Ok::<_, Error>(Arc::new(users.iter().map(Row::from_user).collect()))
+            })
+            .map_err(|e: Arc<Error>| Error::Other(e.to_string().into()))?;
+        Ok(rows.as_ref().clone())
+    }
+
     fn run(
         &self,
         retry: bool,
@@ -190,6 +212,12 @@ where
                     // Cache-aside: delete the written keys after the commit.
                     for k in touched {
                         self.cache(k.kind).invalidate(&k.id);
+                        if k.kind == Kind::User {
+                            let id = k.id;
+                            let _ = self
+                                .ranges
+                                .invalidate_entries_if(move |r, _| r.0 <= id && id <= r.1);
+                        }
                     }
                     return Ok(());
                 }
@@ -241,6 +269,9 @@ where
 
     fn evict_all(&self, kind: Kind) {
         self.cache(kind).invalidate_all();
+        if kind == Kind::User {
+            self.ranges.invalidate_all();
+        }
     }
 
     fn db_row(&self, key: Key) -> Result<Option<Row>, Error> {

@@ -1,7 +1,7 @@
 //! diesel-l2 behind the workload's [`Store`] interface.
 
 use diesel::r2d2::R2D2Connection;
-use diesel_l2::{CachedOps, Db, Error, RetryPolicy};
+use diesel_l2::{CachedOps, Db, Error, QueryKey, RetryPolicy};
 
 use super::model::{tag_id, Key, Kind, Row, Store, TxOps};
 use crate::common::models::{Tag, User};
@@ -63,6 +63,22 @@ where
                     .collect()
             }
         })
+    }
+
+    fn query_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error> {
+        // Generic over the backend, so the query is keyed (declaring `users`) and loads
+        // the range through the derive's `load_many` (one `IN` query), in id order.
+        let key = QueryKey::new("users-range")
+            .param(lo)
+            .param(hi)
+            .reads("users");
+        let rows = self.db.query_keyed::<User, _>(key, |conn| {
+            let ids: Vec<i64> = (lo..=hi).collect();
+            let mut users = <User as CachedOps<C>>::load_many(conn, &ids)?;
+            users.sort_by_key(|u| u.id);
+            Ok(users)
+        })?;
+        Ok(rows.iter().map(|u| Row::from_user(u)).collect())
     }
 
     fn run(

@@ -93,6 +93,7 @@ impl CommitFailure {
 pub enum Op {
     Find,
     FindMany,
+    Query,
     Update,
     Redeliver,
     Insert,
@@ -220,6 +221,11 @@ impl Keys {
         }
     }
 
+    /// Slots per kind: the ids of one generation are `slots * gen .. slots * (gen + 1)`.
+    fn slots(&self) -> i64 {
+        self.slots
+    }
+
     fn id(&self, slot: i64, gen: i64) -> i64 {
         slot + self.slots * gen
     }
@@ -332,7 +338,8 @@ impl Worker<'_> {
     fn op(&mut self, store: &dyn Store) {
         let r = self.rng.u8(0..100);
         let op = match r {
-            0..=27 => Op::Find,
+            0..=23 => Op::Find,
+            24..=27 => Op::Query,
             28..=37 => Op::FindMany,
             38..=55 => Op::Update,
             56..=60 => Op::Redeliver,
@@ -362,6 +369,35 @@ impl Worker<'_> {
                         key: k,
                         seen,
                     }),
+                    Err(_) => self.op_errors += 1,
+                }
+            }
+            Op::Query => {
+                // One generation of ids (every slot's id at some generation): a cached
+                // query read is checked key by key, a missing key as an absent read (C10).
+                let k = self.keys.pick(&mut self.rng, Kind::User);
+                let lo = k.id - k.id.rem_euclid(self.keys.slots());
+                let hi = lo + self.keys.slots() - 1;
+                let start = self.history.now();
+                let r = store.query_users(lo, hi);
+                let end = self.history.now();
+                match r {
+                    Ok(rows) => {
+                        for id in lo..=hi {
+                            let key = Key {
+                                kind: Kind::User,
+                                id,
+                            };
+                            let seen = rows.iter().find(|r| r.key.id == id).cloned();
+                            self.events.push(Event::Read {
+                                thread: self.thread,
+                                start,
+                                end,
+                                key,
+                                seen,
+                            });
+                        }
+                    }
                     Err(_) => self.op_errors += 1,
                 }
             }
