@@ -219,6 +219,7 @@ mod entity;
 mod error;
 mod hooks;
 pub mod inbox;
+mod index;
 pub mod invalidation;
 pub mod migration;
 mod region;
@@ -237,6 +238,7 @@ pub use diesel_l2_derive::Cached;
 pub use entity::{CachedEntity, CachedOps, HeapSize, IdArg};
 pub use error::{Error, Result};
 pub use inbox::{Operation, OperationLog, Outcome};
+pub use index::{IndexKey, IndexOps, List};
 pub use invalidation::{ChangeFeed, ListenConfig, ListenerStats};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{sqlite_pool, SqliteSetup};
@@ -266,6 +268,7 @@ pub mod __private {
         split_composite_id, CachedEntity, CachedOps, HeapSize, IdParser, ParseFallback,
         ParseViaFromStr,
     };
+    pub use crate::index::{IndexKey, IndexOps};
     pub use crate::invalidation::feed::sql_table_name;
     pub use crate::migration::{table_sql_name, FeedTable};
     pub use crate::unique::{UniqueKey, UniqueKeys, UniqueOps};

@@ -27,6 +27,7 @@ use moka::sync::Cache;
 use crate::config::RegionConfig;
 use crate::entity::CachedEntity;
 use crate::hooks::{self, Hook, Point};
+use crate::index::{Collection, IndexKey};
 use crate::invalidation::ChangeOp;
 use crate::stats::{Counters, RegionStats};
 use crate::unique::{AnyIndex, Index, UniqueKey, UniqueKeys};
@@ -359,7 +360,7 @@ impl<E: CachedEntity> Region<E> {
         let indexes = unique
             .makers
             .into_iter()
-            .map(|make| make(&config, per_index))
+            .map(|make| make(&config, per_index, &counters))
             .collect();
         Region {
             sql_table: E::TABLE.into(),
@@ -682,6 +683,27 @@ impl<E: CachedEntity> Region<E> {
             .find_map(|i| i.as_any().downcast_ref::<Index<K>>())
     }
 
+    /// The collection of index key `K`.
+    #[inline]
+    pub(crate) fn collection<K: IndexKey<Entity = E>>(&self) -> Option<&Collection<K>> {
+        self.indexes
+            .iter()
+            .find_map(|i| i.as_any().downcast_ref::<Collection<K>>())
+    }
+
+    /// Whether the entity has collections (whose lists need a row's previous content).
+    pub(crate) fn has_collections(&self) -> bool {
+        self.indexes.iter().any(|i| i.is_collection())
+    }
+
+    /// A transaction writes a row whose previous content it does not know: collections
+    /// drop every list (a counted fallback).
+    pub(crate) fn old_content_unknown(&self) {
+        for index in &self.indexes {
+            index.old_content_unknown();
+        }
+    }
+
     /// Whether the region may serve and fill now: false while the listener covering it is
     /// disconnected (C7). Unique-key lookups check it too.
     pub(crate) fn trusted(&self) -> bool {
@@ -876,7 +898,7 @@ impl<E: CachedEntity> Region<E> {
                 // row's key values may have changed, and the local transaction's end only
                 // drops the values it saw: drop every key entry now (C7).
                 drop(keys);
-                self.clear_key_entries();
+                self.remote_key_change();
                 return false;
             }
         }
@@ -889,10 +911,19 @@ impl<E: CachedEntity> Region<E> {
         self.write_seq.fetch_add(1, Ordering::AcqRel);
         self.cache.invalidate(id);
         drop(keys);
-        // The row's new key values are unknown: no negative key entry may outlive it.
-        self.clear_key_entries();
+        // The row's new key values are unknown: no negative key entry may outlive it, nor
+        // a list that held the row or should now.
+        self.remote_key_change();
         Counters::bump(&self.counters.remote_invalidations);
         true
+    }
+
+    /// A remote change of one row: its key values are unknown, every key entry and list
+    /// is dropped (lists count it as a fallback) and key loads in flight are fenced.
+    fn remote_key_change(&self) {
+        for index in &self.indexes {
+            index.remote_change();
+        }
     }
 
     /// Drops every unique-key entry and fences key loads in flight.
