@@ -296,7 +296,7 @@ fn attribute_errors() {
     let e = single_error(user(quote!(#[cache(foo = 1)])));
     assert_eq!(
         e,
-        "unknown `cache` attribute `foo`; expected one of: region, ttl, tti, max_entries, max_bytes, negative_ttl, unique"
+        "unknown `cache` attribute `foo`; expected one of: region, ttl, tti, max_entries, max_bytes, negative_ttl, unique, index"
     );
     let e = single_error(user(quote!(#[cache(ttl = "10 minutes")])));
     assert_eq!(
@@ -382,7 +382,7 @@ fn field_errors() {
     });
     assert_eq!(
         e,
-        "unknown `cache` field attribute `versoin`; did you mean `version`? expected one of: id, version, shallow, unique"
+        "unknown `cache` field attribute `versoin`; did you mean `version`? expected one of: id, version, shallow, unique, index"
     );
     let e = single_error(quote! {
         #[diesel(table_name = users)]
