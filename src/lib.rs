@@ -77,6 +77,8 @@
 //!   each in its own savepoint, each caller answered after the COMMIT (C11).
 //! - `unique` — [`UniqueKey`]: `#[cache(unique)]` keys and the fenced key → id index behind
 //!   [`Db::find_by`].
+//! - `index` — [`IndexKey`]: `#[cache(index)]` keys and the fenced cached collections
+//!   (resolved [`List`]s of children by a non-unique key) behind [`Db::find_all_by`] (C10).
 //! - [`invalidation`] — cross-process invalidation: trigger SQL, the PostgreSQL `LISTEN`
 //!   loop and the outbox poller for MariaDB and SQLite, started by [`DbBuilder::listen`].
 //! - [`migration`] — ready diesel migrations (`up.sql`, `down.sql`) on any backend: the
@@ -112,6 +114,9 @@
 //!   result in the same transaction as the writes, and a replay runs nothing and returns
 //!   the recorded result ([`inbox`]).
 //! - **C8 Bad input is a typed error**, never a panic in library code.
+//! - **C10 Lists.** A cached collection ([`Db::find_all_by`]) read after a commit never
+//!   misses a member that commit added or moved in, nor holds one it deleted, moved out
+//!   or changed; a list load that raced a write does not fill (C3, C4 for lists).
 //! - **C11 Batches.** An operation run through a [`Batcher`] has the guarantees of its own
 //!   transaction (C1, C2, C6) and its own result, while many operations share one COMMIT.
 //!
@@ -145,6 +150,24 @@
 //!   `.key_compare(KeyCompare::Exact)` in [`DbBuilder::cache_with`] for `_bin`
 //!   collations, and `KeyCompare::Loose` for PostgreSQL `citext`, nondeterministic
 //!   collations or SQLite `COLLATE NOCASE` columns, which the library cannot detect.
+//! - `#[cache(index)]` on a field (or `#[cache(index(a, b))]` on the struct) declares a
+//!   non-unique key, for example `post_id` on `Comment` or `user_id` on `Post`, and
+//!   generates a key type named like unique keys, `{Entity}By{Fields}`: `PostByUserId(i64)`.
+//!   [`Db::find_all_by`]`(PostByUserId(7))` returns that user's posts in id order as a
+//!   [`List`] (`Arc<[Arc<Post>]>`, one `Arc` clone to copy): a hit runs no SQL and looks
+//!   nothing up per member, a miss runs one query that fills the list and the rows.
+//!   Every write through the library drops the lists of the row's old and new key values
+//!   when it starts and when it ends, so an insert, a delete, a key move or an edit of any
+//!   other column is seen by the next read, and the other lists stay cached; list fills
+//!   are refused while a write on the entity type is pending or when any write happened
+//!   since the load started (C10). Where the old key values are unknown (a row neither
+//!   cached nor read by the transaction, plain SQL announced with [`Tx::invalidate`],
+//!   writes by predicate, a change reported by the change feed, which does not carry
+//!   index values yet), every list of the index is dropped instead, counted in
+//!   [`RegionStats::list_fallback_clears`]. Lists are bounded like the region (its
+//!   `max_entries` lists, or a share of `max_bytes`), expire with its `ttl`/`tti` (the
+//!   shorter of the two, from the fill), and are not served while the listener is
+//!   disconnected. [`Tx::find_all_by`] reads inside a transaction (C5).
 //! - Per call: [`Db::no_fill`] (read the cache, do not fill), [`Db::refresh`] (always load
 //!   and put), [`Db::bypass`] (ignore the cache), or [`Db::read`] with a [`CacheMode`].
 //! - [`Db::evict`], [`Db::evict_many`], [`Db::evict_all`], [`Db::evict_everything`].
