@@ -19,8 +19,11 @@
 //! - List fills are fenced like negative unique-key entries: refused while any
 //!   transaction holds a write on the entity type, and refused when any write, remote
 //!   change or clear touched the index since the load started (C3, C4 for lists).
-//! - A change reported by the change feed (another process, plain SQL) clears the
-//!   entity's lists (a fallback, counted): the feed does not carry index values yet.
+//! - A change reported by the change feed (another process, plain SQL) drops the lists
+//!   of the row's old and new key values, which the notification carries when the
+//!   table's triggers were generated with the index key (`migration::change_feed` with
+//!   the entity: extensions `o100.0`, `n100.0`, …); without them, or when a value cannot
+//!   be read, every list of the index is dropped (a counted fallback).
 //! - While the change listener is disconnected, lists are neither served nor filled (C7).
 //!
 //! [`Db::find_all_by`]: crate::Db::find_all_by
@@ -36,6 +39,8 @@ use moka::sync::Cache;
 
 use crate::config::RegionConfig;
 use crate::entity::{CachedEntity, CachedOps};
+use crate::invalidation::feed::{Extensions, INDEX_KEY_BASE};
+use crate::invalidation::ChangeOp;
 use crate::stats::Counters;
 use crate::unique::AnyIndex;
 
@@ -54,6 +59,14 @@ pub trait IndexKey: Clone + Eq + Hash + Debug + Send + Sync + 'static {
     /// region's `max_bytes`. The derive counts the fields' heap memory.
     fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
+    }
+    /// The key from its columns' values as text, as change notifications carry them
+    /// (`None` for SQL `NULL`). `None` when a value cannot be read: a remote change then
+    /// drops every list of the index (a counted fallback) instead of exactly two. The
+    /// derive parses fields with `FromStr`; nullable (`Option`) fields are not read.
+    fn from_text(values: &[Option<&str>]) -> Option<Self> {
+        let _ = values;
+        None
     }
 }
 
@@ -82,6 +95,9 @@ pub(crate) struct Collection<K: IndexKey> {
     /// Serializes the fence check of a fill with invalidations.
     fence: Mutex<()>,
     counters: Arc<Counters>,
+    /// This key's number among the entity's index keys: its values ride in change
+    /// notifications as key `INDEX_KEY_BASE + number`.
+    number: usize,
 }
 
 /// A list load in progress: the index sequence at its start.
@@ -91,7 +107,12 @@ impl<K: IndexKey> Collection<K> {
     /// A collection bounded like its region: by `max_entries` lists, or by `bytes` (its
     /// share of the region's byte budget, weighing each list's key and member pointers;
     /// the rows themselves are shared with the region).
-    pub(crate) fn new(config: &RegionConfig, bytes: Option<u64>, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(
+        config: &RegionConfig,
+        bytes: Option<u64>,
+        counters: Arc<Counters>,
+        number: usize,
+    ) -> Self {
         let mut builder = Cache::builder().name(&format!("{}.{}[]", config.name, K::NAME));
         if let Some(ttl) = match (config.ttl, config.tti) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -121,6 +142,7 @@ impl<K: IndexKey> Collection<K> {
             pending: AtomicU64::new(0),
             fence: Mutex::new(()),
             counters,
+            number,
         }
     }
 
@@ -203,10 +225,36 @@ impl<K: IndexKey> AnyIndex<K::Entity> for Collection<K> {
         self.drop_all();
     }
 
-    fn remote_change(&self) {
+    fn remote_change(&self, op: ChangeOp, ext: &str) {
+        let ext = Extensions(ext);
+        let key = |side: char| -> Option<K> {
+            let base = INDEX_KEY_BASE + self.number;
+            let values: Vec<Option<&str>> = (0..)
+                .map_while(|column| ext.get(&format!("{side}{base}.{column}")))
+                .collect();
+            if values.is_empty() {
+                return None;
+            }
+            K::from_text(&values)
+        };
+        // The lists of the row's old and new key values, when the notification carries
+        // them and they can be read.
+        let (old, new) = match op {
+            ChangeOp::Insert => (None, Some(key('n'))),
+            ChangeOp::Update => (Some(key('o')), Some(key('n'))),
+            ChangeOp::Delete => (Some(key('o')), None),
+        };
         let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
-        Counters::bump(&self.counters.list_fallback_clears);
-        self.drop_all();
+        if matches!(old, Some(None)) || matches!(new, Some(None)) {
+            Counters::bump(&self.counters.list_fallback_clears);
+            self.drop_all();
+            return;
+        }
+        // Fences list loads in flight, whatever key they load.
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        for key in [old, new].into_iter().flatten().flatten() {
+            self.drop_list(&key);
+        }
     }
 
     fn clear(&self) {

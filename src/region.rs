@@ -329,7 +329,10 @@ impl<E: CachedEntity> Region<E> {
                 tracing::trace!(region = %region_name, id = ?id, ?cause, "cache entry removed");
             });
         }
-        let mut unique = UniqueKeys { makers: Vec::new() };
+        let mut unique = UniqueKeys {
+            makers: Vec::new(),
+            collections: 0,
+        };
         E::unique_keys(&mut unique);
         // A byte budget covers the key entries too: a quarter of it is shared by the
         // entity's unique-key indexes, the rows get the rest.
@@ -882,7 +885,13 @@ impl<E: CachedEntity> Region<E> {
     /// loads in flight. While a local transaction holds the key, the version is
     /// remembered so that transaction's commit cannot put anything older, nor a tombstone
     /// after a remote insert (versions start again with a re-inserted row).
-    pub(crate) fn remote_invalidate(&self, id: &E::Id, op: ChangeOp, version: i64) -> bool {
+    pub(crate) fn remote_invalidate(
+        &self,
+        id: &E::Id,
+        op: ChangeOp,
+        version: i64,
+        ext: &str,
+    ) -> bool {
         let mut keys = self.shard(id);
         // A quiet lookup: checking a notification is not a read (it must not extend tti).
         let own = match (op, self.quiet_get(id)) {
@@ -898,7 +907,7 @@ impl<E: CachedEntity> Region<E> {
                 // row's key values may have changed, and the local transaction's end only
                 // drops the values it saw: drop every key entry now (C7).
                 drop(keys);
-                self.remote_key_change();
+                self.remote_key_change(op, ext);
                 return false;
             }
         }
@@ -912,17 +921,18 @@ impl<E: CachedEntity> Region<E> {
         self.cache.invalidate(id);
         drop(keys);
         // The row's new key values are unknown: no negative key entry may outlive it, nor
-        // a list that held the row or should now.
-        self.remote_key_change();
+        // a list that held the row or should now (dropped by the key values the
+        // notification carries, when it carries them).
+        self.remote_key_change(op, ext);
         Counters::bump(&self.counters.remote_invalidations);
         true
     }
 
     /// A remote change of one row: its key values are unknown, every key entry and list
     /// is dropped (lists count it as a fallback) and key loads in flight are fenced.
-    fn remote_key_change(&self) {
+    fn remote_key_change(&self, op: ChangeOp, ext: &str) {
         for index in &self.indexes {
-            index.remote_change();
+            index.remote_change(op, ext);
         }
     }
 
@@ -1047,7 +1057,8 @@ pub(crate) trait AnyRegion: Send + Sync + 'static {
     fn sql_table(&self) -> &str;
     /// A remote change of the row whose id is `id` as text; an id that cannot be parsed
     /// clears the region (safe, counted).
-    fn remote_change(&self, id: &str, op: ChangeOp, version: i64);
+    /// `ext` is the payload's extensions (old and new key values).
+    fn remote_change(&self, id: &str, op: ChangeOp, version: i64, ext: &str);
     /// A remote change of many rows: clears the region.
     fn remote_flush(&self);
     fn set_trusted(&self, trusted: bool);
@@ -1072,10 +1083,10 @@ impl<E: CachedEntity> AnyRegion for Region<E> {
     fn sql_table(&self) -> &str {
         &self.sql_table
     }
-    fn remote_change(&self, id: &str, op: ChangeOp, version: i64) {
+    fn remote_change(&self, id: &str, op: ChangeOp, version: i64, ext: &str) {
         match E::parse_id(id) {
             Some(id) => {
-                self.remote_invalidate(&id, op, version);
+                self.remote_invalidate(&id, op, version, ext);
             }
             None => {
                 tracing::warn!(region = %self.config.name, id, "cannot parse a notified id; clearing the region");

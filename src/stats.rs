@@ -142,9 +142,10 @@ pub struct RegionStats {
     /// or a row joining them.
     pub list_invalidations: u64,
     /// Times every list of an index was dropped because the key values a write changed
-    /// were unknown: a change reported by the change feed (another process, plain SQL),
-    /// a write through `Tx::conn` or by predicate, or an update of a row whose previous
-    /// content was neither cached nor read by the transaction.
+    /// were unknown: a change-feed notification without the index columns' values
+    /// (triggers generated before the index key was declared), a write through
+    /// `Tx::conn` or by predicate, or an update or delete of a row whose previous content
+    /// was neither cached nor read by the transaction.
     pub list_fallback_clears: u64,
     /// Reads that went to the database because the cross-process listener was down (C7).
     pub untrusted_reads: u64,

@@ -267,13 +267,15 @@ backend_tests! {
     /// C7 and C10: plain-SQL writes from another connection (no library, no version
     /// bump) to the children of a cached list reach it through the change feed: an
     /// insert that joins the list, an update of a member's other column, a key move and
-    /// a delete are each reflected once the listener delivered them. The feed carries no
-    /// index values yet, so each drops every list of the index (counted as a fallback).
-    fn plain_sql_writes_to_children_reach_cached_lists(t) {
+    /// a delete are each reflected once the listener delivered them. The notifications
+    /// carry `user_id`'s old and new values (`2026-12-01-000013_posts_index_feed`), so
+    /// exactly the lists concerned are dropped: the others stay cached, and nothing falls
+    /// back to dropping every list.
+    fn plain_sql_writes_to_children_reach_exactly_the_affected_lists(t) {
         use common::models::{Post, PostByUserId};
         let b = Db::builder(t.pool.clone()).cache::<Post>().listen(listen(t, "l2_lists")).build().unwrap();
         let mut raw = t.raw_connection();
-        raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A'), (2, 1, 'b@x', 'B')").unwrap();
+        raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A'), (2, 1, 'b@x', 'B'), (3, 1, 'c@x', 'C')").unwrap();
         raw.batch_execute("INSERT INTO posts (id, version, user_id, title) VALUES (1, 1, 1, 'one')").unwrap();
         let titles = |user: i64| -> Vec<String> {
             b.find_all_by(PostByUserId(user)).unwrap().iter().map(|p| p.title.clone()).collect()
@@ -287,15 +289,19 @@ backend_tests! {
         let dropped = |what: &str, user: i64| {
             wait_for(what, || b.peek_all_by(&PostByUserId(user)).unwrap().is_none())
         };
+        let still_cached = |user: i64| b.peek_all_by(&PostByUserId(user)).unwrap().is_some();
 
         cached(1);
+        cached(3);
         raw.batch_execute("INSERT INTO posts (id, version, user_id, title) VALUES (2, 1, 1, 'two')").unwrap();
         dropped("the remote insert to drop the list", 1);
+        assert!(still_cached(3), "a remote insert for user 1 dropped user 3's list");
         assert_eq!(titles(1), ["one", "two"]);
 
         cached(1);
         raw.batch_execute("UPDATE posts SET title = 'one, edited' WHERE id = 1").unwrap();
         dropped("the remote update to drop the list", 1);
+        assert!(still_cached(3));
         assert_eq!(titles(1), ["one, edited", "two"]);
 
         cached(1);
@@ -303,14 +309,16 @@ backend_tests! {
         raw.batch_execute("UPDATE posts SET user_id = 2 WHERE id = 2").unwrap();
         dropped("the remote key move to drop the old list", 1);
         dropped("and the new one", 2);
+        assert!(still_cached(3));
         assert_eq!(titles(1), ["one, edited"]);
         assert_eq!(titles(2), ["two"]);
 
         cached(2);
         raw.batch_execute("DELETE FROM posts WHERE id = 2").unwrap();
         dropped("the remote delete to drop the list", 2);
+        assert!(still_cached(3));
         assert!(titles(2).is_empty());
-        assert!(b.region_stats::<Post>().unwrap().list_fallback_clears >= 4);
+        assert_eq!(b.region_stats::<Post>().unwrap().list_fallback_clears, 0, "every remote change was precise");
     }
 
     /// C7 with a composite primary key: plain-SQL writes to a join table reach a

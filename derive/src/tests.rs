@@ -492,6 +492,9 @@ fn index_keys_generate_named_key_types_and_ordered_loads() {
     assert!(out.contains("comments::author_id.eq(&key.1)"), "{out}");
     assert!(out.contains(".order_by(comments::id.asc())"), "{out}");
     assert!(!out.contains("UniqueKeyforCommentByPostId"), "{out}");
+    // Remote changes carry the index columns (C7, C10), read back with `from_text`.
+    assert!(out.contains(".with_index_keys(&[&["), "{out}");
+    assert!(out.contains("fnfrom_text("), "{out}");
 }
 
 #[test]
