@@ -257,6 +257,11 @@ impl<K: IndexKey> AnyIndex<K::Entity> for Collection<K> {
         }
     }
 
+    fn remote_change_already_cached(&self, op: ChangeOp, ext: &str) {
+        // A list filled before the change may hold the row's old content or miss it.
+        self.remote_change(op, ext);
+    }
+
     fn clear(&self) {
         let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
         self.drop_all();

@@ -912,6 +912,13 @@ impl<E: CachedEntity> Region<E> {
             }
         }
         if own {
+            drop(keys);
+            // The slot holds this change or a later one, but a list filled before it may
+            // not: another process's change the slot caught up with by a later load
+            // (C10). Lists take the notification anyway; unique keys do not need to.
+            for index in &self.indexes {
+                index.remote_change_already_cached(op, ext);
+            }
             return false;
         }
         if let Some(st) = keys.get_mut(id) {

@@ -229,6 +229,11 @@ pub trait AnyIndex<E: CachedEntity>: Send + Sync {
         let _ = (op, ext);
         self.clear();
     }
+    /// A remote change whose row the region already holds at that version or newer (this
+    /// process's own applied write, or a later load). Unique indexes need nothing.
+    fn remote_change_already_cached(&self, op: ChangeOp, ext: &str) {
+        let _ = (op, ext);
+    }
     /// Drops every mapping.
     fn clear(&self);
     /// Whether this is a collection (lists by a non-unique key).

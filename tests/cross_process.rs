@@ -321,6 +321,32 @@ backend_tests! {
         assert_eq!(b.region_stats::<Post>().unwrap().list_fallback_clears, 0, "every remote change was precise");
     }
 
+    /// C10: a remote key move whose row this process loaded again before the
+    /// notification arrived (the region already holds the new version, as for its own
+    /// writes) still drops the list that held the old content. On the outbox backends a
+    /// slow poll makes the order certain; on PostgreSQL either order must give the same.
+    fn a_remote_change_the_region_caught_up_with_still_drops_the_stale_list(t) {
+        use common::models::{Post, PostByUserId};
+        let config = listen(t, "l2_caught_up").poll_interval(Duration::from_millis(300));
+        let b = Db::builder(t.pool.clone()).cache::<Post>().listen(config).build().unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A'), (2, 1, 'b@x', 'B')").unwrap();
+        raw.batch_execute("INSERT INTO posts (id, version, user_id, title) VALUES (1, 1, 1, 'one')").unwrap();
+        let changes = || b.stats().listener.unwrap().changes;
+        wait_for("the list to be cached", || {
+            b.find_all_by(PostByUserId(1)).unwrap();
+            b.peek_all_by(&PostByUserId(1)).unwrap().is_some()
+        });
+        wait_for("the inserts' notifications", || changes() >= 3);
+        let seen = changes();
+        raw.batch_execute("UPDATE posts SET user_id = 2 WHERE id = 1").unwrap();
+        // The region catches up before the notification is applied.
+        assert_eq!(b.refresh().find::<Post>(1).unwrap().unwrap().user_id, 2);
+        wait_for("the move's notification", || changes() > seen);
+        assert!(b.find_all_by(PostByUserId(1)).unwrap().is_empty(), "C10: user 1's list still held the moved post");
+        assert_eq!(b.find_all_by(PostByUserId(2)).unwrap().len(), 1);
+    }
+
     /// C7 with a composite primary key: plain-SQL writes to a join table reach a
     /// listening Db by their (follower_id, followee_id) key — the id text carries both
     /// columns, so exactly that row is invalidated and its neighbours stay cached.
