@@ -318,6 +318,20 @@ backend_tests! {
         dropped("the remote delete to drop the list", 2);
         assert!(still_cached(3));
         assert!(titles(2).is_empty());
+
+        // The second index key, composite (user_id, title), is numbered 101 in payloads.
+        use common::models::PostByUserIdTitle;
+        let by_title = |title: &str| PostByUserIdTitle(1, title.into());
+        wait_for("the composite list to be cached", || {
+            b.find_all_by(by_title("one, edited")).unwrap();
+            b.peek_all_by(&by_title("one, edited")).unwrap().is_some()
+        });
+        cached(3);
+        raw.batch_execute("UPDATE posts SET title = 'renamed' WHERE id = 1").unwrap();
+        wait_for("the remote rename to drop the composite list", || b.peek_all_by(&by_title("one, edited")).unwrap().is_none());
+        assert!(still_cached(3));
+        assert!(b.find_all_by(by_title("one, edited")).unwrap().is_empty());
+        assert_eq!(b.find_all_by(by_title("renamed")).unwrap().len(), 1);
         assert_eq!(b.region_stats::<Post>().unwrap().list_fallback_clears, 0, "every remote change was precise");
     }
 

@@ -381,7 +381,7 @@ mod lists {
             .unwrap();
             assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 3]);
             assert_eq!(ids(&db.find_all_by(PostByUserId(3)).unwrap()), [2]);
-            assert_eq!(db.region_stats::<Post>().unwrap().list_fallback_clears, 1);
+            assert_eq!(db.region_stats::<Post>().unwrap().list_fallback_clears, 2, "one for each of Post's two index keys");
             // Plain SQL announced with `Tx::invalidate`: the new key is unknown too.
             db.transaction(|tx| {
                 use diesel::prelude::*;
@@ -464,6 +464,27 @@ mod lists {
             assert_eq!(ids(&db.find_all_by(PostByUserId(2)).unwrap()), [4, 9]);
             let s = db.region_stats::<Post>().unwrap();
             assert_eq!((s.list_hits, s.list_misses), (0, 2));
+        }
+
+        /// A composite index key: `#[cache(index(user_id, title))]` lists the rows with both
+        /// values; a title edit moves a row between such lists.
+        fn composite_index_keys(t) {
+            use common::models::PostByUserIdTitle;
+            seed(t);
+            t.exec("INSERT INTO posts (id, version, user_id, title) VALUES (5, 1, 1, 'one'), (6, 1, 2, 'one')");
+            let db = common::cached_db(t);
+            let key = |user, title: &str| PostByUserIdTitle(user, title.into());
+            assert_eq!(ids(&db.find_all_by(key(1, "one")).unwrap()), [1, 5]);
+            assert_eq!(ids(&db.find_all_by(key(1, "two")).unwrap()), [2]);
+            t.sql.reset();
+            assert_eq!(ids(&db.find_all_by(key(1, "one")).unwrap()), [1, 5]);
+            assert_eq!(t.sql.count(), 0);
+            let mut five = db.find::<Post>(5).unwrap().unwrap().as_ref().clone();
+            five.title = "two".into();
+            db.transaction(|tx| tx.update(&five)).unwrap();
+            assert_eq!(ids(&db.find_all_by(key(1, "one")).unwrap()), [1]);
+            assert_eq!(ids(&db.find_all_by(key(1, "two")).unwrap()), [2, 5]);
+            assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3, 5]);
         }
 
         /// Modes: `no_fill` reads without filling, `bypass` touches nothing, `refresh`

@@ -107,9 +107,11 @@ pub struct Account {
 }
 
 /// Child rows whose foreign key is deferred on PostgreSQL; `PostByUserId(user_id)` lists a
-/// user's posts (a cached collection, C10).
+/// user's posts and `PostByUserIdTitle(user_id, title)` those with one title (cached
+/// collections, C10).
 #[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
 #[diesel(table_name = posts)]
+#[cache(index(user_id, title))]
 pub struct Post {
     pub id: i64,
     pub version: i64,
