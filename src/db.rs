@@ -396,18 +396,29 @@ impl<C: R2D2Connection + 'static> Db<C> {
         K: IndexOps<C>,
         K::Entity: CachedOps<C>,
     {
-        let region = self.inner.region::<K::Entity>()?;
-        if let Some(list) = region.collection::<K>().and_then(|c| {
-            if region.trusted() {
-                c.lookup(&key)
-            } else {
-                None
-            }
-        }) {
-            region.counters.list_hits.bump();
+        if let Some(list) = self.find_all_by_cached(&key)? {
             return Ok(list);
         }
         self.read(CacheMode::Normal).find_all_by(key)
+    }
+
+    /// The answer [`find_all_by`](Db::find_all_by) would give from the cache alone:
+    /// `Some(list)`, counted as a list hit, when the list is cached and trusted; `None`
+    /// when it would load. Never runs SQL.
+    #[inline]
+    pub(crate) fn find_all_by_cached<K>(&self, key: &K) -> Result<Option<List<K::Entity>>>
+    where
+        K: IndexKey,
+    {
+        let region = self.inner.region::<K::Entity>()?;
+        if !region.trusted() {
+            return Ok(None);
+        }
+        let list = region.collection::<K>().and_then(|c| c.lookup(key));
+        if list.is_some() {
+            region.counters.list_hits.bump();
+        }
+        Ok(list)
     }
 
     /// The answer [`find_by`](Db::find_by) would give from the cache alone: `Some(row)`

@@ -26,6 +26,12 @@
 //!   be read, every list of the index is dropped (a counted fallback).
 //! - While the change listener is disconnected, lists are neither served nor filled (C7).
 //!
+//! Limits, plainly: the list fence is per index, not per key, so while any transaction
+//! writes a row of the entity type, list misses of every key load without filling (a
+//! write-heavy table caches few lists); concurrent misses of one list each run their
+//! query (no single flight for lists yet); on MariaDB/MySQL a list whose rows the
+//! collation matched loosely (`'ADA'` for `'ada'`) is served but not cached.
+//!
 //! [`Db::find_all_by`]: crate::Db::find_all_by
 
 use std::any::Any;

@@ -199,6 +199,19 @@ backend_tests! {
         });
         assert_eq!(other, 0, "list hits allocated {other} times; first at:\n{}", stack.unwrap_or_default());
         assert!(Arc::ptr_eq(&first, &db.find_all_by(PostByUserId(1)).unwrap()), "the hit is the cached list itself");
+        #[cfg(feature = "tokio")]
+        {
+            use std::future::Future;
+            use std::task::{Context, Poll, Waker};
+            let (other, _, stack) = allocations_in(|| {
+                let mut cx = Context::from_waker(Waker::noop());
+                for user in 1..=50 {
+                    let read = std::pin::pin!(db.find_all_by_async(PostByUserId(user)));
+                    assert!(matches!(read.poll(&mut cx), Poll::Ready(Ok(_))));
+                }
+            });
+            assert_eq!(other, 0, "find_all_by_async hits allocated {other} times; first at:\n{}", stack.unwrap_or_default());
+        }
 
         let s = db.stats();
         assert_eq!(s.region("users").unwrap().loads, ROWS as u64 + 1, "no hit went to the database");
