@@ -675,6 +675,29 @@ mod lists {
             assert_eq!(titles(&db.find_all_by(PostByUserId(1)).unwrap()), ["one", "two, edited"]);
         }
 
+        /// list load → another connection inserts a child with plain SQL → its
+        /// notification is applied → fill attempt: refused (C7 fences list loads too).
+        fn a_list_load_racing_a_remote_insert_never_fills(t) {
+            seed(t);
+            let s = Script::default();
+            let db = Db::builder(t.pool.clone()).cache::<Post>().listen(listen_to(t)).test_hook(s.hook()).build().unwrap();
+            // The seed was committed before the listener started: none of it is reported.
+            let changes = || db.stats().listener.unwrap().changes;
+            let seen = changes();
+            s.arm("reader", "after_load");
+            let r = {
+                let db = db.clone();
+                spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
+            };
+            s.wait("reader", "after_load");
+            t.exec("INSERT INTO posts (id, version, user_id, title) VALUES (3, 1, 1, 'three')");
+            wait_until("the insert's notification", || changes() > seen);
+            s.release("reader", "after_load");
+            assert_eq!(titles(&r.join().unwrap()), ["one", "two"]);
+            assert!(db.peek_all_by(&PostByUserId(1)).unwrap().is_none(), "C3/C7 for lists: the load that raced the remote insert filled the list");
+            assert_eq!(titles(&db.find_all_by(PostByUserId(1)).unwrap()), ["one", "two", "three"]);
+        }
+
         /// list load → commit of a delete of a member → refused.
         fn a_list_load_racing_a_delete_never_fills(t) {
             let (stale, db) = race(t, |db| {
