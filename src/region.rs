@@ -935,8 +935,10 @@ impl<E: CachedEntity> Region<E> {
         true
     }
 
-    /// A remote change of one row: its key values are unknown, every key entry and list
-    /// is dropped (lists count it as a fallback) and key loads in flight are fenced.
+    /// A remote change of one row: every unique-key entry is dropped (the row's new key
+    /// values are unknown to them); lists drop those of the old and new index-key values
+    /// the notification carries, or all of them without (a counted fallback); key and
+    /// list loads in flight are fenced.
     fn remote_key_change(&self, op: ChangeOp, ext: &str) {
         for index in &self.indexes {
             index.remote_change(op, ext);
