@@ -154,6 +154,7 @@ mod on_tokio {
     use crate::entity::{CachedOps, IdArg};
     use crate::error::{Error, Result};
     use crate::inbox::{Operation, OperationLog, Outcome};
+    use crate::index::{IndexOps, List};
     use crate::region::{FillMode, Lookup};
     use crate::tx::{RetryPolicy, RetryableError, Tx};
     use crate::unique::UniqueOps;
@@ -222,6 +223,32 @@ mod on_tokio {
                 return Ok(answer);
             }
             self.spawn_blocking(move |db| db.find_by(key)).await?
+        }
+
+        /// [`find_all_by`](Db::find_all_by) for async code (feature `tokio`): a cached list
+        /// is answered inline, without SQL and without leaving the worker thread; a miss
+        /// runs `find_all_by` on tokio's blocking pool, with the same fences (C10).
+        ///
+        /// ```no_run
+        /// # #[cfg(feature = "tokio")]
+        /// # async fn run(db: diesel_l2::Db<diesel::sqlite::SqliteConnection>) -> diesel_l2::Result<()> {
+        /// # use diesel::prelude::*;
+        /// # diesel::table! { posts (id) { id -> BigInt, version -> BigInt, user_id -> BigInt } }
+        /// # #[derive(Queryable, Selectable, Clone, diesel_l2::Cached)]
+        /// # #[diesel(table_name = posts)]
+        /// # struct Post { id: i64, version: i64, #[cache(index)] user_id: i64 }
+        /// let posts = db.find_all_by_async(PostByUserId(7)).await?;
+        /// # let _ = posts; Ok(()) }
+        /// ```
+        pub async fn find_all_by_async<K>(&self, key: K) -> Result<List<K::Entity>>
+        where
+            K: IndexOps<C> + Send + 'static,
+            K::Entity: CachedOps<C>,
+        {
+            if let Some(list) = self.find_all_by_cached(&key)? {
+                return Ok(list);
+            }
+            self.spawn_blocking(move |db| db.find_all_by(key)).await?
         }
 
         /// Like [`find_async`](Db::find_async), but a missing row is [`Error::NotFound`].

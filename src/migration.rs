@@ -55,9 +55,8 @@ use crate::entity::CachedEntity;
 use crate::error::{Error, Result};
 use crate::invalidation::feed::trigger_name;
 use crate::invalidation::{
-    mysql_changes_table_sql, mysql_table_triggers_sql_with_keys, outbox_drop_v1_sql,
-    postgres_drop_v1_sql, postgres_notify_function_sql, postgres_table_triggers_sql_with_keys,
-    sqlite_changes_table_sql, sqlite_table_triggers_sql_with_keys, CHANGES_TABLE, FEED_VERSION,
+    mysql_changes_table_sql, outbox_drop_v1_sql, postgres_drop_v1_sql,
+    postgres_notify_function_sql, sqlite_changes_table_sql, CHANGES_TABLE, FEED_VERSION,
 };
 
 /// The flush threshold of PostgreSQL's statement triggers unless set: a statement changing
@@ -152,6 +151,10 @@ pub struct FeedTable {
     /// The unique keys (each its columns), whose old and new values ride along in every
     /// payload (see [`crate::invalidation`]).
     pub unique_keys: Vec<Vec<String>>,
+    /// The index keys (`#[cache(index)]`, each its columns), whose old and new values
+    /// also ride along, numbered from [`INDEX_KEY_BASE`](crate::invalidation::INDEX_KEY_BASE),
+    /// so a remote change drops exactly the cached lists it touched (C10).
+    pub index_keys: Vec<Vec<String>>,
 }
 
 impl FeedTable {
@@ -170,6 +173,7 @@ impl FeedTable {
             id_columns: id_columns.into_iter().map(Into::into).collect(),
             version_column: version_column.into(),
             unique_keys: Vec::new(),
+            index_keys: Vec::new(),
         }
     }
 
@@ -182,6 +186,30 @@ impl FeedTable {
     {
         self.unique_keys
             .push(columns.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Adds an index key (its columns, in order): a `#[cache(index)]` key whose cached
+    /// lists remote changes then drop precisely (C10).
+    #[must_use]
+    pub fn index_key<I, S>(mut self, columns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.index_keys
+            .push(columns.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Used by the code `#[derive(Cached)]` generates.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_index_keys(mut self, index_keys: &[&[&str]]) -> Self {
+        self.index_keys = index_keys
+            .iter()
+            .map(|k| k.iter().map(|c| c.to_string()).collect())
+            .collect();
         self
     }
 
@@ -231,6 +259,7 @@ impl FeedTable {
         if let Some(key) = self
             .unique_keys
             .iter()
+            .chain(&self.index_keys)
             .find(|k| k.is_empty() || k.iter().any(|c| c.trim().is_empty()))
         {
             return Err(Error::Migration(format!(
@@ -492,8 +521,9 @@ impl ChangeFeedMigration {
                 up.push_str(&postgres_notify_function_sql());
                 for t in &tables {
                     let keys = keys(t);
-                    let keys: Vec<&[&str]> = keys.iter().map(Vec::as_slice).collect();
-                    up.push_str(&postgres_table_triggers_sql_with_keys(
+                    let keys: Vec<(usize, &[&str])> =
+                        keys.iter().map(|(n, k)| (*n, k.as_slice())).collect();
+                    up.push_str(&crate::invalidation::postgres_table_triggers_sql_numbered(
                         &t.table,
                         &t.id_column_list()?,
                         &t.version_column,
@@ -523,8 +553,9 @@ impl ChangeFeedMigration {
                 up.push_str(";\n");
                 for t in &tables {
                     let keys = keys(t);
-                    let keys: Vec<&[&str]> = keys.iter().map(Vec::as_slice).collect();
-                    for statement in mysql_table_triggers_sql_with_keys(
+                    let keys: Vec<(usize, &[&str])> =
+                        keys.iter().map(|(n, k)| (*n, k.as_slice())).collect();
+                    for statement in crate::invalidation::mysql_table_triggers_sql_numbered(
                         &t.table,
                         &t.id_column_list()?,
                         &t.version_column,
@@ -552,8 +583,9 @@ impl ChangeFeedMigration {
                 up.push_str(&sqlite_changes_table_sql());
                 for t in &tables {
                     let keys = keys(t);
-                    let keys: Vec<&[&str]> = keys.iter().map(Vec::as_slice).collect();
-                    up.push_str(&sqlite_table_triggers_sql_with_keys(
+                    let keys: Vec<(usize, &[&str])> =
+                        keys.iter().map(|(n, k)| (*n, k.as_slice())).collect();
+                    up.push_str(&crate::invalidation::sqlite_table_triggers_sql_numbered(
                         &t.table,
                         &t.id_column_list()?,
                         &t.version_column,
@@ -579,11 +611,23 @@ impl ChangeFeedMigration {
     }
 }
 
-/// A table's unique keys as the trigger helpers take them.
-fn keys(t: &FeedTable) -> Vec<Vec<&str>> {
+/// A table's unique keys (numbered from 0) and index keys (numbered from
+/// [`INDEX_KEY_BASE`](crate::invalidation::INDEX_KEY_BASE)), as the trigger helpers take
+/// them.
+fn keys(t: &FeedTable) -> Vec<(usize, Vec<&str>)> {
+    fn columns(k: &[String]) -> Vec<&str> {
+        k.iter().map(String::as_str).collect()
+    }
     t.unique_keys
         .iter()
-        .map(|k| k.iter().map(String::as_str).collect())
+        .enumerate()
+        .map(|(n, k)| (n, columns(k)))
+        .chain(
+            t.index_keys
+                .iter()
+                .enumerate()
+                .map(|(n, k)| (crate::invalidation::INDEX_KEY_BASE + n, columns(k))),
+        )
         .collect()
 }
 

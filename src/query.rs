@@ -48,9 +48,7 @@ use serde::Serialize;
 use crate::db::Db;
 use crate::entity::CachedOps;
 use crate::error::{Error, Result};
-
-/// A cached list of rows: cloning it clones one `Arc`.
-pub type Rows<E> = Arc<[Arc<E>]>;
+use crate::index::List;
 
 /// The generation and the writers of one SQL table.
 #[derive(Default)]
@@ -316,7 +314,7 @@ impl QueryCache {
     pub(crate) fn lookup<E: Send + Sync + 'static>(
         &self,
         key: &(std::any::TypeId, String),
-    ) -> Option<Rows<E>> {
+    ) -> Option<List<E>> {
         if !self.trusted.load(Ordering::Acquire) {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -367,7 +365,7 @@ impl QueryCache {
         &self,
         key: (std::any::TypeId, String),
         ticket: QueryTicket,
-        rows: &Rows<E>,
+        rows: &List<E>,
     ) {
         let Some(stamps) = ticket.stamps else {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -477,7 +475,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
     /// assert_eq!(db.query::<Post, _>(newest())?.len(), 1); // the write made it unusable
     /// # Ok(()) }
     /// ```
-    pub fn query<'q, E, Q>(&self, query: Q) -> Result<Rows<E>>
+    pub fn query<'q, E, Q>(&self, query: Q) -> Result<List<E>>
     where
         E: CachedOps<C>,
         C::Backend: Default,
@@ -504,7 +502,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
     /// Like [`query`](Db::query), under a key of the caller's that declares the tables
     /// the query reads: for `sql_query` and anything whose SQL does not name its tables.
     /// A table left out of the key is the one way to be served a stale result.
-    pub fn query_keyed<E, F>(&self, key: QueryKey, load: F) -> Result<Rows<E>>
+    pub fn query_keyed<E, F>(&self, key: QueryKey, load: F) -> Result<List<E>>
     where
         E: CachedOps<C>,
         F: FnOnce(&mut C) -> QueryResult<Vec<E>>,
@@ -522,7 +520,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
         key: (std::any::TypeId, String),
         tables: &[String],
         load: F,
-    ) -> Result<Rows<E>>
+    ) -> Result<List<E>>
     where
         E: CachedOps<C>,
         F: FnOnce(&mut C) -> QueryResult<Vec<E>>,
@@ -532,7 +530,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
         let ticket = cache.begin(&clocks);
         let mut conn = self.inner.checkout()?;
         let conn: &mut C = &mut conn;
-        let rows: Rows<E> = load(conn)?.into_iter().map(Arc::new).collect();
+        let rows: List<E> = load(conn)?.into_iter().map(Arc::new).collect();
         cache.finish(key, ticket, &rows);
         Ok(rows)
     }
@@ -544,7 +542,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
 }
 
 /// A stored result of rows of `E`.
-struct Stored<E>(Rows<E>);
+struct Stored<E>(List<E>);
 
 /// The tables a rendered query reads: the identifiers after each `FROM` and `JOIN`
 /// (diesel quotes them: `"posts"`, `` `posts` ``, `"schema"."posts"`). Words in the

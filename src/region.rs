@@ -27,6 +27,7 @@ use moka::sync::Cache;
 use crate::config::RegionConfig;
 use crate::entity::CachedEntity;
 use crate::hooks::{self, Hook, Point};
+use crate::index::{Collection, IndexKey};
 use crate::invalidation::ChangeOp;
 use crate::stats::{Counters, RegionStats};
 use crate::unique::{AnyIndex, Index, UniqueKey, UniqueKeys};
@@ -328,7 +329,10 @@ impl<E: CachedEntity> Region<E> {
                 tracing::trace!(region = %region_name, id = ?id, ?cause, "cache entry removed");
             });
         }
-        let mut unique = UniqueKeys { makers: Vec::new() };
+        let mut unique = UniqueKeys {
+            makers: Vec::new(),
+            collections: 0,
+        };
         E::unique_keys(&mut unique);
         // A byte budget covers the key entries too: a quarter of it is shared by the
         // entity's unique-key indexes, the rows get the rest.
@@ -359,7 +363,7 @@ impl<E: CachedEntity> Region<E> {
         let indexes = unique
             .makers
             .into_iter()
-            .map(|make| make(&config, per_index))
+            .map(|make| make(&config, per_index, &counters))
             .collect();
         Region {
             sql_table: E::TABLE.into(),
@@ -682,6 +686,27 @@ impl<E: CachedEntity> Region<E> {
             .find_map(|i| i.as_any().downcast_ref::<Index<K>>())
     }
 
+    /// The collection of index key `K`.
+    #[inline]
+    pub(crate) fn collection<K: IndexKey<Entity = E>>(&self) -> Option<&Collection<K>> {
+        self.indexes
+            .iter()
+            .find_map(|i| i.as_any().downcast_ref::<Collection<K>>())
+    }
+
+    /// Whether the entity has collections (whose lists need a row's previous content).
+    pub(crate) fn has_collections(&self) -> bool {
+        self.indexes.iter().any(|i| i.is_collection())
+    }
+
+    /// A transaction writes a row whose previous content it does not know: collections
+    /// drop every list (a counted fallback).
+    pub(crate) fn old_content_unknown(&self) {
+        for index in &self.indexes {
+            index.old_content_unknown();
+        }
+    }
+
     /// Whether the region may serve and fill now: false while the listener covering it is
     /// disconnected (C7). Unique-key lookups check it too.
     pub(crate) fn trusted(&self) -> bool {
@@ -860,7 +885,13 @@ impl<E: CachedEntity> Region<E> {
     /// loads in flight. While a local transaction holds the key, the version is
     /// remembered so that transaction's commit cannot put anything older, nor a tombstone
     /// after a remote insert (versions start again with a re-inserted row).
-    pub(crate) fn remote_invalidate(&self, id: &E::Id, op: ChangeOp, version: i64) -> bool {
+    pub(crate) fn remote_invalidate(
+        &self,
+        id: &E::Id,
+        op: ChangeOp,
+        version: i64,
+        ext: &str,
+    ) -> bool {
         let mut keys = self.shard(id);
         // A quiet lookup: checking a notification is not a read (it must not extend tti).
         let own = match (op, self.quiet_get(id)) {
@@ -876,11 +907,18 @@ impl<E: CachedEntity> Region<E> {
                 // row's key values may have changed, and the local transaction's end only
                 // drops the values it saw: drop every key entry now (C7).
                 drop(keys);
-                self.clear_key_entries();
+                self.remote_key_change(op, ext);
                 return false;
             }
         }
         if own {
+            drop(keys);
+            // The slot holds this change or a later one, but a list filled before it may
+            // not: another process's change the slot caught up with by a later load
+            // (C10). Lists take the notification anyway; unique keys do not need to.
+            for index in &self.indexes {
+                index.remote_change_already_cached(op, ext);
+            }
             return false;
         }
         if let Some(st) = keys.get_mut(id) {
@@ -889,10 +927,22 @@ impl<E: CachedEntity> Region<E> {
         self.write_seq.fetch_add(1, Ordering::AcqRel);
         self.cache.invalidate(id);
         drop(keys);
-        // The row's new key values are unknown: no negative key entry may outlive it.
-        self.clear_key_entries();
+        // The row's new key values are unknown: no negative key entry may outlive it, nor
+        // a list that held the row or should now (dropped by the key values the
+        // notification carries, when it carries them).
+        self.remote_key_change(op, ext);
         Counters::bump(&self.counters.remote_invalidations);
         true
+    }
+
+    /// A remote change of one row: every unique-key entry is dropped (the row's new key
+    /// values are unknown to them); lists drop those of the old and new index-key values
+    /// the notification carries, or all of them without (a counted fallback); key and
+    /// list loads in flight are fenced.
+    fn remote_key_change(&self, op: ChangeOp, ext: &str) {
+        for index in &self.indexes {
+            index.remote_change(op, ext);
+        }
     }
 
     /// Drops every unique-key entry and fences key loads in flight.
@@ -1016,7 +1066,8 @@ pub(crate) trait AnyRegion: Send + Sync + 'static {
     fn sql_table(&self) -> &str;
     /// A remote change of the row whose id is `id` as text; an id that cannot be parsed
     /// clears the region (safe, counted).
-    fn remote_change(&self, id: &str, op: ChangeOp, version: i64);
+    /// `ext` is the payload's extensions (old and new key values).
+    fn remote_change(&self, id: &str, op: ChangeOp, version: i64, ext: &str);
     /// A remote change of many rows: clears the region.
     fn remote_flush(&self);
     fn set_trusted(&self, trusted: bool);
@@ -1041,10 +1092,10 @@ impl<E: CachedEntity> AnyRegion for Region<E> {
     fn sql_table(&self) -> &str {
         &self.sql_table
     }
-    fn remote_change(&self, id: &str, op: ChangeOp, version: i64) {
+    fn remote_change(&self, id: &str, op: ChangeOp, version: i64, ext: &str) {
         match E::parse_id(id) {
             Some(id) => {
-                self.remote_invalidate(&id, op, version);
+                self.remote_invalidate(&id, op, version, ext);
             }
             None => {
                 tracing::warn!(region = %self.config.name, id, "cannot parse a notified id; clearing the region");

@@ -67,6 +67,10 @@ pub(crate) struct Counters {
     pub(crate) warmed: AtomicU64,
     pub(crate) key_hits: AtomicU64,
     pub(crate) key_misses: AtomicU64,
+    pub(crate) list_hits: Striped,
+    pub(crate) list_misses: AtomicU64,
+    pub(crate) list_invalidations: AtomicU64,
+    pub(crate) list_fallback_clears: AtomicU64,
     pub(crate) untrusted_reads: AtomicU64,
     pub(crate) remote_invalidations: AtomicU64,
     pub(crate) remote_flushes: AtomicU64,
@@ -130,6 +134,19 @@ pub struct RegionStats {
     pub key_hits: u64,
     /// `find_by` lookups that queried the database.
     pub key_misses: u64,
+    /// `find_all_by` reads answered from a cached list (C10).
+    pub list_hits: u64,
+    /// `find_all_by` reads that queried the database.
+    pub list_misses: u64,
+    /// Cached lists dropped because a write of this process touched one of their members
+    /// or a row joining them.
+    pub list_invalidations: u64,
+    /// Times every list of an index was dropped because the key values a write changed
+    /// were unknown: a change-feed notification without the index columns' values
+    /// (triggers generated before the index key was declared), a write through
+    /// `Tx::conn` or by predicate, or an update or delete of a row whose previous content
+    /// was neither cached nor read by the transaction.
+    pub list_fallback_clears: u64,
     /// Reads that went to the database because the cross-process listener was down (C7).
     pub untrusted_reads: u64,
     /// Entries dropped because another process committed a newer version (C7).
@@ -168,6 +185,10 @@ impl RegionStats {
             warmed: c.warmed.load(Relaxed),
             key_hits: c.key_hits.load(Relaxed),
             key_misses: c.key_misses.load(Relaxed),
+            list_hits: c.list_hits.load(),
+            list_misses: c.list_misses.load(Relaxed),
+            list_invalidations: c.list_invalidations.load(Relaxed),
+            list_fallback_clears: c.list_fallback_clears.load(Relaxed),
             untrusted_reads: c.untrusted_reads.load(Relaxed),
             remote_invalidations: c.remote_invalidations.load(Relaxed),
             remote_flushes: c.remote_flushes.load(Relaxed),

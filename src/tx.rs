@@ -81,6 +81,22 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
         self.run(|c| K::load_by(c, &key))
     }
 
+    /// Reads the rows of a `#[cache(index)]` key inside the transaction, ordered by id:
+    /// from the database, seeing the transaction's own writes, never filling a cache
+    /// (C5). The rows come back owned, like [`find`](Tx::find)'s.
+    ///
+    /// ```text
+    /// let posts: Vec<Post> = tx.find_all_by(PostByUserId(7))?;
+    /// ```
+    pub fn find_all_by<K>(&mut self, key: K) -> Result<Vec<K::Entity>>
+    where
+        K: crate::index::IndexOps<C>,
+        K::Entity: CachedOps<C>,
+    {
+        self.db.region::<K::Entity>()?;
+        self.run(|c| K::load_all_by(c, &key))
+    }
+
     /// Inserts `row` (its id and version as given) and returns the stored row, which the
     /// cache receives when the transaction commits.
     pub fn insert<E: CachedOps<C>>(&mut self, row: &E) -> Result<E> {
@@ -111,6 +127,7 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
         let target = row.version().checked_add(1).ok_or_else(overflow)?;
         let next = row.with_version(target).ok_or_else(overflow)?;
         let slot = self.state.lock::<C, E>(self.db, &row.id())?;
+        self.state.replaces::<E>(slot, row.version());
         self.state.touch(slot, &next);
         if let Some(stored) = self.run(|c| E::update_row(c, row, &next))? {
             self.state.touch(slot, &stored);
@@ -133,6 +150,7 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     /// ([`Db::transaction_once`]). The cache keeps a versioned tombstone after commit (C3).
     pub fn delete<E: CachedOps<C>>(&mut self, row: &E) -> Result<()> {
         let slot = self.state.lock::<C, E>(self.db, &row.id())?;
+        self.state.replaces::<E>(slot, row.version());
         self.state.touch(slot, row);
         if self.run(|c| E::delete_row(c, &row.id(), row.version()))? > 0 {
             let version = row.version().saturating_add(1);
@@ -491,6 +509,17 @@ impl TxState {
         if held.region().has_indexes() {
             held.region().touch_keys(row);
             held.touched.push(Arc::new(row.clone()));
+        }
+    }
+
+    /// Records that the transaction overwrites or deletes the content the held key `slot`
+    /// had at `version`. Collections need that content's key values (the lists that held
+    /// the row): when neither the cache (at lock time) nor an earlier write of this
+    /// transaction supplied it, they drop every list instead (a counted fallback).
+    pub(crate) fn replaces<E: CachedEntity>(&mut self, slot: usize, version: i64) {
+        let held = self.held_mut::<E>(slot);
+        if held.region().has_collections() && !held.touched.iter().any(|r| r.version() == version) {
+            held.region().old_content_unknown();
         }
     }
 

@@ -231,6 +231,9 @@ impl<C: R2D2Connection + 'static> Tx<'_, C> {
 
     /// Records the row an update stored under the held key `slot`.
     fn updated<E: CachedEntity>(&mut self, slot: usize, stored: E) -> E {
+        // Every update raises the version by one: the row it replaced was one below.
+        self.state
+            .replaces::<E>(slot, stored.version().saturating_sub(1));
         self.state.touch(slot, &stored);
         self.state
             .push(slot, PendingWrite::<E>::Put(Arc::new(stored.clone())));

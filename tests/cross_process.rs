@@ -344,6 +344,103 @@ backend_tests! {
         assert_eq!(b.find::<User>(1).unwrap().unwrap().version, 3);
     }
 
+    /// C7 and C10: plain-SQL writes from another connection (no library, no version
+    /// bump) to the children of a cached list reach it through the change feed: an
+    /// insert that joins the list, an update of a member's other column, a key move and
+    /// a delete are each reflected once the listener delivered them. The notifications
+    /// carry `user_id`'s old and new values (`2026-12-01-000013_posts_index_feed`), so
+    /// exactly the lists concerned are dropped: the others stay cached, and nothing falls
+    /// back to dropping every list.
+    fn plain_sql_writes_to_children_reach_exactly_the_affected_lists(t) {
+        use common::models::{Post, PostByUserId};
+        let b = Db::builder(t.pool.clone()).cache::<Post>().listen(listen(t, "l2_lists")).build().unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A'), (2, 1, 'b@x', 'B'), (3, 1, 'c@x', 'C')").unwrap();
+        raw.batch_execute("INSERT INTO posts (id, version, user_id, title) VALUES (1, 1, 1, 'one')").unwrap();
+        let titles = |user: i64| -> Vec<String> {
+            b.find_all_by(PostByUserId(user)).unwrap().iter().map(|p| p.title.clone()).collect()
+        };
+        let cached = |user: i64| {
+            wait_for("the list to be cached", || {
+                b.find_all_by(PostByUserId(user)).unwrap();
+                b.peek_all_by(&PostByUserId(user)).unwrap().is_some()
+            })
+        };
+        let dropped = |what: &str, user: i64| {
+            wait_for(what, || b.peek_all_by(&PostByUserId(user)).unwrap().is_none())
+        };
+        let still_cached = |user: i64| b.peek_all_by(&PostByUserId(user)).unwrap().is_some();
+
+        cached(1);
+        cached(3);
+        raw.batch_execute("INSERT INTO posts (id, version, user_id, title) VALUES (2, 1, 1, 'two')").unwrap();
+        dropped("the remote insert to drop the list", 1);
+        assert!(still_cached(3), "a remote insert for user 1 dropped user 3's list");
+        assert_eq!(titles(1), ["one", "two"]);
+
+        cached(1);
+        raw.batch_execute("UPDATE posts SET title = 'one, edited' WHERE id = 1").unwrap();
+        dropped("the remote update to drop the list", 1);
+        assert!(still_cached(3));
+        assert_eq!(titles(1), ["one, edited", "two"]);
+
+        cached(1);
+        cached(2);
+        raw.batch_execute("UPDATE posts SET user_id = 2 WHERE id = 2").unwrap();
+        dropped("the remote key move to drop the old list", 1);
+        dropped("and the new one", 2);
+        assert!(still_cached(3));
+        assert_eq!(titles(1), ["one, edited"]);
+        assert_eq!(titles(2), ["two"]);
+
+        cached(2);
+        raw.batch_execute("DELETE FROM posts WHERE id = 2").unwrap();
+        dropped("the remote delete to drop the list", 2);
+        assert!(still_cached(3));
+        assert!(titles(2).is_empty());
+
+        // The second index key, composite (user_id, title), is numbered 101 in payloads.
+        use common::models::PostByUserIdTitle;
+        let by_title = |title: &str| PostByUserIdTitle(1, title.into());
+        wait_for("the composite list to be cached", || {
+            b.find_all_by(by_title("one, edited")).unwrap();
+            b.peek_all_by(&by_title("one, edited")).unwrap().is_some()
+        });
+        cached(3);
+        raw.batch_execute("UPDATE posts SET title = 'renamed' WHERE id = 1").unwrap();
+        wait_for("the remote rename to drop the composite list", || b.peek_all_by(&by_title("one, edited")).unwrap().is_none());
+        assert!(still_cached(3));
+        assert!(b.find_all_by(by_title("one, edited")).unwrap().is_empty());
+        assert_eq!(b.find_all_by(by_title("renamed")).unwrap().len(), 1);
+        assert_eq!(b.region_stats::<Post>().unwrap().list_fallback_clears, 0, "every remote change was precise");
+    }
+
+    /// C10: a remote key move whose row this process loaded again before the
+    /// notification arrived (the region already holds the new version, as for its own
+    /// writes) still drops the list that held the old content. On the outbox backends a
+    /// slow poll makes the order certain; on PostgreSQL either order must give the same.
+    fn a_remote_change_the_region_caught_up_with_still_drops_the_stale_list(t) {
+        use common::models::{Post, PostByUserId};
+        let config = listen(t, "l2_caught_up").poll_interval(Duration::from_millis(300));
+        let b = Db::builder(t.pool.clone()).cache::<Post>().listen(config).build().unwrap();
+        let mut raw = t.raw_connection();
+        raw.batch_execute("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A'), (2, 1, 'b@x', 'B')").unwrap();
+        raw.batch_execute("INSERT INTO posts (id, version, user_id, title) VALUES (1, 1, 1, 'one')").unwrap();
+        let changes = || b.stats().listener.unwrap().changes;
+        wait_for("the list to be cached", || {
+            b.find_all_by(PostByUserId(1)).unwrap();
+            b.peek_all_by(&PostByUserId(1)).unwrap().is_some()
+        });
+        wait_for("the inserts' notifications", || changes() >= 3);
+        let seen = changes();
+        raw.batch_execute("UPDATE posts SET user_id = 2 WHERE id = 1").unwrap();
+        // The region catches up before the notification is applied.
+        assert_eq!(b.refresh().find::<Post>(1).unwrap().unwrap().user_id, 2);
+        wait_for("the move's notification", || changes() > seen);
+        assert!(b.find_all_by(PostByUserId(1)).unwrap().is_empty(), "C10: user 1's list still held the moved post");
+        assert_eq!(b.find_all_by(PostByUserId(2)).unwrap().len(), 1);
+    }
+
     /// C7 with a composite primary key: plain-SQL writes to a join table reach a
     /// listening Db by their (follower_id, followee_id) key — the id text carries both
     /// columns, so exactly that row is invalidated and its neighbours stay cached.

@@ -18,7 +18,7 @@ use std::cell::{Cell, RefCell};
 use std::hint::black_box;
 use std::sync::Arc;
 
-use common::models::User;
+use common::models::{PostByUserId, User};
 
 struct PerThreadCount;
 
@@ -176,7 +176,45 @@ backend_tests! {
             assert_eq!(other, 0, "find_async hits allocated {other} times; first at:\n{}", stack.unwrap_or_default());
         }
 
+        // C10: a cached list's hit is one lookup and one `Arc` clone of the resolved list,
+        // whatever its length (here 20 children): nothing per member.
+        let posts: Vec<String> = (1..=1_000)
+            .map(|i| format!("({i}, 1, {}, 'post {i}')", (i - 1) / 20 + 1))
+            .collect();
+        t.exec(&format!("INSERT INTO posts (id, version, user_id, title) VALUES {}", posts.join(", ")));
+        for _ in 0..20 {
+            for user in 1..=50 {
+                black_box(db.find_all_by(PostByUserId(user)).unwrap());
+            }
+        }
+        let _ = db.stats();
+        let first = db.find_all_by(PostByUserId(1)).unwrap();
+        assert_eq!(first.len(), 20);
+        let (other, _, stack) = allocations_in(|| {
+            for _ in 0..ROUNDS {
+                for user in 1..=50 {
+                    black_box(db.find_all_by(PostByUserId(user)).unwrap());
+                }
+            }
+        });
+        assert_eq!(other, 0, "list hits allocated {other} times; first at:\n{}", stack.unwrap_or_default());
+        assert!(Arc::ptr_eq(&first, &db.find_all_by(PostByUserId(1)).unwrap()), "the hit is the cached list itself");
+        #[cfg(feature = "tokio")]
+        {
+            use std::future::Future;
+            use std::task::{Context, Poll, Waker};
+            let (other, _, stack) = allocations_in(|| {
+                let mut cx = Context::from_waker(Waker::noop());
+                for user in 1..=50 {
+                    let read = std::pin::pin!(db.find_all_by_async(PostByUserId(user)));
+                    assert!(matches!(read.poll(&mut cx), Poll::Ready(Ok(_))));
+                }
+            });
+            assert_eq!(other, 0, "find_all_by_async hits allocated {other} times; first at:\n{}", stack.unwrap_or_default());
+        }
+
         let s = db.stats();
         assert_eq!(s.region("users").unwrap().loads, ROWS as u64 + 1, "no hit went to the database");
+        assert_eq!(s.region("posts").unwrap().list_misses, 50, "no list hit went to the database");
     }
 }

@@ -600,3 +600,112 @@ backend_tests! {
         assert_eq!((read.version, read.name.as_str()), (3, "Y"), "C2/C4: version 3 had returned before this read; the cache holds version 2");
     }
 }
+
+/// C10: a list load that raced a commit changing its membership or one of its members
+/// never fills; the next read reflects the commit (C3, C4 for lists).
+mod lists {
+    use super::*;
+    use common::models::PostByUserId;
+
+    fn seed<C: diesel::r2d2::R2D2Connection + 'static>(t: &common::TestDb<C>) {
+        t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x.org', 'A')");
+        t.exec("INSERT INTO posts (id, version, user_id, title) VALUES (1, 1, 1, 'one'), (2, 1, 1, 'two')");
+    }
+
+    fn post(id: i64, title: &str) -> Post {
+        Post {
+            id,
+            version: 1,
+            user_id: 1,
+            title: title.into(),
+        }
+    }
+
+    fn titles(list: &[Arc<Post>]) -> Vec<String> {
+        list.iter().map(|p| p.title.clone()).collect()
+    }
+
+    /// Parks a reader after its list query, runs `write` (which commits), releases it:
+    /// the reader's list is the old one, and it did not land.
+    fn race<C>(t: &common::TestDb<C>, write: impl FnOnce(&Db<C>)) -> (Vec<String>, Db<C>)
+    where
+        C: diesel::r2d2::R2D2Connection + 'static,
+        User: CachedOps<C>,
+        common::models::Product: CachedOps<C>,
+        common::models::Tag: CachedOps<C>,
+        Post: CachedOps<C>,
+        PostByUserId: diesel_l2::IndexOps<C>,
+    {
+        seed(t);
+        let s = Script::default();
+        let db = db_with(t, &s);
+        s.arm("reader", "after_load");
+        let r = {
+            let db = db.clone();
+            spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
+        };
+        s.wait("reader", "after_load");
+        write(&db);
+        s.release("reader", "after_load");
+        let stale = titles(&r.join().unwrap());
+        assert!(
+            db.peek_all_by(&PostByUserId(1)).unwrap().is_none(),
+            "C3 for lists: the load that raced the commit filled the list"
+        );
+        (stale, db)
+    }
+
+    backend_tests! {
+        /// list load → commit of an insert that joins the list → fill attempt: refused.
+        fn a_list_load_racing_an_insert_never_fills(t) {
+            let (stale, db) = race(t, |db| { db.transaction(|tx| tx.insert(&post(3, "three"))).unwrap(); });
+            assert_eq!(stale, ["one", "two"], "the read began before the commit");
+            assert_eq!(titles(&db.find_all_by(PostByUserId(1)).unwrap()), ["one", "two", "three"], "C4 for lists");
+            assert!(db.region_stats::<Post>().unwrap().rejected_stale_fills >= 1);
+        }
+
+        /// list load → commit of an update of a member's other column → refused.
+        fn a_list_load_racing_a_member_update_never_fills(t) {
+            let (stale, db) = race(t, |db| {
+                let mut two = db.bypass().find::<Post>(2).unwrap().unwrap().as_ref().clone();
+                two.title = "two, edited".into();
+                db.transaction(|tx| tx.update(&two)).unwrap();
+            });
+            assert_eq!(stale, ["one", "two"]);
+            assert_eq!(titles(&db.find_all_by(PostByUserId(1)).unwrap()), ["one", "two, edited"]);
+        }
+
+        /// list load → another connection inserts a child with plain SQL → its
+        /// notification is applied → fill attempt: refused (C7 fences list loads too).
+        fn a_list_load_racing_a_remote_insert_never_fills(t) {
+            seed(t);
+            let s = Script::default();
+            let db = Db::builder(t.pool.clone()).cache::<Post>().listen(listen_to(t)).test_hook(s.hook()).build().unwrap();
+            // The seed was committed before the listener started: none of it is reported.
+            let changes = || db.stats().listener.unwrap().changes;
+            let seen = changes();
+            s.arm("reader", "after_load");
+            let r = {
+                let db = db.clone();
+                spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
+            };
+            s.wait("reader", "after_load");
+            t.exec("INSERT INTO posts (id, version, user_id, title) VALUES (3, 1, 1, 'three')");
+            wait_until("the insert's notification", || changes() > seen);
+            s.release("reader", "after_load");
+            assert_eq!(titles(&r.join().unwrap()), ["one", "two"]);
+            assert!(db.peek_all_by(&PostByUserId(1)).unwrap().is_none(), "C3/C7 for lists: the load that raced the remote insert filled the list");
+            assert_eq!(titles(&db.find_all_by(PostByUserId(1)).unwrap()), ["one", "two", "three"]);
+        }
+
+        /// list load → commit of a delete of a member → refused.
+        fn a_list_load_racing_a_delete_never_fills(t) {
+            let (stale, db) = race(t, |db| {
+                let one = db.bypass().find::<Post>(1).unwrap().unwrap();
+                db.transaction(|tx| tx.delete(one.as_ref())).unwrap();
+            });
+            assert_eq!(stale, ["one", "two"]);
+            assert_eq!(titles(&db.find_all_by(PostByUserId(1)).unwrap()), ["two"]);
+        }
+    }
+}

@@ -220,6 +220,23 @@ mod async_front {
             });
         }
 
+        /// `find_all_by_async` (C10): a miss runs on the blocking pool and fills the list;
+        /// the cached list is then answered inline, the same `Arc` and no SQL.
+        fn a_cached_list_is_answered_inline(t) {
+            use common::models::{Post, PostByUserId};
+            seed(t, &[1]);
+            t.exec("INSERT INTO posts (id, version, user_id, title) VALUES (1, 1, 1, 'a'), (2, 1, 1, 'b')");
+            let db = common::cached_db(t);
+            let loaded = current_thread().block_on(db.find_all_by_async(PostByUserId(1))).unwrap();
+            assert_eq!(loaded.iter().map(|p: &std::sync::Arc<Post>| p.id).collect::<Vec<_>>(), [1, 2]);
+            t.sql.reset();
+            let Poll::Ready(read) = poll_once(db.find_all_by_async(PostByUserId(1))) else {
+                panic!("a cached list waited for something");
+            };
+            assert!(std::sync::Arc::ptr_eq(&read.unwrap(), &loaded));
+            assert_eq!(t.sql.count(), 0);
+        }
+
         fn a_miss_is_loaded_once_on_the_blocking_pool(t) {
             seed(t, &[1, 2]);
             let db = common::cached_db(t);

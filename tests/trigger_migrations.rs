@@ -26,7 +26,8 @@ fn change_feed_v2(backend: migration::Backend) -> Migration {
         .table::<Tag>()
         // The same SQL names as the PostgreSQL-only `Document` (`documents`, `id`, `version`).
         .table::<TextDocument>()
-        .table::<Post>()
+        // As it was before `Post` had an index key (`2026-12-01-000013` adds it).
+        .feed_table(FeedTable::new("posts", ["id"], "version"))
         .table::<Account>()
         .table::<Memo>()
         .table::<NoteLine>()
@@ -71,6 +72,23 @@ fn composite_key_migrations_install_the_generated_trigger_sql() {
             .expect("a composite key can be in the feed")
             .with_version("2026-11-30-000012")
             .with_name("follows_change_feed");
+        write_or_check(backend, &m);
+    }
+}
+
+/// The change feed of `posts` with its index key `user_id` (C10): payloads carry the old
+/// and new `user_id` as key number 100, so a remote change drops exactly the cached lists
+/// it touched. Reinstalls the triggers `2026-11-30-000002` created for the table.
+#[test]
+fn index_key_migrations_install_the_generated_trigger_sql() {
+    for backend in migration::Backend::ALL {
+        let m = migration::change_feed(backend)
+            .table::<Post>()
+            .drops_shared(false)
+            .build()
+            .expect("an index key can be in the feed")
+            .with_version("2026-12-01-000013")
+            .with_name("posts_index_feed");
         write_or_check(backend, &m);
     }
 }

@@ -254,3 +254,255 @@ backend_tests! {
         }
     }
 }
+
+/// C10, collections: `find_all_by(PostByUserId(..))` caches a user's posts as a resolved
+/// list; writes through the library drop exactly the lists whose membership or members
+/// they change, and list fills are fenced like rows (C3, C4 for lists).
+mod lists {
+    use super::*;
+    use common::models::{Post, PostByUserId};
+
+    fn post(id: i64, user_id: i64, title: &str) -> Post {
+        Post {
+            id,
+            version: 1,
+            user_id,
+            title: title.into(),
+        }
+    }
+
+    fn ids(list: &[std::sync::Arc<Post>]) -> Vec<i64> {
+        list.iter().map(|p| p.id).collect()
+    }
+
+    /// Users 1, 2 and 3; posts 3, 1, 2 of user 1 (inserted out of id order) and post 4 of
+    /// user 2; user 3 has none.
+    fn seed<C: diesel::r2d2::R2D2Connection + 'static>(t: &common::TestDb<C>) {
+        t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x.org', 'A'), (2, 1, 'b@x.org', 'B'), (3, 1, 'c@x.org', 'C')");
+        t.exec("INSERT INTO posts (id, version, user_id, title) VALUES (3, 1, 1, 'three'), (1, 1, 1, 'one'), (2, 1, 1, 'two'), (4, 1, 2, 'four')");
+    }
+
+    backend_tests! {
+        /// C10: a miss is one query (the rows come with the list); a hit runs no SQL and
+        /// the members are in the entity region too; lists are in id order; an empty
+        /// list is cached like any other.
+        fn a_list_hit_runs_no_sql_and_a_miss_one_query(t) {
+            seed(t);
+            let db = common::cached_db(t);
+            t.sql.reset();
+            let list = db.find_all_by(PostByUserId(1)).unwrap();
+            assert_eq!(ids(&list), [1, 2, 3], "ordered by id");
+            assert_eq!((t.sql.count(), t.sql.selects()), (1, 1), "one query for the list and its rows: {:?}", t.sql.statements());
+            assert!(db.find_all_by(PostByUserId(3)).unwrap().is_empty());
+            t.sql.reset();
+            for _ in 0..10 {
+                assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3]);
+            }
+            assert!(db.find_all_by(PostByUserId(3)).unwrap().is_empty());
+            assert_eq!(db.find::<Post>(2).unwrap().unwrap().title, "two");
+            assert_eq!(t.sql.count(), 0, "lists and their members are cached: {:?}", t.sql.statements());
+            let s = db.region_stats::<Post>().unwrap();
+            assert_eq!((s.list_hits, s.list_misses, s.list_fallback_clears), (11, 2, 0));
+        }
+
+        /// C10: an insert, a delete and a key move committed through the library drop
+        /// exactly the lists they change; the others stay cached (no SQL to read them).
+        fn insert_delete_and_key_move_invalidate_exactly_the_affected_lists(t) {
+            seed(t);
+            let db = common::cached_db(t);
+            for user in 1..=3 {
+                db.find_all_by(PostByUserId(user)).unwrap();
+            }
+            let reads = |t: &common::TestDb<Conn>, user: i64| {
+                t.sql.reset();
+                let list = ids(&db.find_all_by(PostByUserId(user)).unwrap());
+                (list, t.sql.selects())
+            };
+
+            db.transaction(|tx| tx.insert(&post(5, 1, "five"))).unwrap();
+            assert_eq!(reads(t, 2), (vec![4], 0), "user 2's list is untouched by an insert for user 1");
+            assert_eq!(reads(t, 3), (vec![], 0));
+            assert_eq!(reads(t, 1), (vec![1, 2, 3, 5], 1), "the insert dropped user 1's list");
+
+            let one = db.find::<Post>(1).unwrap().unwrap();
+            db.transaction(|tx| tx.delete(one.as_ref())).unwrap();
+            assert_eq!(reads(t, 2), (vec![4], 0));
+            assert_eq!(reads(t, 1), (vec![2, 3, 5], 1), "the delete dropped user 1's list");
+
+            let mut two = db.find::<Post>(2).unwrap().unwrap().as_ref().clone();
+            two.user_id = 2;
+            db.transaction(|tx| tx.update(&two)).unwrap();
+            assert_eq!(reads(t, 3), (vec![], 0), "a key move from 1 to 2 leaves user 3's list cached");
+            assert_eq!(reads(t, 1), (vec![3, 5], 1), "the old list lost the moved post");
+            assert_eq!(reads(t, 2), (vec![2, 4], 1), "the new list gained it");
+            let s = db.region_stats::<Post>().unwrap();
+            assert_eq!(s.list_fallback_clears, 0, "every invalidation was precise");
+            assert!(s.list_invalidations >= 4, "{s:?}");
+        }
+
+        /// C10: an update of a member's other columns is seen by the next list read (the
+        /// list holds resolved rows, and the update dropped it).
+        fn an_update_of_a_member_is_seen_by_the_next_list_read(t) {
+            seed(t);
+            let db = common::cached_db(t);
+            db.find_all_by(PostByUserId(1)).unwrap();
+            db.find_all_by(PostByUserId(2)).unwrap();
+            let mut three = db.find::<Post>(3).unwrap().unwrap().as_ref().clone();
+            three.title = "three, edited".into();
+            db.transaction(|tx| tx.update(&three)).unwrap();
+            let list = db.find_all_by(PostByUserId(1)).unwrap();
+            assert_eq!(list[2].title, "three, edited");
+            assert_eq!(list[2].version, 2);
+            // A partial update too.
+            #[derive(diesel::AsChangeset)]
+            #[diesel(table_name = common::schema::posts)]
+            struct Title<'a> { title: &'a str }
+            db.transaction(|tx| tx.update_changes::<Post, _>(3, 2, &Title { title: "again" })).unwrap();
+            assert_eq!(db.find_all_by(PostByUserId(1)).unwrap()[2].title, "again");
+            t.sql.reset();
+            assert_eq!(ids(&db.find_all_by(PostByUserId(2)).unwrap()), [4]);
+            assert_eq!(t.sql.count(), 0, "the other list stayed cached");
+        }
+
+        /// C10: a key move of a row whose old content the cache does not have (evicted,
+        /// read inside the transaction) cannot tell which list held it: every list of the
+        /// index is dropped, counted as a fallback, and no list serves the moved row.
+        fn a_write_of_an_uncached_row_falls_back_to_dropping_every_list(t) {
+            seed(t);
+            let db = common::cached_db(t);
+            db.find_all_by(PostByUserId(1)).unwrap();
+            db.find_all_by(PostByUserId(3)).unwrap();
+            db.evict::<Post>(&2).unwrap();
+            db.transaction(|tx| {
+                let mut two = tx.get::<Post>(2)?;
+                two.user_id = 3;
+                tx.update(&two)
+            })
+            .unwrap();
+            assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 3]);
+            assert_eq!(ids(&db.find_all_by(PostByUserId(3)).unwrap()), [2]);
+            assert_eq!(db.region_stats::<Post>().unwrap().list_fallback_clears, 2, "one for each of Post's two index keys");
+            // Plain SQL announced with `Tx::invalidate`: the new key is unknown too.
+            db.transaction(|tx| {
+                use diesel::prelude::*;
+                use common::schema::posts;
+                diesel::update(posts::table.find(2))
+                    .set((posts::user_id.eq(2), posts::version.eq(posts::version + 1)))
+                    .execute(tx.conn())?;
+                tx.invalidate::<Post>(2)
+            })
+            .unwrap();
+            assert!(db.find_all_by(PostByUserId(3)).unwrap().is_empty());
+            assert_eq!(ids(&db.find_all_by(PostByUserId(2)).unwrap()), [2, 4]);
+        }
+
+        /// C5 for lists: `Tx::find_all_by` reads the database through the transaction,
+        /// sees its own writes, and fills nothing; a rolled back insert leaves no trace
+        /// (C1).
+        fn reads_inside_a_transaction_see_own_writes_and_do_not_fill(t) {
+            seed(t);
+            let db = common::cached_db(t);
+            assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3]);
+            db.transaction(|tx| {
+                tx.insert(&post(6, 1, "six"))?;
+                assert_eq!(tx.find_all_by(PostByUserId(1))?.iter().map(|p| p.id).collect::<Vec<_>>(), [1, 2, 3, 6]);
+                assert_eq!(tx.find_all_by(PostByUserId(2))?.len(), 1);
+                // Outside the transaction, the insert is not committed: not seen, not cached.
+                assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3]);
+                Ok::<_, Error>(())
+            })
+            .unwrap();
+            t.sql.reset();
+            assert_eq!(ids(&db.find_all_by(PostByUserId(2)).unwrap()), [4]);
+            assert_eq!(t.sql.selects(), 1, "the transaction's read of user 2's posts filled nothing");
+            assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3, 6], "C4: read after the commit");
+
+            let _ = db.transaction(|tx| -> Result<(), Error> {
+                tx.insert(&post(7, 1, "seven"))?;
+                Err(Error::Other("no".into()))
+            });
+            assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3, 6], "C1: rolled back");
+            t.sql.reset();
+            db.find_all_by(PostByUserId(1)).unwrap();
+            assert_eq!(t.sql.count(), 0, "refilled after the rollback");
+        }
+
+        /// C4 for lists: while a transaction holds an uncommitted insert, readers load
+        /// the list from the database and do not fill it, so the commit is seen at once.
+        fn no_list_fill_while_a_transaction_may_add_a_member(t) {
+            seed(t);
+            let db = common::cached_db(t);
+            let (started_tx, started_rx) = mpsc::channel::<()>();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let writer = {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    db.transaction(|tx| {
+                        tx.insert(&post(8, 3, "late"))?;
+                        started_tx.send(()).unwrap();
+                        go_rx.recv().unwrap();
+                        Ok::<_, Error>(())
+                    })
+                })
+            };
+            started_rx.recv().unwrap();
+            assert!(db.find_all_by(PostByUserId(3)).unwrap().is_empty());
+            assert!(db.peek_all_by(&PostByUserId(3)).unwrap().is_none(), "no fill while a write is pending");
+            go_tx.send(()).unwrap();
+            writer.join().unwrap().unwrap();
+            assert_eq!(ids(&db.find_all_by(PostByUserId(3)).unwrap()), [8]);
+        }
+
+        /// C7 for lists: while the listener is disconnected, lists are neither served nor
+        /// filled, so a child another process inserts is seen at once.
+        fn lists_are_neither_served_nor_filled_while_untrusted(t) {
+            seed(t);
+            let db = Db::builder(t.pool.clone()).cache::<Post>().listen(unreachable_listener(t.backend)).build().unwrap();
+            assert_eq!(ids(&db.find_all_by(PostByUserId(2)).unwrap()), [4]);
+            assert!(db.peek_all_by(&PostByUserId(2)).unwrap().is_none());
+            t.exec("INSERT INTO posts (id, version, user_id, title) VALUES (9, 1, 2, 'nine')");
+            assert_eq!(ids(&db.find_all_by(PostByUserId(2)).unwrap()), [4, 9]);
+            let s = db.region_stats::<Post>().unwrap();
+            assert_eq!((s.list_hits, s.list_misses), (0, 2));
+        }
+
+        /// A composite index key: `#[cache(index(user_id, title))]` lists the rows with both
+        /// values; a title edit moves a row between such lists.
+        fn composite_index_keys(t) {
+            use common::models::PostByUserIdTitle;
+            seed(t);
+            t.exec("INSERT INTO posts (id, version, user_id, title) VALUES (5, 1, 1, 'one'), (6, 1, 2, 'one')");
+            let db = common::cached_db(t);
+            let key = |user, title: &str| PostByUserIdTitle(user, title.into());
+            assert_eq!(ids(&db.find_all_by(key(1, "one")).unwrap()), [1, 5]);
+            assert_eq!(ids(&db.find_all_by(key(1, "two")).unwrap()), [2]);
+            t.sql.reset();
+            assert_eq!(ids(&db.find_all_by(key(1, "one")).unwrap()), [1, 5]);
+            assert_eq!(t.sql.count(), 0);
+            let mut five = db.find::<Post>(5).unwrap().unwrap().as_ref().clone();
+            five.title = "two".into();
+            db.transaction(|tx| tx.update(&five)).unwrap();
+            assert_eq!(ids(&db.find_all_by(key(1, "one")).unwrap()), [1]);
+            assert_eq!(ids(&db.find_all_by(key(1, "two")).unwrap()), [2, 5]);
+            assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3, 5]);
+        }
+
+        /// Modes: `no_fill` reads without filling, `bypass` touches nothing, `refresh`
+        /// reloads and fills.
+        fn cache_modes_apply_to_lists(t) {
+            seed(t);
+            let db = common::cached_db(t);
+            assert_eq!(ids(&db.no_fill().find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3]);
+            assert!(db.peek_all_by(&PostByUserId(1)).unwrap().is_none());
+            db.bypass().find_all_by(PostByUserId(1)).unwrap();
+            assert!(db.peek_all_by(&PostByUserId(1)).unwrap().is_none());
+            db.refresh().find_all_by(PostByUserId(1)).unwrap();
+            assert!(db.peek_all_by(&PostByUserId(1)).unwrap().is_some());
+            t.sql.reset();
+            db.refresh().find_all_by(PostByUserId(1)).unwrap();
+            assert_eq!(t.sql.selects(), 1, "refresh always loads");
+            db.evict_all::<Post>().unwrap();
+            assert!(db.peek_all_by(&PostByUserId(1)).unwrap().is_none(), "evict_all drops lists too");
+        }
+    }
+}

@@ -87,6 +87,13 @@ struct ChangeFeedArgs {
     /// repeat for more. Added to those the catalog has.
     #[arg(long = "unique", value_name = "TABLE:COLUMNS")]
     unique: Vec<String>,
+    /// An index key (`#[cache(index)]`, a cached collection) whose old and new values ride
+    /// along in the payloads, so remote changes drop exactly the cached lists they touch,
+    /// as TABLE:COLUMN[,COLUMN…] in the order the derive registers the entity's index
+    /// keys (one-field keys in field order, then the struct's `index(...)` lists); repeat
+    /// for more. Without it, a remote change drops every list of the entity's indexes.
+    #[arg(long = "index", value_name = "TABLE:COLUMNS")]
+    index: Vec<String>,
     /// PostgreSQL: a statement changing more rows than this sends one flush of the table.
     #[arg(long, value_name = "ROWS", default_value_t = DEFAULT_FLUSH_THRESHOLD)]
     flush_threshold: u32,
@@ -158,6 +165,7 @@ fn change_feed(args: ChangeFeedArgs) -> Result<(), String> {
         &args.tables,
         &args.version_column,
         &args.unique,
+        &args.index,
         &source,
     )?;
     let mut builder = migration::change_feed(args.backend)
@@ -170,12 +178,13 @@ fn change_feed(args: ChangeFeedArgs) -> Result<(), String> {
 }
 
 /// The feed's tables: those named (or every one with the version column), with the
-/// unique keys of the catalog and of `--unique`.
+/// unique keys of the catalog and of `--unique`, and the index keys of `--index`.
 fn select(
     tables: &[TableInfo],
     wanted: &[String],
     version: &str,
     unique: &[String],
+    index: &[String],
     source: &str,
 ) -> Result<Vec<FeedTable>, String> {
     let chosen: Vec<&TableInfo> = if wanted.is_empty() {
@@ -220,32 +229,41 @@ fn select(
         f.unique_keys = t.unique_keys.clone();
         feed.push(f);
     }
-    for spec in unique {
+    let specs = unique
+        .iter()
+        .map(|s| ("--unique", s))
+        .chain(index.iter().map(|s| ("--index", s)));
+    for (flag, spec) in specs {
         let (table, columns) = spec
             .split_once(':')
-            .ok_or_else(|| format!("--unique {spec}: write TABLE:COLUMN or TABLE:COLUMN,COLUMN"))?;
+            .ok_or_else(|| format!("{flag} {spec}: write TABLE:COLUMN or TABLE:COLUMN,COLUMN"))?;
         let columns: Vec<String> = columns.split(',').map(|c| c.trim().to_string()).collect();
         let info = chosen
             .iter()
             .find(|t| t.name == table || t.rust_name.as_deref() == Some(table))
             .ok_or_else(|| {
-                format!("--unique {spec}: `{table}` is not one of the feed's tables (add --table {table})")
+                format!("{flag} {spec}: `{table}` is not one of the feed's tables (add --table {table})")
             })?;
         if let Some(c) = columns
             .iter()
             .find(|c| !info.columns.iter().any(|have| have == *c))
         {
             return Err(format!(
-                "--unique {spec}: table `{}` has no column `{c}`",
+                "{flag} {spec}: table `{}` has no column `{c}`",
                 info.name
             ));
         }
         let f = feed
             .iter_mut()
             .find(|f| f.table == info.name)
-            .ok_or_else(|| format!("--unique {spec}: table `{table}` not found"))?;
-        if !f.unique_keys.contains(&columns) {
-            f.unique_keys.push(columns);
+            .ok_or_else(|| format!("{flag} {spec}: table `{table}` not found"))?;
+        let keys = if flag == "--index" {
+            &mut f.index_keys
+        } else {
+            &mut f.unique_keys
+        };
+        if !keys.contains(&columns) {
+            keys.push(columns);
         }
     }
     Ok(feed)

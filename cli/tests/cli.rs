@@ -268,15 +268,25 @@ fn from_a_schema_rs() {
         "users",
         "--unique",
         "users:email",
+        "--index",
+        "users:name",
         "--dir",
         migrations.to_str().unwrap(),
         "--version",
         VERSION,
     ]);
     let expected = migration::change_feed(Backend::Sqlite)
-        .feed_table(FeedTable::new("users", ["id"], "version").unique_key(["email"]))
+        .feed_table(
+            FeedTable::new("users", ["id"], "version")
+                .unique_key(["email"])
+                .index_key(["name"]),
+        )
         .build()
         .unwrap();
+    assert!(
+        expected.up.contains("|n100.0="),
+        "index keys are numbered from 100"
+    );
     assert_eq!(read(&migrations, "up.sql"), expected.up);
     assert_eq!(read(&migrations, "down.sql"), expected.down);
     let (_, mut conn) = sqlite_db(tmp.path());

@@ -44,10 +44,11 @@ pub(crate) const STRUCT_KEYS: &[&str] = &[
     "max_bytes",
     "negative_ttl",
     "unique",
+    "index",
 ];
 
 /// The field-level `#[cache(...)]` keys.
-pub(crate) const FIELD_KEYS: &[&str] = &["id", "version", "shallow", "unique"];
+pub(crate) const FIELD_KEYS: &[&str] = &["id", "version", "shallow", "unique", "index"];
 
 /// One `key = literal` of the struct's `#[cache(...)]`.
 pub(crate) struct Setting {
@@ -66,6 +67,8 @@ pub(crate) struct StructAttrs {
     pub negative_ttl: Option<Setting>,
     /// `unique(a, b)`: the fields of each composite unique key, in order.
     pub unique: Vec<Vec<Ident>>,
+    /// `index(a, b)`: the fields of each composite index key (a cached collection).
+    pub index: Vec<Vec<Ident>>,
 }
 
 /// One named field.
@@ -86,6 +89,8 @@ pub(crate) struct Field {
     /// `#[diesel(deserialize_as = ...)]` or `serialize_as`: the field's type is not the
     /// one diesel reads or writes, so no per-backend mapping bound is written for it.
     pub mapped_as: bool,
+    /// The `index` of `#[cache(index)]`, when given.
+    pub index: Option<Ident>,
 }
 
 /// The parsed derive input.
@@ -212,13 +217,20 @@ fn parse_struct_key(
         errors.add(meta.path.span(), unknown_struct_key(&meta.path));
         return skip_value(meta.input);
     };
-    if key == "unique" {
+    if key == "unique" || key == "index" {
+        let example = if key == "unique" {
+            "tenant_id, email"
+        } else {
+            "tenant_id, author_id"
+        };
         if !meta.input.peek(syn::token::Paren) {
             errors.add(
                 key.span(),
-                "on the struct, `unique` lists the fields of a composite key: write \
-                 `#[cache(unique(tenant_id, email))]`; for a one-field key put \
-                 `#[cache(unique)]` on the field",
+                format!(
+                    "on the struct, `{key}` lists the fields of a composite key: write \
+                     `#[cache({key}({example}))]`; for a one-field key put \
+                     `#[cache({key})]` on the field"
+                ),
             );
             return skip_value(meta.input);
         }
@@ -228,7 +240,7 @@ fn parse_struct_key(
                 Some(ident) => fields.push(ident.unraw()),
                 None => errors.add(
                     f.path.span(),
-                    "`unique(...)` lists field names, like `unique(tenant_id, email)`",
+                    format!("`{key}(...)` lists field names, like `{key}({example})`"),
                 ),
             }
             Ok(())
@@ -236,10 +248,12 @@ fn parse_struct_key(
         if fields.is_empty() {
             errors.add(
                 key.span(),
-                "`unique()` needs at least one field, like `unique(tenant_id, email)`",
+                format!("`{key}()` needs at least one field, like `{key}({example})`"),
             );
-        } else {
+        } else if key == "unique" {
             attrs.unique.push(fields);
+        } else {
+            attrs.index.push(fields);
         }
         return Ok(());
     }
@@ -328,7 +342,8 @@ fn did_you_mean(word: &str, keys: &[&str]) -> String {
         "bytes" | "max_memory" | "weight" | "max_weight" => Some("max_bytes"),
         "name" | "cache_name" => Some("region"),
         "primary_key" | "key" | "pk" => Some("id"),
-        "unique_key" | "index" | "natural_id" => Some("unique"),
+        "unique_key" | "natural_id" => Some("unique"),
+        "has_many" | "collection" | "non_unique" => Some("index"),
         "negative_cache_ttl" | "not_found_ttl" => Some("negative_ttl"),
         _ => None,
     }
@@ -386,6 +401,7 @@ fn parse_field(
     let mut shallow = None;
     let mut unique = None;
     let mut mapped_as = false;
+    let mut index = None;
     for attr in &field.attrs {
         if attr.path().is_ident("diesel") {
             let result = attr.parse_nested_meta(|meta| {
@@ -439,6 +455,7 @@ fn parse_field(
                     "version" => &mut version,
                     "shallow" => &mut shallow,
                     "unique" => &mut unique,
+                    "index" => &mut index,
                     other if STRUCT_KEYS.contains(&other) => {
                         errors.add(
                             meta.path.span(),
@@ -494,6 +511,7 @@ fn parse_field(
         shallow,
         unique,
         mapped_as,
+        index,
     }
 }
 

@@ -74,6 +74,7 @@ use proc_macro::TokenStream;
 /// | `max_bytes = "64MiB"` | the most estimated bytes kept: an integer, or a string with a unit `B`, `KiB`, `MiB`, `GiB` or `TiB` (> 0) | unset |
 /// | `negative_ttl = "30s"` | how long "no such row" is remembered; `"off"` disables it | 30 seconds |
 /// | `unique(tenant_id, email)` | a composite unique key: generates `{Struct}By{Fields}` (here `UserByTenantIdEmail(i64, String)`) for `Db::find_by`; may be repeated | none |
+/// | `index(post_id, author_id)` | a composite index key (a cached collection): generates `{Struct}By{Fields}` (here `CommentByPostIdAuthorId(i64, i32)`) for `Db::find_all_by`, which lists the matching rows in id order; may be repeated | none |
 ///
 /// `max_entries` and `max_bytes` are exclusive: give one or the other.
 ///
@@ -89,6 +90,7 @@ use proc_macro::TokenStream;
 /// | `#[cache(id)]` | this field is the primary key (instead of the field named `id`) |
 /// | `#[cache(version)]` | this field is the version column (instead of the field named `version`) |
 /// | `#[cache(unique)]` | a one-column unique key: generates `{Struct}By{Field}` (for `email`, `UserByEmail(String)`), with the struct's visibility, for `Db::find_by`. The column must be unique in the database |
+/// | `#[cache(index)]` | a one-column non-unique key, typically a foreign key: generates `{Struct}By{Field}` (for `post_id`, `CommentByPostId(i64)`) for `Db::find_all_by`, the cached list of the rows with that value (C10). A field cannot be both `unique` and `index` |
 /// | `#[cache(shallow)]` | count only the inline size of this field when weighing rows for `max_bytes` (for types that do not implement `HeapSize`) |
 ///
 /// # Generated SQL

@@ -298,7 +298,7 @@ fn attribute_errors() {
     let e = single_error(user(quote!(#[cache(foo = 1)])));
     assert_eq!(
         e,
-        "unknown `cache` attribute `foo`; expected one of: region, ttl, tti, max_entries, max_bytes, negative_ttl, unique"
+        "unknown `cache` attribute `foo`; expected one of: region, ttl, tti, max_entries, max_bytes, negative_ttl, unique, index"
     );
     let e = single_error(user(quote!(#[cache(ttl = "10 minutes")])));
     assert_eq!(
@@ -384,7 +384,7 @@ fn field_errors() {
     });
     assert_eq!(
         e,
-        "unknown `cache` field attribute `versoin`; did you mean `version`? expected one of: id, version, shallow, unique"
+        "unknown `cache` field attribute `versoin`; did you mean `version`? expected one of: id, version, shallow, unique, index"
     );
     let e = single_error(quote! {
         #[diesel(table_name = users)]
@@ -464,6 +464,67 @@ fn unique_key_errors() {
     });
     assert!(
         e.starts_with("on the struct, `unique` lists the fields of a composite key"),
+        "{e}"
+    );
+}
+
+/// C10: `#[cache(index)]` and `#[cache(index(a, b))]` generate `{Entity}By{Fields}` key
+/// types, register them as collections, and load a key's rows ordered by id.
+#[test]
+fn index_keys_generate_named_key_types_and_ordered_loads() {
+    let out = expand(quote! {
+        #[diesel(table_name = comments)]
+        #[cache(index(post_id, author_id))]
+        pub struct Comment { id: i64, version: i64, #[cache(index)] post_id: i64, author_id: i32, body: String }
+    });
+    assert!(out.contains("pubstructCommentByPostId(pubi64);"), "{out}");
+    assert!(
+        out.contains("pubstructCommentByPostIdAuthorId(pubi64,pubi32);"),
+        "{out}"
+    );
+    assert!(out.contains("keys.index::<CommentByPostId>();"), "{out}");
+    assert!(
+        out.contains("keys.index::<CommentByPostIdAuthorId>();"),
+        "{out}"
+    );
+    assert!(
+        out.contains("impl::diesel_l2::__private::IndexKeyforCommentByPostId"),
+        "{out}"
+    );
+    assert!(out.contains("comments::author_id.eq(&key.1)"), "{out}");
+    assert!(out.contains(".order_by(comments::id.asc())"), "{out}");
+    assert!(!out.contains("UniqueKeyforCommentByPostId"), "{out}");
+    // Remote changes carry the index columns (C7, C10), read back with `from_text`.
+    assert!(out.contains(".with_index_keys(&[&["), "{out}");
+    assert!(out.contains("fnfrom_text("), "{out}");
+}
+
+#[test]
+fn index_key_errors() {
+    let e = single_error(quote! {
+        #[diesel(table_name = comments)]
+        #[cache(index(post))]
+        struct Comment { id: i64, version: i64, post_id: i64 }
+    });
+    assert_eq!(
+        e,
+        "no field `post` in `Comment`: `index(...)` lists field names of this struct"
+    );
+    let e = single_error(quote! {
+        #[diesel(table_name = comments)]
+        #[cache(index)]
+        struct Comment { id: i64, version: i64, post_id: i64 }
+    });
+    assert!(
+        e.starts_with("on the struct, `index` lists the fields of a composite key"),
+        "{e}"
+    );
+    let e = single_error(quote! {
+        #[diesel(table_name = comments)]
+        struct Comment { id: i64, version: i64, #[cache(unique, index)] post_id: i64 }
+    });
+    assert!(
+        e.starts_with("`CommentByPostId` is declared both `unique` and `index`"),
         "{e}"
     );
 }

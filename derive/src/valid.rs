@@ -36,6 +36,8 @@ pub(crate) struct Model {
     pub vis: syn::Visibility,
     /// Unique keys: the generated type's name and the indexes of its fields.
     pub unique_keys: Vec<UniqueKeyDef>,
+    /// Index keys (cached collections), named like unique keys.
+    pub index_keys: Vec<UniqueKeyDef>,
 }
 
 /// One unique key (`#[cache(unique)]` on a field or `#[cache(unique(a, b))]`).
@@ -214,32 +216,52 @@ pub(crate) fn validate(input: Input, errors: &mut Errors) -> Option<Model> {
         None => None,
     };
 
-    let mut unique_keys = Vec::new();
-    for (i, field) in fields.iter().enumerate() {
-        if field.unique.is_some() {
-            unique_keys.push(UniqueKeyDef {
-                name: format_ident!("{}By{}", ident, camel(&field.member)),
-                fields: vec![i],
-            });
-        }
-    }
-    for list in &attrs.unique {
-        let mut idx = Vec::new();
-        for name in list {
-            match fields.iter().position(|f| f.member.unraw() == *name) {
-                Some(i) => idx.push(i),
-                None => errors.add(
-                    name.span(),
-                    format!("no field `{name}` in `{ident}`: `unique(...)` lists field names of this struct"),
-                ),
+    let key_defs = |kind: &str,
+                    marked: &dyn Fn(&Field) -> bool,
+                    lists: &[Vec<Ident>],
+                    errors: &mut Errors| {
+        let mut defs = Vec::new();
+        for (i, field) in fields.iter().enumerate() {
+            if marked(field) {
+                defs.push(UniqueKeyDef {
+                    name: format_ident!("{}By{}", ident, camel(&field.member)),
+                    fields: vec![i],
+                });
             }
         }
-        if idx.len() == list.len() {
-            let suffix: String = list.iter().map(camel).collect();
-            unique_keys.push(UniqueKeyDef {
-                name: format_ident!("{}By{}", ident, suffix),
-                fields: idx,
-            });
+        for list in lists {
+            let mut idx = Vec::new();
+            for name in list {
+                match fields.iter().position(|f| f.member.unraw() == *name) {
+                    Some(i) => idx.push(i),
+                    None => errors.add(
+                        name.span(),
+                        format!("no field `{name}` in `{ident}`: `{kind}(...)` lists field names of this struct"),
+                    ),
+                }
+            }
+            if idx.len() == list.len() {
+                let suffix: String = list.iter().map(camel).collect();
+                defs.push(UniqueKeyDef {
+                    name: format_ident!("{}By{}", ident, suffix),
+                    fields: idx,
+                });
+            }
+        }
+        defs
+    };
+    let unique_keys = key_defs("unique", &|f| f.unique.is_some(), &attrs.unique, errors);
+    let index_keys = key_defs("index", &|f| f.index.is_some(), &attrs.index, errors);
+    for key in &index_keys {
+        if unique_keys.iter().any(|u| u.name == key.name) {
+            errors.add(
+                key.name.span(),
+                format!(
+                    "`{}` is declared both `unique` and `index`: a unique key already answers \
+                     with its one row through `find_by`; keep one of the two",
+                    key.name
+                ),
+            );
         }
     }
 
@@ -270,6 +292,7 @@ pub(crate) fn validate(input: Input, errors: &mut Errors) -> Option<Model> {
         backends,
         vis,
         unique_keys,
+        index_keys,
     })
 }
 

@@ -21,10 +21,17 @@
 //!   contain `|` and fields may follow it.
 //! - Extensions: further `|`-separated fields, each `<name>=<length>:<value>` or
 //!   `<name>=null`: `o<key>.<column>` and `n<key>.<column>` carry the old and new values
-//!   of unique-key columns (index columns will follow the same way). Readers skip them.
+//!   of unique-key columns (keys numbered from 0) and of index-key columns (keys numbered
+//!   from [`INDEX_KEY_BASE`], 100, so that a feed generated from the database catalog,
+//!   which knows unique constraints only, never gives an index key's number to another
+//!   key). Readers use the index-key values to drop exactly the cached lists a change
+//!   touched (C10), and skip the others.
 
 /// The payload version the installed triggers must send, and this library reads.
 pub const FEED_VERSION: u32 = 2;
+
+/// The number of the first index key in payload extensions (`o100.0`, `n100.0`, …).
+pub const INDEX_KEY_BASE: usize = 100;
 
 /// The prefix of every payload of this version.
 pub(crate) const PREFIX: &str = "v2|";
@@ -49,6 +56,8 @@ pub(crate) enum Payload<'a> {
         table: &'a str,
         version: i64,
         id: &'a str,
+        /// The extensions after the id, `|name=…|name=…` (empty when none).
+        ext: &'a str,
     },
     Flush {
         schema: &'a str,
@@ -104,7 +113,45 @@ pub(crate) fn parse_payload(p: &str) -> Option<Payload<'_>> {
         table,
         version,
         id,
+        ext: tail,
     })
+}
+
+/// The extensions of a row payload (the `ext` of [`Payload::Row`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Extensions<'a>(pub(crate) &'a str);
+
+impl<'a> Extensions<'a> {
+    /// The extension `name`: `Some(Some(value))`, `Some(None)` for `null`, `None` when
+    /// absent or when the extensions cannot be read (a malformed length).
+    pub fn get(&self, name: &str) -> Option<Option<&'a str>> {
+        let mut rest = self.0;
+        while let Some(after) = rest.strip_prefix('|') {
+            let (n, value) = after.split_once('=')?;
+            if let Some(next) = value.strip_prefix("null") {
+                if next.is_empty() || next.starts_with('|') {
+                    if n == name {
+                        return Some(None);
+                    }
+                    rest = next;
+                    continue;
+                }
+            }
+            let (len, value) = value.split_once(':')?;
+            let len: usize = len.parse().ok()?;
+            // `len` characters, not bytes.
+            let end = match value.char_indices().nth(len) {
+                Some((at, _)) => at,
+                None if value.chars().count() == len => value.len(),
+                None => return None,
+            };
+            if n == name {
+                return Some(Some(&value[..end]));
+            }
+            rest = &value[end..];
+        }
+        None
+    }
 }
 
 /// The name of a change-feed trigger of `table` (`suffix`: `ins`, `upd`, `del`, `trunc`,
@@ -174,6 +221,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn extensions_parse() {
+        let e = Extensions("|o0.0=9:ada@x.org|n0.0=null|o100.0=3:a|b|n100.0=2:é7");
+        assert_eq!(e.get("o0.0"), Some(Some("ada@x.org")));
+        assert_eq!(e.get("n0.0"), Some(None));
+        assert_eq!(e.get("o100.0"), Some(Some("a|b")));
+        assert_eq!(e.get("n100.0"), Some(Some("é7")));
+        assert_eq!(e.get("n100.1"), None);
+        assert_eq!(Extensions("").get("o0.0"), None);
+        assert_eq!(Extensions("|o0.0=5:ab").get("o0.0"), None);
+        assert_eq!(Extensions("|o0.0=x:ab").get("o0.0"), None);
+    }
+
+    #[test]
     fn payloads_parse() {
         assert_eq!(
             parse_payload("v2|u|public|users|3|2|42"),
@@ -182,7 +242,8 @@ mod tests {
                 schema: "public",
                 table: "users",
                 version: 3,
-                id: "42"
+                id: "42",
+                ext: ""
             })
         );
         assert_eq!(
@@ -192,7 +253,8 @@ mod tests {
                 schema: "s",
                 table: "tags",
                 version: 1,
-                id: "a|b"
+                id: "a|b",
+                ext: "|k=1:x"
             })
         );
         assert_eq!(
@@ -202,7 +264,8 @@ mod tests {
                 schema: "public",
                 table: "users",
                 version: 3,
-                id: "42"
+                id: "42",
+                ext: "|o0.0=9:ada@x.org|n0.0=null"
             })
         );
         assert_eq!(
@@ -212,7 +275,8 @@ mod tests {
                 schema: "s",
                 table: "tags",
                 version: 2,
-                id: "é|"
+                id: "é|",
+                ext: ""
             })
         );
         assert_eq!(

@@ -18,8 +18,11 @@
 //! `|<name>=null`, carry the old (`o<key>.<column>`, for updates and deletes) and new
 //! (`n<key>.<column>`, for inserts and updates) values of the unique-key columns given to
 //! the `*_with_keys` helpers (keys and columns numbered from 0, values as text), e.g.
-//! `v2|u|public|users|3|2|42|o0.0=9:ada@x.org|n0.0=9:ada@y.org`. Readers skip extensions
-//! they do not know; index columns will be added the same way. A payload of an unknown version clears every region; one of
+//! `v2|u|public|users|3|2|42|o0.0=9:ada@x.org|n0.0=9:ada@y.org`. Index-key columns
+//! (`#[cache(index)]`, in a [`FeedTable`](crate::migration::FeedTable)'s `index_keys`) ride
+//! the same way, numbered from [`INDEX_KEY_BASE`] (`o100.0`, `n100.0`), and let a remote
+//! change drop exactly the cached lists of its old and new key values (C10); without
+//! them every list of the index is dropped. Readers skip extensions they do not know. A payload of an unknown version clears every region; one of
 //! version 1 (triggers not upgraded yet) flushes its table.
 //!
 //! The feed also makes the version a true row clock: an `UPDATE` that does not raise the
@@ -98,12 +101,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use feed::{ChangeOp, FEED_VERSION};
+pub use feed::{ChangeOp, FEED_VERSION, INDEX_KEY_BASE};
 pub use outbox::{
     mysql_changes_table_sql, mysql_table_triggers_sql, mysql_table_triggers_sql_with_keys,
     mysql_triggers_sql, outbox_drop_v1_sql, sqlite_changes_table_sql, sqlite_table_triggers_sql,
     sqlite_table_triggers_sql_with_keys, sqlite_triggers_sql, CHANGES_TABLE,
 };
+pub(crate) use outbox::{mysql_table_triggers_sql_numbered, sqlite_table_triggers_sql_numbered};
+pub(crate) use postgres::postgres_table_triggers_sql_numbered;
 pub use postgres::{
     postgres_drop_v1_sql, postgres_notify_function_sql, postgres_table_triggers_sql,
     postgres_table_triggers_sql_with_keys, postgres_triggers_sql, CHANNEL,
@@ -312,7 +317,7 @@ impl Shared {
     }
 
     /// One changed row.
-    pub(crate) fn on_change(&self, table: &str, op: ChangeOp, id: &str, version: i64) {
+    pub(crate) fn on_change(&self, table: &str, op: ChangeOp, id: &str, version: i64, ext: &str) {
         self.counters.changes.fetch_add(1, Relaxed);
         if let Some(q) = &self.queries {
             q.table_changed(table);
@@ -321,7 +326,7 @@ impl Shared {
             Some(regions) => {
                 tracing::trace!(table, ?op, id, version, "remote change");
                 for r in regions {
-                    r.remote_change(id, op, version);
+                    r.remote_change(id, op, version, ext);
                 }
             }
             None => {
@@ -340,7 +345,8 @@ impl Shared {
                 table,
                 version,
                 id,
-            }) if wanted(schema) => self.on_change(table, op, id, version),
+                ext,
+            }) if wanted(schema) => self.on_change(table, op, id, version, ext),
             Some(feed::Payload::Flush { schema, table }) if wanted(schema) => {
                 self.on_flush(Some(table))
             }

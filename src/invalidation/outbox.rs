@@ -51,6 +51,18 @@ pub fn mysql_table_triggers_sql_with_keys(
     version_column: &str,
     unique_keys: &[&[&str]],
 ) -> Vec<String> {
+    let numbered: Vec<(usize, &[&str])> = unique_keys.iter().copied().enumerate().collect();
+    mysql_table_triggers_sql_numbered(table, id_columns, version_column, &numbered)
+}
+
+/// [`mysql_table_triggers_sql_with_keys`] with each key's number given: unique keys from
+/// 0, index keys from [`INDEX_KEY_BASE`](crate::invalidation::feed::INDEX_KEY_BASE).
+pub(crate) fn mysql_table_triggers_sql_numbered(
+    table: &str,
+    id_columns: &[&str],
+    version_column: &str,
+    unique_keys: &[(usize, &[&str])],
+) -> Vec<String> {
     let t = mysql_ident(table);
     let v = mysql_ident(version_column);
     let lit = sql_literal(table);
@@ -126,6 +138,18 @@ pub fn sqlite_table_triggers_sql_with_keys(
     id_columns: &[&str],
     version_column: &str,
     unique_keys: &[&[&str]],
+) -> String {
+    let numbered: Vec<(usize, &[&str])> = unique_keys.iter().copied().enumerate().collect();
+    sqlite_table_triggers_sql_numbered(table, id_columns, version_column, &numbered)
+}
+
+/// [`sqlite_table_triggers_sql_with_keys`] with each key's number given: unique keys from
+/// 0, index keys from [`INDEX_KEY_BASE`](crate::invalidation::feed::INDEX_KEY_BASE).
+pub(crate) fn sqlite_table_triggers_sql_numbered(
+    table: &str,
+    id_columns: &[&str],
+    version_column: &str,
+    unique_keys: &[(usize, &[&str])],
 ) -> String {
     let t = sqlite_ident(table);
     let v = sqlite_ident(version_column);
@@ -203,11 +227,11 @@ fn id_text(
 /// (`o<key>.<column>`) for updates and deletes, new ones (`n…`) for inserts and updates.
 fn key_extensions(
     op: &str,
-    unique_keys: &[&[&str]],
+    unique_keys: &[(usize, &[&str])],
     value: impl Fn(&str, &str) -> String,
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for (i, key) in unique_keys.iter().enumerate() {
+    for &(i, key) in unique_keys {
         for (j, column) in key.iter().enumerate() {
             if op != "i" {
                 out.push((format!("o{i}.{j}"), value("OLD", column)));

@@ -59,6 +59,25 @@ pub fn postgres_table_triggers_sql_with_keys(
     flush_threshold: u32,
     unique_keys: &[&[&str]],
 ) -> String {
+    let numbered: Vec<(usize, &[&str])> = unique_keys.iter().copied().enumerate().collect();
+    postgres_table_triggers_sql_numbered(
+        table,
+        id_columns,
+        version_column,
+        flush_threshold,
+        &numbered,
+    )
+}
+
+/// [`postgres_table_triggers_sql_with_keys`] with each key's number given: unique keys
+/// from 0, index keys from [`INDEX_KEY_BASE`](crate::invalidation::feed::INDEX_KEY_BASE).
+pub(crate) fn postgres_table_triggers_sql_numbered(
+    table: &str,
+    id_columns: &[&str],
+    version_column: &str,
+    flush_threshold: u32,
+    unique_keys: &[(usize, &[&str])],
+) -> String {
     let t = quote_ident(table);
     // One key column is the first argument; a composite key's columns follow the
     // threshold as `'id.<n>', column` pairs, with an empty first argument.
@@ -76,7 +95,7 @@ pub fn postgres_table_triggers_sql_with_keys(
             args.push_str(&format!(", 'id.{n}', {}", quote_literal(column)));
         }
     }
-    for (i, key) in unique_keys.iter().enumerate() {
+    for &(i, key) in unique_keys {
         for (j, column) in key.iter().enumerate() {
             args.push_str(&format!(", '{i}.{j}', {}", quote_literal(column)));
         }

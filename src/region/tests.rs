@@ -493,7 +493,7 @@ fn peeks_and_internal_lookups_do_not_extend_time_to_idle() {
             break;
         }
         r.fill(&1, &Some(Arc::new(row(1, 1))));
-        r.remote_invalidate(&1, ChangeOp::Update, 1);
+        r.remote_invalidate(&1, ChangeOp::Update, 1, "");
         thread::sleep(Duration::from_millis(10));
     }
     assert!(

@@ -106,12 +106,16 @@ pub struct Account {
     pub plan: String,
 }
 
-/// Child rows whose foreign key is deferred on PostgreSQL.
+/// Child rows whose foreign key is deferred on PostgreSQL; `PostByUserId(user_id)` lists a
+/// user's posts and `PostByUserIdTitle(user_id, title)` those with one title (cached
+/// collections, C10).
 #[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
 #[diesel(table_name = posts)]
+#[cache(index(user_id, title))]
 pub struct Post {
     pub id: i64,
     pub version: i64,
+    #[cache(index)]
     pub user_id: i64,
     pub title: String,
 }
