@@ -31,7 +31,10 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
 
-use support::{interleaved, median, random_ids, BenchDb, BenchRow, EmailChange, PoolOptions, Raw};
+use support::{
+    interleaved, median, random_ids, BenchChild, BenchChildByParentId, BenchDb, BenchRow,
+    EmailChange, PoolOptions, Raw, RawLists,
+};
 
 /// Counts live heap bytes for the memory section. Always on, so that nothing allocated
 /// before a measurement and freed during it is miscounted; it costs one uncontended
@@ -228,6 +231,7 @@ fn main() {
         let started = Instant::now();
         let bdb = support::sqlite(cfg.rows);
         backend_section(&bdb, "SQLite", &cfg, &mut report, true);
+        lists_section(&bdb, "SQLite", &cfg, &mut report);
         eprintln!("[sqlite section: {:.1?}]", started.elapsed());
     }
 
@@ -237,6 +241,7 @@ fn main() {
         match support::postgres(cfg.rows) {
             Some(bdb) => {
                 backend_section(&bdb, "PostgreSQL", &cfg, &mut report, false);
+                lists_section(&bdb, "PostgreSQL", &cfg, &mut report);
                 eprintln!("[postgres section: {:.1?}]", started.elapsed());
             }
             None => println!("PostgreSQL: SKIPPED (set DIESEL_L2_PG_URL)\n"),
@@ -967,6 +972,160 @@ fn backend_section<C>(
         lines.push(zipf_line(&pool, cfg));
     }
     report.tables.push((bdb.label.to_string(), lines));
+}
+
+/// P12: a cached list of 20 children (`find_all_by`) and a cached query page of 20 rows
+/// (`Db::query`) against the same diesel queries, and what a write costs to keep them
+/// fresh: the versioned update of a listed child (which drops its list and makes every
+/// cached query over the table unusable) and the list read that follows it.
+fn lists_section<C>(bdb: &BenchDb<C>, name: &str, cfg: &Cfg, report: &mut Report)
+where
+    C: RawLists,
+    BenchChild: CachedOps<C>,
+    BenchChildByParentId: diesel_l2::IndexOps<C>,
+{
+    let parents: i64 = if cfg.quick { 200 } else { 2_000 };
+    let pool = bdb.pool(PoolOptions::default(), None);
+    support::create_children(&mut *pool.get().expect("checkout"), parents).expect("children");
+    let db = Db::builder(pool.clone())
+        .cache::<BenchChild>()
+        .build()
+        .expect("bench db");
+    let pages: i64 = 10;
+    for p in 1..=parents {
+        db.find_all_by(BenchChildByParentId(p))
+            .expect("prefill list");
+    }
+    for page in 0..pages {
+        C::cached_page(&db, page * support::CHILDREN).expect("prefill page");
+    }
+    let mut lines = Vec::new();
+    let mut bars = Vec::new();
+    let parent = |i: usize| (i as i64 * 7919) % parents + 1;
+
+    // Hits: 1,000 cached reads against a batch of diesel queries, interleaved.
+    let list_hit = |i: usize| {
+        black_box(
+            db.find_all_by(BenchChildByParentId(parent(i)))
+                .expect("list"),
+        );
+    };
+    let list_sql = |i: usize| {
+        let mut c = pool.get().expect("checkout");
+        black_box(c.children_of(parent(i)).expect("select"));
+    };
+    interleaved(3, 1000, cfg.db_batch, list_hit, list_sql);
+    let (hit, sel) = interleaved(cfg.db_rounds, 1000, cfg.db_batch, list_hit, list_sql);
+    lines.push(Line {
+        op: format!(
+            "P12 find_all_by hit, {} children, vs diesel select by parent",
+            support::CHILDREN
+        ),
+        ours: fmt_ns(hit),
+        base: fmt_ns(sel),
+        ratio: format!("{:.0}x faster", sel / hit),
+        check: Some((sel / hit, Target::AtLeast(10.0))),
+    });
+    bars.push(("find_all_by hit, 20 children (diesel-l2)", hit, true));
+    bars.push(("diesel select of 20 children", sel, false));
+
+    let page_hit = |i: usize| {
+        black_box(C::cached_page(&db, (i as i64 % pages) * support::CHILDREN).expect("page"));
+    };
+    let page_sql = |i: usize| {
+        let mut c = pool.get().expect("checkout");
+        black_box(
+            c.newest_page((i as i64 % pages) * support::CHILDREN)
+                .expect("select"),
+        );
+    };
+    interleaved(3, 1000, cfg.db_batch, page_hit, page_sql);
+    let (qhit, qsel) = interleaved(cfg.db_rounds, 1000, cfg.db_batch, page_hit, page_sql);
+    lines.push(Line {
+        op: "P12 Db::query hit, a page of 20 (ORDER BY id DESC LIMIT/OFFSET) vs diesel".into(),
+        ours: fmt_ns(qhit),
+        base: fmt_ns(qsel),
+        ratio: format!("{:.0}x faster", qsel / qhit),
+        check: Some((qsel / qhit, Target::AtLeast(10.0))),
+    });
+    bars.push(("Db::query hit, page of 20 (diesel-l2)", qhit, true));
+    bars.push(("diesel page query of 20", qsel, false));
+
+    // Writes: a child of a cached list, with the table's pages cached too, against the
+    // same versioned UPDATE in a transaction on another half of the parents; then the
+    // list read that follows a write (a miss: one query and the fill).
+    let half = parents / 2;
+    let (mut w_ours, mut w_base, mut after, mut after_sql) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let rounds = cfg.db_rounds * cfg.db_batch;
+    for r in 0..rounds + 5 {
+        let p_ours = (r as i64 * 31) % half + 1;
+        let p_base = p_ours + half;
+        C::cached_page(&db, 0).expect("page");
+        let list = db.find_all_by(BenchChildByParentId(p_ours)).expect("list");
+        let mut next = (*list[r % list.len()]).clone();
+        next.body = format!("edited {r}");
+        let t = Instant::now();
+        db.transaction(|tx| tx.update(&next)).expect("update");
+        let w = t.elapsed();
+        let t = Instant::now();
+        black_box(db.find_all_by(BenchChildByParentId(p_ours)).expect("list"));
+        let a = t.elapsed();
+        let mut c = pool.get().expect("checkout");
+        let mut base =
+            c.children_of(p_base).expect("select")[r % support::CHILDREN as usize].clone();
+        drop(c);
+        base.body = format!("edited {r}");
+        let t = Instant::now();
+        let mut c = pool.get().expect("checkout");
+        black_box(c.update_child(&base).expect("update"));
+        drop(c);
+        let wb = t.elapsed();
+        let t = Instant::now();
+        let mut c = pool.get().expect("checkout");
+        black_box(c.children_of(p_base).expect("select"));
+        drop(c);
+        let ab = t.elapsed();
+        if r >= 5 {
+            w_ours.push(w.as_nanos() as f64);
+            w_base.push(wb.as_nanos() as f64);
+            after.push(a.as_nanos() as f64);
+            after_sql.push(ab.as_nanos() as f64);
+        }
+    }
+    let (w, wb) = (median(&mut w_ours), median(&mut w_base));
+    let (a, ab) = (median(&mut after), median(&mut after_sql));
+    lines.push(Line {
+        op: "P12 write: tx.update of a listed child (list dropped, pages unusable) vs diesel"
+            .into(),
+        ours: fmt_ns(w),
+        base: fmt_ns(wb),
+        ratio: format!("{:+.1}% overhead", (w / wb - 1.0) * 100.0),
+        check: None,
+    });
+    lines.push(Line {
+        op: "P12 the list read after that write (a miss and its fill) vs diesel select".into(),
+        ours: fmt_ns(a),
+        base: fmt_ns(ab),
+        ratio: format!("{:.2}x (ours/base)", a / ab),
+        check: None,
+    });
+    let q = db.query_stats();
+    let stats = db.region_stats::<BenchChild>().expect("stats");
+    println!(
+        "[{name} P12] list hits {}, list misses {}, list invalidations {}; query hits {}, misses {}, fills {}, refused {}",
+        stats.list_hits, stats.list_misses, stats.list_invalidations, q.hits, q.misses, q.fills, q.refused_fills
+    );
+    for (label, ns, ours) in bars {
+        report.bars.push(Bar {
+            label: format!("{name}: {label}"),
+            ns,
+            ours,
+        });
+    }
+    report
+        .tables
+        .push((format!("{} — P12 lists and queries", bdb.label), lines));
 }
 
 /// Operations per second of `op` on `threads` threads over `window`.

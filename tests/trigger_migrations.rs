@@ -235,7 +235,8 @@ fn blog_example_migrations_install_the_generated_sql() {
         let feed = migration::change_feed(backend)
             .feed_table(FeedTable::new("users", ["id"], "version").unique_key(["email"]))
             .feed_table(FeedTable::new("posts", ["id"], "version").unique_key(["slug"]))
-            .feed_table(FeedTable::new("comments", ["id"], "version"))
+            // `post_id`: the comments' `#[cache(index)]`, precise list invalidation.
+            .feed_table(FeedTable::new("comments", ["id"], "version").index_key(["post_id"]))
             .build()
             .unwrap()
             .with_version("2026-12-01-000002")

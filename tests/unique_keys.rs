@@ -506,3 +506,40 @@ mod lists {
         }
     }
 }
+
+/// A nullable index column: `None` selects the rows whose column IS NULL (in SQL `= NULL`
+/// matches nothing), on every backend.
+mod nullable_lists {
+    use super::*;
+    use diesel::prelude::*;
+
+    /// `users` read with `bio` as a non-unique key (a model of its own: only this test's
+    /// `Db` caches it).
+    #[derive(Queryable, Selectable, Clone, Debug, PartialEq, diesel_l2::Cached)]
+    #[diesel(table_name = common::schema::users)]
+    #[cache(region = "users_by_bio")]
+    pub struct BioUser {
+        pub id: i64,
+        pub version: i64,
+        pub email: String,
+        pub name: String,
+        #[cache(index)]
+        pub bio: Option<String>,
+    }
+
+    backend_tests! {
+        fn a_none_key_lists_the_rows_whose_column_is_null(t) {
+            t.exec("INSERT INTO users (id, version, email, name, bio) VALUES (1, 1, 'a@x', 'A', NULL), (2, 1, 'b@x', 'B', 'poet'), (3, 1, 'c@x', 'C', NULL)");
+            let db = Db::builder(t.pool.clone()).cache::<BioUser>().build().unwrap();
+            let ids = |list: &[std::sync::Arc<BioUser>]| list.iter().map(|u| u.id).collect::<Vec<_>>();
+            assert_eq!(ids(&db.find_all_by(BioUserByBio(None)).unwrap()), [1, 3]);
+            assert_eq!(ids(&db.find_all_by(BioUserByBio(Some("poet".into()))).unwrap()), [2]);
+            // A member moving from NULL to a value moves between the lists.
+            let mut a = db.find::<BioUser>(1).unwrap().unwrap().as_ref().clone();
+            a.bio = Some("poet".into());
+            db.transaction(|tx| tx.update(&a)).unwrap();
+            assert_eq!(ids(&db.find_all_by(BioUserByBio(None)).unwrap()), [3]);
+            assert_eq!(ids(&db.find_all_by(BioUserByBio(Some("poet".into()))).unwrap()), [1, 2]);
+        }
+    }
+}

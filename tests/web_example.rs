@@ -724,12 +724,45 @@ mod blog {
             let second = post(&http, &server.url(&format!("/posts/{post_id}/comments")), None, &json!({ "author_id": ada_id, "body": "Thank you" }));
             assert!(second.body["id"].as_i64() > Some(comment_id), "{second:?}");
 
-            // The lists (plain diesel).
+            // The lists: a post's comments are a cached list, the newest posts a cached
+            // query (C10). The second read of each is a hit; a new comment and a new post
+            // are seen by the next read.
             let comments = get(&http, &server.url(&format!("/posts/{post_id}/comments")));
             assert_eq!(comments.body, json!([c.body, second.body]));
+            // The change feed also reports this process's own commits; a list they drop is
+            // loaded again once. Once the feed has caught up, a read is a list hit.
+            let list_hits = || region(&http, &server, "comments")["list_hits"].as_i64().expect("list_hits");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let before = list_hits();
+                assert_eq!(get(&http, &server.url(&format!("/posts/{post_id}/comments"))).body, comments.body);
+                if list_hits() == before + 1 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the comments were never served from the cached list");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let third = post(&http, &server.url(&format!("/posts/{post_id}/comments")), None, &json!({ "author_id": ada_id, "body": "More" }));
+            assert_eq!(third.status, 201, "{third:?}");
+            let comments = get(&http, &server.url(&format!("/posts/{post_id}/comments")));
+            assert_eq!(comments.body, json!([c.body, second.body, third.body]), "the commit dropped the list");
             let newest = get(&http, &server.url("/posts"));
             assert_eq!(newest.body.as_array().map(Vec::len), Some(1));
             assert_eq!(newest.body[0]["id"].as_i64(), Some(post_id));
+            let query_hits = || get(&http, &server.url("/stats")).body["queries"]["hits"].as_i64().expect("query hits");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let before = query_hits();
+                assert_eq!(get(&http, &server.url("/posts")).body, newest.body);
+                if query_hits() == before + 1 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the newest posts were never served from the query cache");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let later = new_post(&http, &server, grace_id, "A later post");
+            let newest = get(&http, &server.url("/posts"));
+            assert_eq!(newest.body[0]["id"], later["id"], "the new post is first: the commit made the stored page unusable");
             assert_eq!(get(&http, &server.url("/posts?limit=1")).body.as_array().map(Vec::len), Some(1));
             assert_error(&get(&http, &server.url("/posts?limit=many")), 400, "limit");
 

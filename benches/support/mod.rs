@@ -55,6 +55,130 @@ pub struct EmailChange {
     pub email: String,
 }
 
+diesel::table! {
+    /// P12: children of a parent, 20 per parent.
+    bench_children (id) {
+        id -> BigInt,
+        version -> BigInt,
+        parent_id -> BigInt,
+        body -> Text,
+    }
+}
+
+/// P12's child entity: `#[cache(index)]` on `parent_id` generates `BenchChildByParentId`.
+#[derive(Queryable, Selectable, Insertable, Clone, Debug, PartialEq, Cached)]
+#[diesel(table_name = bench_children)]
+#[cache(region = "bench_children", max_entries = 1_000_000)]
+pub struct BenchChild {
+    pub id: i64,
+    pub version: i64,
+    #[cache(index)]
+    pub parent_id: i64,
+    pub body: String,
+}
+
+/// Children per parent in P12.
+pub const CHILDREN: i64 = 20;
+
+/// Creates `bench_children` with `parents * CHILDREN` rows (ids `1..`, parent
+/// `(id - 1) / CHILDREN + 1`) and an index on `parent_id`.
+pub fn create_children<C: R2D2Connection>(conn: &mut C, parents: i64) -> QueryResult<()> {
+    conn.batch_execute(
+        "CREATE TABLE bench_children (id BIGINT PRIMARY KEY NOT NULL, version BIGINT NOT NULL, \
+         parent_id BIGINT NOT NULL, body TEXT NOT NULL); \
+         CREATE INDEX bench_children_parent ON bench_children (parent_id)",
+    )?;
+    let total = parents * CHILDREN;
+    let mut id = 1;
+    while id <= total {
+        let end = (id + 499).min(total);
+        let values: Vec<String> = (id..=end)
+            .map(|i| format!("({i}, 1, {}, 'child {i} of a post, about eighty bytes of text like a short comment')", (i - 1) / CHILDREN + 1))
+            .collect();
+        conn.batch_execute(&format!(
+            "INSERT INTO bench_children (id, version, parent_id, body) VALUES {}",
+            values.join(", ")
+        ))?;
+        id = end + 1;
+    }
+    Ok(())
+}
+
+/// P12's plain diesel baselines and its cached page query, per backend.
+pub trait RawLists: R2D2Connection + Send + 'static {
+    /// `SELECT … FROM bench_children WHERE parent_id = ? ORDER BY id`.
+    fn children_of(&mut self, parent: i64) -> QueryResult<Vec<BenchChild>>;
+    /// `SELECT … FROM bench_children ORDER BY id DESC LIMIT 20 OFFSET ?`.
+    fn newest_page(&mut self, offset: i64) -> QueryResult<Vec<BenchChild>>;
+    /// `BEGIN; UPDATE bench_children SET body = ?, version = version + 1 WHERE id = ? AND
+    /// version = ? RETURNING …; COMMIT`.
+    fn update_child(&mut self, child: &BenchChild) -> QueryResult<Option<BenchChild>>;
+    /// The same page through `Db::query`.
+    fn cached_page(
+        db: &diesel_l2::Db<Self>,
+        offset: i64,
+    ) -> diesel_l2::Result<diesel_l2::List<BenchChild>>;
+}
+
+macro_rules! impl_raw_lists {
+    ($conn:ty) => {
+        impl RawLists for $conn {
+            fn children_of(&mut self, parent: i64) -> QueryResult<Vec<BenchChild>> {
+                bench_children::table
+                    .filter(bench_children::parent_id.eq(parent))
+                    .order(bench_children::id.asc())
+                    .select(BenchChild::as_select())
+                    .load(self)
+            }
+
+            fn newest_page(&mut self, offset: i64) -> QueryResult<Vec<BenchChild>> {
+                bench_children::table
+                    .order(bench_children::id.desc())
+                    .limit(CHILDREN)
+                    .offset(offset)
+                    .select(BenchChild::as_select())
+                    .load(self)
+            }
+
+            fn update_child(&mut self, child: &BenchChild) -> QueryResult<Option<BenchChild>> {
+                self.transaction(|c| {
+                    diesel::update(
+                        bench_children::table
+                            .filter(bench_children::id.eq(child.id))
+                            .filter(bench_children::version.eq(child.version)),
+                    )
+                    .set((
+                        bench_children::version.eq(child.version + 1),
+                        bench_children::parent_id.eq(child.parent_id),
+                        bench_children::body.eq(&child.body),
+                    ))
+                    .returning(BenchChild::as_returning())
+                    .get_result(c)
+                    .optional()
+                })
+            }
+
+            fn cached_page(
+                db: &diesel_l2::Db<Self>,
+                offset: i64,
+            ) -> diesel_l2::Result<diesel_l2::List<BenchChild>> {
+                db.query::<BenchChild, _>(
+                    bench_children::table
+                        .order(bench_children::id.desc())
+                        .limit(CHILDREN)
+                        .offset(offset)
+                        .select(BenchChild::as_select()),
+                )
+            }
+        }
+    };
+}
+
+#[cfg(feature = "sqlite")]
+impl_raw_lists!(diesel::sqlite::SqliteConnection);
+#[cfg(feature = "postgres")]
+impl_raw_lists!(diesel::pg::PgConnection);
+
 /// 110 characters appended to every `bio`, so a row carries ~200 bytes of data.
 const FILLER: &str = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod \
                       tempor incididunt ut labore et dolore.";

@@ -522,9 +522,22 @@ fn index_ops(model: &Model, backend: Backend) -> TokenStream {
     let impls = model.index_keys.iter().map(|k| {
         let name = &k.name;
         let filters = k.fields.iter().enumerate().map(|(pos, &i)| {
-            let col = &model.fields[i].column;
+            let field = &model.fields[i];
+            let col = &field.column;
             let pos = syn::Index::from(pos);
-            quote!(.filter(#table::#col.eq(&key.#pos)))
+            if is_option(&field.ty) {
+                // `= NULL` matches nothing in SQL: a `None` key value selects the rows
+                // whose column IS NULL, as `K::of(row) == key` says in memory.
+                quote!(.filter(
+                    #table::#col.eq(&key.#pos).or(#table::#col.is_null().and(
+                        #d::IntoSql::into_sql::<#d::sql_types::Bool>(
+                            ::core::option::Option::is_none(&key.#pos),
+                        ),
+                    )),
+                ))
+            } else {
+                quote!(.filter(#table::#col.eq(&key.#pos)))
+            }
         });
         quote! {
             #gate! {
@@ -539,7 +552,8 @@ fn index_ops(model: &Model, backend: Backend) -> TokenStream {
                     ) -> #d::QueryResult<::std::vec::Vec<#ident>> {
                         #[allow(unused_imports)]
                         use ::diesel_l2::__private::diesel::prelude::{
-                            ExpressionMethods as _, QueryDsl as _, RunQueryDsl as _,
+                            BoolExpressionMethods as _, ExpressionMethods as _, QueryDsl as _,
+                            RunQueryDsl as _,
                         };
                         #table::table
                             #(#filters)*

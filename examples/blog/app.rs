@@ -13,13 +13,13 @@
 //! | `GET /users/by-email/{email}` | the user with that email (a cached key answered inline) | `Db::find_by_async` |
 //! | `POST /users/{id}/unpublish-all` | unpublishes every post of the user | `Tx::update_where` |
 //! | `POST /posts` | `{"author_id", "title", "body"}` → 201; the slug comes from the title, 409 when taken | `Tx::insert_new`, `Tx::update_changes_unversioned` (the author's `last_seen_at`) |
-//! | `GET /posts` | the newest published posts (`?limit=`, at most 100) | plain diesel: lists are not cached yet |
+//! | `GET /posts` | the newest published posts (`?limit=`, at most 100) | `Db::query`: the query cache, per `limit`, unusable after any committed write to `posts` |
 //! | `GET /posts/{id}` | the post, `ETag: "<version>"` | `find_async` |
 //! | `GET /posts/by-slug/{slug}` | the post with that slug (a cached key answered inline) | `Db::find_by_async` |
 //! | `PATCH /posts/{id}` | `{"title"?, "body"?}`, only the fields given; `If-Match: "<version>"` needed (428 without, 412 on another version), `If-Match: *` overwrites | `transaction_async` + `Tx::update_changes` / `update_changes_unversioned` |
 //! | `DELETE /posts/{id}` | deletes the post and its comments | `retry_async`, `Tx::delete_where`, `Tx::delete` |
 //! | `POST /posts/{id}/comments` | `{"author_id", "body"}` → 201 | `Tx::insert_new` |
-//! | `GET /posts/{id}/comments` | the post's comments, oldest first | `get_async` for the post; the list is plain diesel (not cached yet) |
+//! | `GET /posts/{id}/comments` | the post's comments, oldest first | `get_async` for the post, `find_all_by_async(CommentByPostId(id))`: a cached list, answered inline on a hit |
 //! | `GET /comments/{id}` | the comment | `find_async` |
 //! | `GET /stats` | the cache's counters as JSON | `Db::stats` |
 //!
@@ -48,9 +48,9 @@ use diesel::dsl;
 use diesel::prelude::*;
 use diesel::result::DatabaseErrorKind;
 use diesel_l2::{
-    Cached, CachedOps, ChangeFeed, ChangesetOps, Db, DbPool, DeleteWhereOps, Error, InsertOps,
-    ListenConfig, Operation, OperationLog, RetryPolicy, RetryableError, Tx, UniqueOps,
-    UpdateWhereOps,
+    Cached, CachedOps, ChangeFeed, ChangesetOps, Db, DbPool, DeleteWhereOps, Error, IndexOps,
+    InsertOps, List, ListenConfig, Operation, OperationLog, RetryPolicy, RetryableError, Tx,
+    UniqueOps, UpdateWhereOps,
 };
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{json, Value};
@@ -154,6 +154,8 @@ pub struct Post {
 pub struct Comment {
     pub id: i64,
     pub version: i64,
+    /// `#[cache(index)]`: a post's comments are a cached list (`CommentByPostId`).
+    #[cache(index)]
     pub post_id: i64,
     pub author_id: i64,
     pub body: String,
@@ -248,11 +250,9 @@ pub trait Backend: OperationLog + ChangeFeed {
     fn db(pool: DbPool<Self>, listen: Option<ListenConfig>) -> Result<Db<Self>, Error>;
     /// The service's routes over `db`.
     fn app(db: Db<Self>) -> Router;
-    /// The newest published posts. Lists are plain diesel, not cached (a later version of
-    /// diesel-l2 caches collections).
-    fn newest_posts(conn: &mut Self, limit: i64) -> QueryResult<Vec<Post>>;
-    /// A post's comments, oldest first. Plain diesel, not cached.
-    fn comments_of(conn: &mut Self, post: &Post) -> QueryResult<Vec<Comment>>;
+    /// The newest published posts, from the query cache: stored per `limit`, unusable
+    /// after any committed write to `posts` (C10).
+    fn newest_posts(db: &Db<Self>, limit: i64) -> Result<List<Post>, Error>;
 }
 
 macro_rules! backend {
@@ -274,20 +274,14 @@ macro_rules! backend {
                 Blog::<Self>::router(db)
             }
 
-            fn newest_posts(conn: &mut Self, limit: i64) -> QueryResult<Vec<Post>> {
-                posts::table
-                    .filter(posts::published.eq(true))
-                    .order(posts::id.desc())
-                    .limit(limit)
-                    .select(Post::as_select())
-                    .load(conn)
-            }
-
-            fn comments_of(conn: &mut Self, post: &Post) -> QueryResult<Vec<Comment>> {
-                Comment::belonging_to(post)
-                    .order(comments::id)
-                    .select(Comment::as_select())
-                    .load(conn)
+            fn newest_posts(db: &Db<Self>, limit: i64) -> Result<List<Post>, Error> {
+                db.query::<Post, _>(
+                    posts::table
+                        .filter(posts::published.eq(true))
+                        .order(posts::id.desc())
+                        .limit(limit)
+                        .select(Post::as_select()),
+                )
             }
         }
     )*};
@@ -314,6 +308,7 @@ where
     Comment: CachedOps<C> + for<'a> InsertOps<C, NewComment<'a>> + DeleteWhereOps<C, CommentsOf>,
     UserByEmail: UniqueOps<C>,
     PostBySlug: UniqueOps<C>,
+    CommentByPostId: IndexOps<C>,
 {
     /// The routes.
     pub fn router(db: Db<C>) -> Router {
@@ -468,8 +463,11 @@ where
         let Query(page) =
             page.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
         let limit = page.limit.unwrap_or(20).clamp(1, 100);
-        // Plain diesel on a pooled connection: lists are not cached yet.
-        let posts = blocking(&db, move |conn| Ok(C::newest_posts(conn, limit)?)).await?;
+        // The query cache; a miss runs the query, so off the async worker.
+        let posts = db
+            .spawn_blocking(move |db| C::newest_posts(db, limit))
+            .await??;
+        let posts: Vec<&Post> = posts.iter().map(|p| &**p).collect();
         Ok(Json(posts).into_response())
     }
 
@@ -585,9 +583,11 @@ where
     ) -> Result<Response, ApiError> {
         let post_id = parse_id(&post_id)?;
         // The post from the cache (a missing one is `Error::NotFound`, a 404).
-        let post = db.get_async::<Post>(post_id).await?;
-        // Plain diesel on a pooled connection: lists are not cached yet.
-        let comments = blocking(&db, move |conn| Ok(C::comments_of(conn, &post)?)).await?;
+        db.get_async::<Post>(post_id).await?;
+        // A cached list, answered inline on a hit; invalidated by the commit of any
+        // comment added to, moved from or deleted from the post (C10).
+        let comments = db.find_all_by_async(CommentByPostId(post_id)).await?;
+        let comments: Vec<&Comment> = comments.iter().map(|c| &**c).collect();
         Ok(Json(comments).into_response())
     }
 
@@ -631,17 +631,6 @@ where
         None => (db.retry_async(RetryPolicy::default(), f).await?, false),
     };
     Ok(answer.into_response(replayed))
-}
-
-/// Runs `f` with a pooled connection on tokio's blocking pool: for plain diesel.
-async fn blocking<C, T, F>(db: &Db<C>, f: F) -> Result<T, ApiError>
-where
-    C: Backend,
-    T: Send + 'static,
-    F: FnOnce(&mut C) -> Result<T, ApiError> + Send + 'static,
-{
-    db.spawn_blocking(move |db| f(&mut *db.pool().get().map_err(unavailable)?))
-        .await?
 }
 
 /// The response of a POST, as recorded for an `Idempotency-Key` and replayed as is.
@@ -860,13 +849,6 @@ fn no_author(id: i64) -> ApiError {
 /// return `ApiError`, which says whether to retry: `RetryableError`).
 fn refuse(status: StatusCode, message: impl Into<String>) -> ApiError {
     ApiError::new(status, message)
-}
-
-fn unavailable(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("no database connection: {e}"),
-    )
 }
 
 /// An error response: `{"error": "...", ...details}`.
