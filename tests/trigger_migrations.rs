@@ -21,7 +21,8 @@ use diesel_l2::{Cached, Db, ListenConfig};
 /// The flush threshold is the default (100 rows).
 fn change_feed_v2(backend: migration::Backend) -> Migration {
     migration::change_feed(backend)
-        .table::<User>()
+        // As it was before `User` had an index key (`2026-12-01-000014` adds it).
+        .feed_table(FeedTable::new("users", ["id"], "version").unique_key(["email"]))
         .table::<Product>()
         .table::<Tag>()
         // The same SQL names as the PostgreSQL-only `Document` (`documents`, `id`, `version`).
@@ -89,6 +90,22 @@ fn index_key_migrations_install_the_generated_trigger_sql() {
             .expect("an index key can be in the feed")
             .with_version("2026-12-01-000013")
             .with_name("posts_index_feed");
+        write_or_check(backend, &m);
+    }
+}
+
+/// The change feed of `users` with its nullable index key `bio` (C10). Reinstalls the
+/// triggers `2026-11-30-000002` created for the table.
+#[test]
+fn nullable_index_key_migrations_install_the_generated_trigger_sql() {
+    for backend in migration::Backend::ALL {
+        let m = migration::change_feed(backend)
+            .table::<User>()
+            .drops_shared(false)
+            .build()
+            .expect("a nullable index key can be in the feed")
+            .with_version("2026-12-01-000014")
+            .with_name("users_index_feed");
         write_or_check(backend, &m);
     }
 }

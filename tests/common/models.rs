@@ -17,6 +17,9 @@ pub struct User {
     #[cache(unique)]
     pub email: String,
     pub name: String,
+    /// A nullable non-unique key: `UserByBio(None)` lists the users without a bio (the
+    /// history checker's list reads, C10).
+    #[cache(index)]
     pub bio: Option<String>,
 }
 

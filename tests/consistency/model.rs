@@ -120,6 +120,9 @@ pub trait Store: Sync {
     /// The users with an id in `lo..=hi`, in id order, through the store's query cache
     /// (C10): the cached query read, checked key by key like `find_many`.
     fn query_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error>;
+    /// Every user without a bio (all of them: the workload never sets one), through the
+    /// store's cached list (C10), keeping those with an id in `lo..=hi`.
+    fn list_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error>;
     /// One transaction running `body`; `retry` re-runs it on retryable errors.
     fn run(
         &self,

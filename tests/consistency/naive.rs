@@ -25,6 +25,9 @@ pub struct Naive<C: R2D2Connection + 'static> {
     /// Cached user ranges (the query cache's baseline): filled on a miss, dropped after a
     /// commit that wrote a user inside them.
     ranges: Cache<(i64, i64), Arc<Vec<Row>>>,
+    /// The cached list of users without a bio (the collection cache's baseline): filled
+    /// on a miss, dropped after a commit that wrote a user.
+    list: Cache<(), Arc<Vec<Row>>>,
 }
 
 impl<C: R2D2Connection + 'static> Naive<C> {
@@ -44,6 +47,7 @@ impl<C: R2D2Connection + 'static> Naive<C> {
                 .max_capacity(tags_max)
                 .time_to_live(tags_ttl)
                 .build(),
+            list: Cache::builder().max_capacity(1).build(),
             ranges: Cache::builder()
                 .max_capacity(10_000)
                 .support_invalidation_closures()
@@ -173,6 +177,24 @@ where
         keys.iter().map(|k| self.find(*k)).collect()
     }
 
+    fn list_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error> {
+        use crate::common::models::UserByBio;
+        let rows = self
+            .list
+            .try_get_with((), || {
+                let mut conn = self.conn()?;
+                let users =
+                    <UserByBio as diesel_l2::IndexOps<C>>::load_all_by(&mut *conn, &UserByBio(None))?;
+                Ok::<_, Error>(Arc::new(users.iter().map(Row::from_user).collect()))
+            })
+            .map_err(|e: Arc<Error>| Error::Other(e.to_string().into()))?;
+        Ok(rows
+            .iter()
+            .filter(|r| (lo..=hi).contains(&r.key.id))
+            .cloned()
+            .collect())
+    }
+
     fn query_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error> {
         let rows = self
             .ranges
@@ -213,6 +235,7 @@ where
                     for k in touched {
                         self.cache(k.kind).invalidate(&k.id);
                         if k.kind == Kind::User {
+                            self.list.invalidate(&());
                             let id = k.id;
                             let _ = self
                                 .ranges
@@ -271,6 +294,7 @@ where
         self.cache(kind).invalidate_all();
         if kind == Kind::User {
             self.ranges.invalidate_all();
+            self.list.invalidate_all();
         }
     }
 

@@ -4,7 +4,7 @@ use diesel::r2d2::R2D2Connection;
 use diesel_l2::{CachedOps, Db, Error, QueryKey, RetryPolicy};
 
 use super::model::{tag_id, Key, Kind, Row, Store, TxOps};
-use crate::common::models::{Tag, User};
+use crate::common::models::{Tag, User, UserByBio};
 
 pub struct Ours<C: R2D2Connection + 'static> {
     pub db: Db<C>,
@@ -25,6 +25,7 @@ where
     C: R2D2Connection + diesel_l2::OperationLog,
     User: CachedOps<C>,
     Tag: CachedOps<C>,
+    UserByBio: diesel_l2::IndexOps<C>,
 {
     fn name(&self) -> &'static str {
         "diesel-l2"
@@ -79,6 +80,15 @@ where
             Ok(users)
         })?;
         Ok(rows.iter().map(|u| Row::from_user(u)).collect())
+    }
+
+    fn list_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error> {
+        let list = self.db.find_all_by(UserByBio(None))?;
+        Ok(list
+            .iter()
+            .filter(|u| (lo..=hi).contains(&u.id))
+            .map(|u| Row::from_user(u))
+            .collect())
     }
 
     fn run(

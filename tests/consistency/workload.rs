@@ -94,6 +94,7 @@ pub enum Op {
     Find,
     FindMany,
     Query,
+    List,
     Update,
     Redeliver,
     Insert,
@@ -338,7 +339,8 @@ impl Worker<'_> {
     fn op(&mut self, store: &dyn Store) {
         let r = self.rng.u8(0..100);
         let op = match r {
-            0..=23 => Op::Find,
+            0..=21 => Op::Find,
+            22..=23 => Op::List,
             24..=27 => Op::Query,
             28..=37 => Op::FindMany,
             38..=55 => Op::Update,
@@ -369,6 +371,32 @@ impl Worker<'_> {
                         key: k,
                         seen,
                     }),
+                    Err(_) => self.op_errors += 1,
+                }
+            }
+            Op::List => {
+                // The cached list of every user without a bio (all of them), checked on
+                // one generation of ids like the query read (C10).
+                let k = self.keys.pick(&mut self.rng, Kind::User);
+                let lo = k.id - k.id.rem_euclid(self.keys.slots());
+                let hi = lo + self.keys.slots() - 1;
+                let start = self.history.now();
+                let r = store.list_users(lo, hi);
+                let end = self.history.now();
+                match r {
+                    Ok(rows) => {
+                        for id in lo..=hi {
+                            let key = Key { kind: Kind::User, id };
+                            let seen = rows.iter().find(|r| r.key.id == id).cloned();
+                            self.events.push(Event::Read {
+                                thread: self.thread,
+                                start,
+                                end,
+                                key,
+                                seen,
+                            });
+                        }
+                    }
                     Err(_) => self.op_errors += 1,
                 }
             }
