@@ -65,6 +65,7 @@ where
     C: R2D2Connection + 'static,
     User: CachedOps<C>,
     Tag: CachedOps<C>,
+    common::models::UserByBio: diesel_l2::IndexOps<C>,
 {
     let db = Db::builder(t.pool.clone())
         .cache_with::<User>(|c| c.max_entries(USERS_MAX))
@@ -94,6 +95,7 @@ where
     C: common::TestBackend + diesel_l2::ChangeFeed,
     User: CachedOps<C>,
     Tag: CachedOps<C>,
+    common::models::UserByBio: diesel_l2::IndexOps<C>,
 {
     let mut listen =
         diesel_l2::ListenConfig::new(t.url.clone()).poll_interval(Duration::from_millis(1));
@@ -178,6 +180,7 @@ where
     C: common::TestBackend + diesel_l2::OperationLog,
     User: CachedOps<C>,
     Tag: CachedOps<C>,
+    common::models::UserByBio: diesel_l2::IndexOps<C>,
 {
     let f = prepare(t);
     println!("[{}] seed {}", t.backend, ours_cfg.seed);

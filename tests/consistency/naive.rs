@@ -159,6 +159,7 @@ where
     C: R2D2Connection + 'static,
     User: CachedOps<C>,
     Tag: CachedOps<C>,
+    crate::common::models::UserByBio: diesel_l2::IndexOps<C>,
 {
     fn name(&self) -> &'static str {
         "naive cache-aside"
@@ -183,8 +184,10 @@ where
             .list
             .try_get_with((), || {
                 let mut conn = self.conn()?;
-                let users =
-                    <UserByBio as diesel_l2::IndexOps<C>>::load_all_by(&mut *conn, &UserByBio(None))?;
+                let users = <UserByBio as diesel_l2::IndexOps<C>>::load_all_by(
+                    &mut *conn,
+                    &UserByBio(None),
+                )?;
                 Ok::<_, Error>(Arc::new(users.iter().map(Row::from_user).collect()))
             })
             .map_err(|e: Arc<Error>| Error::Other(e.to_string().into()))?;

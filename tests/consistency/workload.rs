@@ -386,7 +386,10 @@ impl Worker<'_> {
                 match r {
                     Ok(rows) => {
                         for id in lo..=hi {
-                            let key = Key { kind: Kind::User, id };
+                            let key = Key {
+                                kind: Kind::User,
+                                id,
+                            };
                             let seen = rows.iter().find(|r| r.key.id == id).cloned();
                             self.events.push(Event::Read {
                                 thread: self.thread,
