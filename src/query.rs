@@ -418,6 +418,8 @@ impl QueryCache {
     }
 
     pub(crate) fn stats(&self) -> QueryStats {
+        // Settles moka's pending evictions so that `entries` is current.
+        self.entries.run_pending_tasks();
         let mut invalidations: Vec<(String, u64)> = self
             .clocks
             .values()

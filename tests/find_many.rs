@@ -231,6 +231,41 @@ mod query_cache {
             assert_eq!(t.sql.count(), 0, "filled again once no write is in flight");
         }
 
+        /// The query cache is bounded (entries, bytes, ttl) and its settings are checked
+        /// (C8).
+        fn the_query_cache_is_bounded_and_its_settings_checked(t) {
+            use diesel_l2::QueryCacheConfig;
+            use std::time::Duration;
+            seed(t);
+            for (bad, what) in [
+                (QueryCacheConfig::new().max_entries(0), "max_entries is 0"),
+                (QueryCacheConfig::new().max_bytes(0), "max_bytes is 0"),
+                (QueryCacheConfig::new().ttl(Duration::ZERO), "ttl is zero"),
+            ] {
+                match common::builder(t).query_cache(bad).build() {
+                    Err(Error::Config(msg)) => assert!(msg.contains(what), "{msg}"),
+                    other => panic!("expected a configuration error, got {:?}", other.map(|_| ())),
+                }
+            }
+            let db = common::builder(t).query_cache(QueryCacheConfig::new().max_entries(2)).build().unwrap();
+            for user in 0..6_i64 {
+                db.query::<Post, _>(posts::table.filter(posts::user_id.eq(user)).select(Post::as_select())).unwrap();
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while db.query_stats().entries > 2 {
+                assert!(std::time::Instant::now() < deadline, "{:?}", db.query_stats());
+                let _ = db.query_stats();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let db = common::builder(t).query_cache(QueryCacheConfig::new().ttl(Duration::from_millis(50))).build().unwrap();
+            let q = || posts::table.filter(posts::user_id.eq(1)).select(Post::as_select());
+            db.query::<Post, _>(q()).unwrap();
+            std::thread::sleep(Duration::from_millis(120));
+            t.sql.reset();
+            db.query::<Post, _>(q()).unwrap();
+            assert_eq!(t.sql.selects(), 1, "the stored result expired");
+        }
+
         /// C8: a query over a table no cached entity maps, or whose tables cannot be read
         /// from its SQL, is a configuration error that says what to do; a keyed raw query
         /// works.
