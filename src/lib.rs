@@ -119,7 +119,9 @@
 //! - **C8 Bad input is a typed error**, never a panic in library code.
 //! - **C10 Lists.** A cached collection ([`Db::find_all_by`]) read after a commit never
 //!   misses a member that commit added or moved in, nor holds one it deleted, moved out
-//!   or changed; a list load that raced a write does not fill (C3, C4 for lists).
+//!   or changed; a list load that raced a write does not fill (C3, C4 for lists). A
+//!   cached query ([`Db::query`]) read after a commit to any table it reads is not served
+//!   from before it, and a query that raced a write does not store its result.
 //! - **C11 Batches.** An operation run through a [`Batcher`] has the guarantees of its own
 //!   transaction (C1, C2, C6) and its own result, while many operations share one COMMIT.
 //!
