@@ -610,8 +610,9 @@ backend_tests! {
         wait_for("the update to invalidate", || b.peek::<User>(&1).unwrap().is_none());
         assert_eq!(b.find::<User>(1).unwrap().unwrap().email, "ada@y.org");
         let expected = [
-            ("|i|", "|1|1|n0.0=9:ada@x.org"),
-            ("|u|", "|1|1|o0.0=9:ada@x.org|n0.0=9:ada@y.org"),
+            // Then the index key `bio` (number 100), NULL here.
+            ("|i|", "|1|1|n0.0=9:ada@x.org|n100.0=null"),
+            ("|u|", "|1|1|o0.0=9:ada@x.org|n0.0=9:ada@y.org|o100.0=null|n100.0=null"),
             ("|i|", "|1|5|n0.0=1:7|n0.1=3:c@x"),
             ("|d|", "|1|5|o0.0=1:7|o0.1=3:c@x"),
         ];
