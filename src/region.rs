@@ -912,6 +912,11 @@ impl<E: CachedEntity> Region<E> {
             }
         }
         if own {
+            // The slot is at this version or later, but a load in flight may have read an
+            // older one: a refresh puts without comparing versions, so fence it (C3).
+            if let Some(st) = keys.get_mut(id) {
+                st.epoch += 1;
+            }
             drop(keys);
             // The slot holds this change or a later one, but a list filled before it may
             // not: another process's change the slot caught up with by a later load

@@ -446,6 +446,34 @@ backend_tests! {
         assert!(db.find_by(UserByEmail("old@x.org".into())).unwrap().is_none());
     }
 
+    /// C3 for `refresh()`: a refresh load reads version 1 (paused after its query) →
+    /// another client updates the row to version 2 with plain SQL → a batch read (which
+    /// joins no flight) loads and fills version 2 → version 2's notification finds the
+    /// slot already at 2 → the refresh's put must not replace 2 with 1.
+    fn a_refresh_that_read_an_older_version_never_replaces_a_newer_fill(t) {
+        t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x.org', 'A')");
+        let s = Script::default();
+        let db = Db::builder(t.pool.clone()).cache::<User>().listen(listen_to(t)).test_hook(s.hook()).build().unwrap();
+        let changes = || db.stats().listener.unwrap().changes;
+        let seen = changes();
+        s.arm("refresher", "after_load");
+        let r = {
+            let db = db.clone();
+            spawn("refresher", move || db.refresh().find::<User>(1).unwrap())
+        };
+        s.wait("refresher", "after_load");
+        t.exec("UPDATE users SET name = 'B', version = 2 WHERE id = 1");
+        let batch = db.find_many::<User>(&[1]).unwrap();
+        assert_eq!(batch[0].as_ref().map(|u| u.version), Some(2));
+        wait_until("version 2's notification", || changes() > seen);
+        s.release("refresher", "after_load");
+        assert_eq!(r.join().unwrap().map(|u| u.version), Some(1), "the refresh returns what it read");
+        // Version 2, or nothing if the notification came before the batch's fill; never 1.
+        let cached = db.peek::<User>(&1).unwrap().map(|u| u.version);
+        assert!(matches!(cached, None | Some(2)), "C3: the refresh put version 1 over version 2: {cached:?}");
+        assert_eq!(db.find::<User>(1).unwrap().map(|u| u.version), Some(2));
+    }
+
     // ---- Regressions: bugs the consistency work found, now fixed -------------------
 
     /// Was a bug (C1, PostgreSQL), fixed by the pre-COMMIT probe: a statement error swallowed inside the closure aborts the
