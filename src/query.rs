@@ -537,6 +537,35 @@ impl<C: R2D2Connection + 'static> Db<C> {
         Ok(rows)
     }
 
+    /// [`query`](Db::query) for async code (feature `tokio`): a stored result is answered
+    /// on the calling task (the query's SQL rendered, one lookup, no SQL and no blocking
+    /// pool); anything else runs the query on tokio's blocking pool and stores its
+    /// result as `query` does (C3, C10).
+    #[cfg(feature = "tokio")]
+    pub async fn query_async<E, Q>(&self, query: Q) -> Result<List<E>>
+    where
+        E: CachedOps<C>,
+        C::Backend: Default,
+        <C::Backend as Backend>::QueryBuilder: Default,
+        Q: QueryFragment<C::Backend> + for<'q> LoadQuery<'q, C, E> + Send + 'static,
+    {
+        let sql = diesel::debug_query::<C::Backend, _>(&query).to_string();
+        let key = (std::any::TypeId::of::<E>(), sql);
+        if let Some(rows) = self.inner.queries.lookup::<E>(&key) {
+            return Ok(rows);
+        }
+        let tables = tables_of_sql(&key.1);
+        if tables.is_empty() {
+            return Err(Error::Config(format!(
+                "cannot tell which tables this query reads from its SQL ({}); cache it with \
+                 Db::query_keyed and QueryKey::reads",
+                key.1
+            )));
+        }
+        self.spawn_blocking(move |db| db.run_and_store(key, &tables, |conn| query.load(conn)))
+            .await?
+    }
+
     /// The query cache's counters (also in [`Db::stats`]).
     pub fn query_stats(&self) -> QueryStats {
         self.inner.queries.stats()

@@ -220,6 +220,32 @@ mod async_front {
             });
         }
 
+        /// `query_async` (C10): a miss runs on the blocking pool and stores the result; the
+        /// stored result is then answered inline (the same `Arc`, no SQL), and a commit to
+        /// the table it reads makes the next read run the query again.
+        fn a_cached_query_is_answered_inline(t) {
+            use common::models::Post;
+            use common::schema::posts;
+            use diesel::prelude::*;
+            seed(t, &[1]);
+            t.exec("INSERT INTO posts (id, version, user_id, title) VALUES (1, 1, 1, 'a'), (2, 1, 1, 'b')");
+            let db = common::cached_db(t);
+            let q = || posts::table.filter(posts::user_id.eq(1_i64)).order(posts::id.asc()).select(Post::as_select());
+            // Outside a runtime a miss cannot reach the blocking pool: an error, no SQL.
+            assert!(matches!(poll_once(db.query_async::<Post, _>(q())), Poll::Ready(Err(Error::AsyncRuntime { .. }))));
+            let first = current_thread().block_on(db.query_async::<Post, _>(q())).unwrap();
+            assert_eq!(first.len(), 2);
+            t.sql.reset();
+            let Poll::Ready(again) = poll_once(db.query_async::<Post, _>(q())) else {
+                panic!("a stored query waited for something");
+            };
+            assert!(Arc::ptr_eq(&again.unwrap(), &first), "the stored list itself");
+            assert_eq!(t.sql.count(), 0, "a stored query ran SQL: {:?}", t.sql.statements());
+            db.transaction(|tx| tx.insert(&Post { id: 3, version: 1, user_id: 1, title: "c".into() })).unwrap();
+            let after = current_thread().block_on(db.query_async::<Post, _>(q())).unwrap();
+            assert_eq!(after.len(), 3, "the commit is seen");
+        }
+
         /// `find_all_by_async` (C10): a miss runs on the blocking pool and fills the list;
         /// the cached list is then answered inline, the same `Arc` and no SQL.
         fn a_cached_list_is_answered_inline(t) {

@@ -13,7 +13,7 @@
 //! | `GET /users/by-email/{email}` | the user with that email (a cached key answered inline) | `Db::find_by_async` |
 //! | `POST /users/{id}/unpublish-all` | unpublishes every post of the user | `Tx::update_where` |
 //! | `POST /posts` | `{"author_id", "title", "body"}` → 201; the slug comes from the title, 409 when taken | `Tx::insert_new`, `Tx::update_changes_unversioned` (the author's `last_seen_at`) |
-//! | `GET /posts` | the newest published posts (`?limit=`, at most 100) | `Db::query`: the query cache, per `limit`, unusable after any committed write to `posts` |
+//! | `GET /posts` | the newest published posts (`?limit=`, at most 100) | `Db::query_async`: the query cache, per `limit` (a stored page answered inline), unusable after any committed write to `posts` |
 //! | `GET /posts/{id}` | the post, `ETag: "<version>"` | `find_async` |
 //! | `GET /posts/by-slug/{slug}` | the post with that slug (a cached key answered inline) | `Db::find_by_async` |
 //! | `PATCH /posts/{id}` | `{"title"?, "body"?}`, only the fields given; `If-Match: "<version>"` needed (428 without, 412 on another version), `If-Match: *` overwrites | `transaction_async` + `Tx::update_changes` / `update_changes_unversioned` |
@@ -244,6 +244,10 @@ pub type CommentsOf = dsl::Eq<comments::post_id, i64>;
 /// below for each backend this build has). The handlers are generic over it, so the
 /// example can pick its database at run time; an app on one backend writes its
 /// connection type instead and needs none of this.
+/// The future of [`Backend::newest_posts`].
+pub type NewestPosts =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<List<Post>, Error>> + Send>>;
+
 pub trait Backend: OperationLog + ChangeFeed {
     /// A `Db` over `pool` caching the blog's three models, listening for changes made by
     /// other processes when `listen` is given (C7).
@@ -251,8 +255,9 @@ pub trait Backend: OperationLog + ChangeFeed {
     /// The service's routes over `db`.
     fn app(db: Db<Self>) -> Router;
     /// The newest published posts, from the query cache: stored per `limit`, unusable
-    /// after any committed write to `posts` (C10).
-    fn newest_posts(db: &Db<Self>, limit: i64) -> Result<List<Post>, Error>;
+    /// after any committed write to `posts` (C10). A stored page is answered on the
+    /// calling task; a miss runs on the blocking pool (`Db::query_async`).
+    fn newest_posts(db: Db<Self>, limit: i64) -> NewestPosts;
 }
 
 macro_rules! backend {
@@ -274,14 +279,17 @@ macro_rules! backend {
                 Blog::<Self>::router(db)
             }
 
-            fn newest_posts(db: &Db<Self>, limit: i64) -> Result<List<Post>, Error> {
-                db.query::<Post, _>(
-                    posts::table
-                        .filter(posts::published.eq(true))
-                        .order(posts::id.desc())
-                        .limit(limit)
-                        .select(Post::as_select()),
-                )
+            fn newest_posts(db: Db<Self>, limit: i64) -> NewestPosts {
+                Box::pin(async move {
+                    db.query_async::<Post, _>(
+                        posts::table
+                            .filter(posts::published.eq(true))
+                            .order(posts::id.desc())
+                            .limit(limit)
+                            .select(Post::as_select()),
+                    )
+                    .await
+                })
             }
         }
     )*};
@@ -463,10 +471,8 @@ where
         let Query(page) =
             page.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
         let limit = page.limit.unwrap_or(20).clamp(1, 100);
-        // The query cache; a miss runs the query, so off the async worker.
-        let posts = db
-            .spawn_blocking(move |db| C::newest_posts(db, limit))
-            .await??;
+        // The query cache: a stored page inline, a miss on the blocking pool.
+        let posts = C::newest_posts(db, limit).await?;
         let posts: Vec<&Post> = posts.iter().map(|p| &**p).collect();
         Ok(Json(posts).into_response())
     }
