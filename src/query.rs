@@ -490,14 +490,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
         if let Some(rows) = cache.lookup::<E>(&key) {
             return Ok(rows);
         }
-        let tables = tables_of_sql(&key.1);
-        if tables.is_empty() {
-            return Err(Error::Config(format!(
-                "cannot tell which tables this query reads from its SQL ({}); cache it with \
-                 Db::query_keyed and QueryKey::reads",
-                key.1
-            )));
-        }
+        let tables = read_tables(&key.1)?;
         self.run_and_store(key, &tables, |conn| query.load(conn))
     }
 
@@ -554,14 +547,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
         if let Some(rows) = self.inner.queries.lookup::<E>(&key) {
             return Ok(rows);
         }
-        let tables = tables_of_sql(&key.1);
-        if tables.is_empty() {
-            return Err(Error::Config(format!(
-                "cannot tell which tables this query reads from its SQL ({}); cache it with \
-                 Db::query_keyed and QueryKey::reads",
-                key.1
-            )));
-        }
+        let tables = read_tables(&key.1)?;
         self.spawn_blocking(move |db| db.run_and_store(key, &tables, |conn| query.load(conn)))
             .await?
     }
@@ -574,6 +560,18 @@ impl<C: R2D2Connection + 'static> Db<C> {
 
 /// A stored result of rows of `E`.
 struct Stored<E>(List<E>);
+
+/// The tables a rendered query reads, or the error that says to declare them.
+fn read_tables(sql: &str) -> Result<Vec<String>> {
+    let tables = tables_of_sql(sql);
+    if tables.is_empty() {
+        return Err(Error::Config(format!(
+            "cannot tell which tables this query reads from its SQL ({sql}); cache it with \
+             Db::query_keyed and QueryKey::reads"
+        )));
+    }
+    Ok(tables)
+}
 
 /// The tables a rendered query reads: the identifiers after each `FROM` and `JOIN`
 /// (diesel quotes them: `"posts"`, `` `posts` ``, `"schema"."posts"`). Words in the

@@ -331,6 +331,36 @@ impl Worker<'_> {
         self.keys.pick(&mut self.rng, kd)
     }
 
+    /// A read of one generation of user ids through a cached list or query (C10): each id
+    /// is checked like a `find`, an id missing from the rows as an absent read.
+    fn range_read(&mut self, read: impl FnOnce(i64, i64) -> Result<Vec<Row>, Error>) {
+        let k = self.keys.pick(&mut self.rng, Kind::User);
+        let lo = k.id - k.id.rem_euclid(self.keys.slots());
+        let hi = lo + self.keys.slots() - 1;
+        let start = self.history.now();
+        let r = read(lo, hi);
+        let end = self.history.now();
+        match r {
+            Ok(rows) => {
+                for id in lo..=hi {
+                    let key = Key {
+                        kind: Kind::User,
+                        id,
+                    };
+                    let seen = rows.iter().find(|r| r.key.id == id).cloned();
+                    self.events.push(Event::Read {
+                        thread: self.thread,
+                        start,
+                        end,
+                        key,
+                        seen,
+                    });
+                }
+            }
+            Err(_) => self.op_errors += 1,
+        }
+    }
+
     fn fresh_key(&mut self) -> Key {
         let kd = kind(&mut self.rng);
         self.keys.fresh(&mut self.rng, kd)
@@ -374,64 +404,10 @@ impl Worker<'_> {
                     Err(_) => self.op_errors += 1,
                 }
             }
-            Op::List => {
-                // The cached list of every user without a bio (all of them), checked on
-                // one generation of ids like the query read (C10).
-                let k = self.keys.pick(&mut self.rng, Kind::User);
-                let lo = k.id - k.id.rem_euclid(self.keys.slots());
-                let hi = lo + self.keys.slots() - 1;
-                let start = self.history.now();
-                let r = store.list_users(lo, hi);
-                let end = self.history.now();
-                match r {
-                    Ok(rows) => {
-                        for id in lo..=hi {
-                            let key = Key {
-                                kind: Kind::User,
-                                id,
-                            };
-                            let seen = rows.iter().find(|r| r.key.id == id).cloned();
-                            self.events.push(Event::Read {
-                                thread: self.thread,
-                                start,
-                                end,
-                                key,
-                                seen,
-                            });
-                        }
-                    }
-                    Err(_) => self.op_errors += 1,
-                }
-            }
-            Op::Query => {
-                // One generation of ids (every slot's id at some generation): a cached
-                // query read is checked key by key, a missing key as an absent read (C10).
-                let k = self.keys.pick(&mut self.rng, Kind::User);
-                let lo = k.id - k.id.rem_euclid(self.keys.slots());
-                let hi = lo + self.keys.slots() - 1;
-                let start = self.history.now();
-                let r = store.query_users(lo, hi);
-                let end = self.history.now();
-                match r {
-                    Ok(rows) => {
-                        for id in lo..=hi {
-                            let key = Key {
-                                kind: Kind::User,
-                                id,
-                            };
-                            let seen = rows.iter().find(|r| r.key.id == id).cloned();
-                            self.events.push(Event::Read {
-                                thread: self.thread,
-                                start,
-                                end,
-                                key,
-                                seen,
-                            });
-                        }
-                    }
-                    Err(_) => self.op_errors += 1,
-                }
-            }
+            // Cached lists and cached queries (C10): one generation of user ids (every
+            // slot's id at some generation), checked key by key.
+            Op::List => self.range_read(|lo, hi| store.list_users(lo, hi)),
+            Op::Query => self.range_read(|lo, hi| store.query_users(lo, hi)),
             Op::FindMany => {
                 let kd = kind(&mut self.rng);
                 let n = self.rng.usize(2..=5);
