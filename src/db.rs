@@ -72,6 +72,9 @@ pub(crate) struct Inner<C: R2D2Connection + 'static> {
     pub(crate) inbox: Inbox,
     /// Cached query results and the per-table clocks that fence them (C10).
     pub(crate) queries: Arc<QueryCache>,
+    /// The shared tier (C9), when the `Db` has one.
+    #[cfg(feature = "redis")]
+    pub(crate) shared: Option<Arc<crate::shared::Tier>>,
 }
 
 impl<C: R2D2Connection + 'static> Inner<C> {
@@ -142,6 +145,27 @@ pub struct DbBuilder<C: R2D2Connection + 'static> {
     listen: Option<(ListenConfig, StartListener)>,
     operation_retention: Duration,
     query_cache: QueryCacheConfig,
+    #[cfg(feature = "redis")]
+    shared_tier: Option<crate::shared::SharedConfig>,
+    /// `shared::<E>()` (Some) and `local_only::<E>()` (None), by entity type.
+    #[cfg(feature = "redis")]
+    shared_overrides: Vec<(TypeId, &'static str, Option<MakeShared>)>,
+}
+
+/// Makes a region's view of the shared tier, given the tier and the region's name; boxed
+/// `SharedRegion<E>`.
+#[cfg(feature = "redis")]
+type MakeShared = Box<dyn FnOnce(&Arc<crate::shared::Tier>, &str) -> Box<dyn std::any::Any> + Send>;
+
+#[cfg(feature = "redis")]
+fn make_shared<E: CachedEntity>(codec: crate::shared::SharedCodec<E>) -> MakeShared {
+    Box::new(move |tier, name| {
+        Box::new(crate::shared::SharedRegion::new(
+            Arc::clone(tier),
+            codec,
+            name,
+        ))
+    })
 }
 
 type StartListener = fn(ListenConfig, &[Arc<dyn AnyRegion>], Arc<QueryCache>) -> Result<Listener>;
@@ -152,15 +176,33 @@ struct Registration {
     config: RegionConfig,
     /// The SQL name of the entity's table.
     sql_table: String,
-    make: fn(RegionConfig, Option<Hook>, &str) -> Arc<dyn AnyRegion>,
+    make: MakeRegion,
+    /// `#[cache(shared)]`: how to put the shared tier behind the region.
+    #[cfg(feature = "redis")]
+    shared: Option<MakeShared>,
 }
 
+/// Makes an entity's region: its settings, the test hook, the SQL table name, and its
+/// boxed `SharedRegion<E>` when it is shared.
+type MakeRegion =
+    fn(RegionConfig, Option<Hook>, &str, Option<Box<dyn std::any::Any>>) -> Arc<dyn AnyRegion>;
+
+/// `shared`: a boxed `SharedRegion<E>` (feature `redis`), or `None`.
 fn make_region<E: CachedEntity>(
     config: RegionConfig,
     hook: Option<Hook>,
     sql_table: &str,
+    shared: Option<Box<dyn std::any::Any>>,
 ) -> Arc<dyn AnyRegion> {
-    Arc::new(Region::<E>::with_hook(config, hook).with_sql_table(sql_table))
+    let region = Region::<E>::with_hook(config, hook).with_sql_table(sql_table);
+    #[cfg(feature = "redis")]
+    let region = match shared.and_then(|s| s.downcast::<crate::shared::SharedRegion<E>>().ok()) {
+        Some(s) => region.with_shared(*s),
+        None => region,
+    };
+    #[cfg(not(feature = "redis"))]
+    let _ = shared;
+    Arc::new(region)
 }
 
 impl<C: R2D2Connection + 'static> DbBuilder<C> {
@@ -181,7 +223,45 @@ impl<C: R2D2Connection + 'static> DbBuilder<C> {
             config: configure(E::cache_config()),
             sql_table: E::sql_table(),
             make: make_region::<E>,
+            #[cfg(feature = "redis")]
+            shared: E::shared_codec().map(make_shared::<E>),
         });
+        self
+    }
+
+    /// Gives the `Db` the shared tier (feature `redis`): a Redis cache behind the local
+    /// regions of `#[cache(shared)]` entities (and of those opted in with
+    /// [`shared`](DbBuilder::shared)), fenced so that no instance reads an old row from it
+    /// (C9; see [`crate::shared`]). `build()` does not wait for Redis: while it cannot be
+    /// reached, reads go to the database.
+    #[cfg(feature = "redis")]
+    pub fn shared_tier(mut self, config: crate::shared::SharedConfig) -> Self {
+        self.shared_tier = Some(config);
+        self
+    }
+
+    /// Keeps `E` in the shared tier too, as `#[cache(shared)]` does (for an entity whose
+    /// derive you do not control, or from configuration). `E` must be cached
+    /// ([`cache`](DbBuilder::cache)), in any order.
+    #[cfg(feature = "redis")]
+    pub fn shared<E>(mut self) -> Self
+    where
+        E: CachedEntity + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let codec = crate::shared::SharedCodec::<E>::new(E::SHAPE);
+        self.shared_overrides.push((
+            TypeId::of::<E>(),
+            std::any::type_name::<E>(),
+            Some(make_shared::<E>(codec)),
+        ));
+        self
+    }
+
+    /// Keeps `E` out of the shared tier although it is `#[cache(shared)]`.
+    #[cfg(feature = "redis")]
+    pub fn local_only<E: CachedEntity>(mut self) -> Self {
+        self.shared_overrides
+            .push((TypeId::of::<E>(), std::any::type_name::<E>(), None));
         self
     }
 
@@ -243,6 +323,25 @@ impl<C: R2D2Connection + 'static> DbBuilder<C> {
         let mut order = Vec::new();
         let mut names = HashMap::new();
         let mut tables: HashMap<String, &'static str> = HashMap::new();
+        #[cfg(feature = "redis")]
+        let tier = self
+            .shared_tier
+            .map(crate::shared::Tier::connect)
+            .transpose()?;
+        #[cfg(feature = "redis")]
+        let mut overrides = self.shared_overrides;
+        #[cfg(feature = "redis")]
+        if let Some((_, name, _)) = overrides
+            .iter()
+            .find(|(t, _, _)| !self.entries.iter().any(|r| r.type_id == *t))
+        {
+            return Err(Error::Config(format!(
+                "`shared::<{name}>()` or `local_only::<{name}>()` names an entity that is not \
+                 cached: add `.cache::<{name}>()`"
+            )));
+        }
+        #[cfg(feature = "redis")]
+        let mut any_shared = false;
         for reg in self.entries {
             validate(&reg.config, reg.type_name)?;
             if let Some(other) = tables.insert(reg.sql_table.clone(), reg.type_name) {
@@ -275,9 +374,41 @@ impl<C: R2D2Connection + 'static> DbBuilder<C> {
                     reg.type_name, reg.type_name
                 )));
             }
-            let region = (reg.make)(reg.config, self.hook.clone(), &reg.sql_table);
+            #[cfg(feature = "redis")]
+            let shared = {
+                let mut choice = reg.shared;
+                while let Some(i) = overrides.iter().position(|(t, _, _)| *t == reg.type_id) {
+                    choice = overrides.remove(i).2;
+                }
+                match (&tier, choice) {
+                    (Some(tier), Some(make)) => {
+                        any_shared = true;
+                        Some(make(tier, &reg.config.name))
+                    }
+                    (None, Some(_)) => {
+                        tracing::warn!(
+                            entity = reg.type_name,
+                            "entity is marked shared but the Db has no shared tier \
+                             (DbBuilder::shared_tier): it is cached locally only"
+                        );
+                        None
+                    }
+                    (_, None) => None,
+                }
+            };
+            #[cfg(not(feature = "redis"))]
+            let shared = None;
+            let region = (reg.make)(reg.config, self.hook.clone(), &reg.sql_table, shared);
             order.push(Arc::clone(&region));
             regions.insert(reg.type_id, region);
+        }
+        #[cfg(feature = "redis")]
+        if tier.is_some() && !any_shared {
+            return Err(Error::Config(
+                "a shared tier was given but no cached entity is shared: mark one \
+                 `#[cache(shared)]` or call `.shared::<E>()`"
+                    .into(),
+            ));
         }
         self.query_cache.validate()?;
         let queries = Arc::new(QueryCache::new(
@@ -297,6 +428,8 @@ impl<C: R2D2Connection + 'static> DbBuilder<C> {
                 hook: self.hook,
                 regions,
                 order,
+                #[cfg(feature = "redis")]
+                shared: tier,
             }),
         })
     }
@@ -344,6 +477,10 @@ impl<C: R2D2Connection + 'static> Db<C> {
             listen: None,
             operation_retention: crate::inbox::DEFAULT_RETENTION,
             query_cache: QueryCacheConfig::default(),
+            #[cfg(feature = "redis")]
+            shared_tier: None,
+            #[cfg(feature = "redis")]
+            shared_overrides: Vec::new(),
         }
     }
 
@@ -505,9 +642,72 @@ impl<C: R2D2Connection + 'static> Db<C> {
             tracing::debug_span!("diesel_l2.load", region = %region.config().name, id = ?id, ?mode)
                 .entered();
         region.load_through(&id, mode, || {
-            let mut conn = self.inner.checkout()?;
-            E::load_one(&mut conn, &id).map_err(Error::from)
+            let db = || {
+                let mut conn = self.inner.checkout()?;
+                E::load_one(&mut conn, &id).map_err(Error::from)
+            };
+            // A local miss asks the shared tier first (C9); not while the listener is
+            // down (the tier may miss the changes of the outage), nor for a refresh.
+            #[cfg(feature = "redis")]
+            if let (Some(shared), true, false) =
+                (region.shared(), region.trusted(), mode == FillMode::Refresh)
+            {
+                return shared.load(&id, mode == FillMode::Fill, db);
+            }
+            db()
         })
+    }
+
+    /// A batch load after local misses: the shared tier first when the region has one
+    /// (one script call per 500 keys), then one query for what it could not answer,
+    /// filled into Redis under the leases the read took (C9).
+    fn load_batch_through<E: CachedOps<C>>(
+        &self,
+        region: &Region<E>,
+        ids: &[E::Id],
+        mode: FillMode,
+    ) -> Result<HashMap<E::Id, Arc<E>>> {
+        #[cfg(feature = "redis")]
+        if let (Some(shared), true, false) =
+            (region.shared(), region.trusted(), mode == FillMode::Refresh)
+        {
+            use crate::shared::Found;
+            let mut out = HashMap::with_capacity(ids.len());
+            for chunk in ids.chunks(crate::shared::BATCH_KEYS) {
+                let (found, token) = shared.read_many(chunk, mode == FillMode::Fill)?;
+                let mut need = Vec::new();
+                let mut leased = Vec::new();
+                for (id, f) in chunk.iter().zip(found) {
+                    match f {
+                        Found::Row(Some(row)) => {
+                            out.insert(id.clone(), Arc::new(row));
+                        }
+                        Found::Row(None) => {}
+                        Found::Load(lease) => {
+                            need.push(id.clone());
+                            if lease {
+                                leased.push(id);
+                            }
+                        }
+                    }
+                }
+                if need.is_empty() {
+                    continue;
+                }
+                let loaded = self.load_batch::<E>(&need)?;
+                if let (Some(token), false) = (token, leased.is_empty()) {
+                    let rows: Vec<(&E::Id, Option<&E>)> = leased
+                        .iter()
+                        .map(|id| (*id, loaded.get(*id).map(|r| &**r)))
+                        .collect();
+                    shared.fill_many(&token, &rows);
+                }
+                out.extend(loaded);
+            }
+            return Ok(out);
+        }
+        let _ = (region, mode);
+        self.load_batch::<E>(ids)
     }
 
     fn load_batch<E: CachedOps<C>>(&self, ids: &[E::Id]) -> Result<HashMap<E::Id, Arc<E>>> {
@@ -614,6 +814,8 @@ impl<C: R2D2Connection + 'static> Db<C> {
             regions: self.inner.order.iter().map(|r| r.stats()).collect(),
             listener: self.inner.listener.as_ref().map(|l| l.shared.snapshot()),
             queries: self.inner.queries.stats(),
+            #[cfg(feature = "redis")]
+            shared: self.inner.shared.as_ref().map(|t| t.snapshot()),
         }
     }
 
@@ -880,7 +1082,7 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
         }
         let keys = batch.keys();
         let started = std::time::Instant::now();
-        let loaded = self.db.load_batch::<E>(&keys);
+        let loaded = self.db.load_batch_through::<E>(region, &keys, fill);
         region.counters.add_load(started.elapsed());
         tracing::debug!(
             region = %region.config().name,

@@ -139,6 +139,19 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The shared tier (feature `redis`) could not be reached and its settings say
+    /// [`SharedFailure::Fail`](crate::shared::SharedFailure::Fail): nothing was read from a
+    /// cache that may be stale; a write whose fence could not be placed was rolled back.
+    #[error(
+        "shared tier: Redis is unavailable ({reason}); with `SharedFailure::Fail` reads that \
+         miss locally and writes fail while it is. Check Redis, or use \
+         `SharedFailure::Degrade` (the default) to read the database meanwhile"
+    )]
+    SharedTierUnavailable {
+        /// What failed.
+        reason: &'static str,
+    },
+
     /// A migration could not be generated, written or checked ([`crate::migration`]).
     #[error("migration: {0}")]
     Migration(String),

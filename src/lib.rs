@@ -80,6 +80,8 @@
 //! - `query` — the query cache: [`Db::query`] and [`Db::query_keyed`] keep any query's
 //!   rows as one list, unusable after any committed write to a table it reads (per-table
 //!   generations, fenced against writes in flight; C10).
+//! - `shared` (feature `redis`) — the shared tier: a Redis cache behind the local regions,
+//!   with leases, fences, generations and a circuit breaker, all checks in Lua (C9).
 //! - `index` — [`IndexKey`]: `#[cache(index)]` keys and the fenced cached collections
 //!   (resolved [`List`]s of children by a non-unique key) behind [`Db::find_all_by`] (C10).
 //! - [`invalidation`] — cross-process invalidation: trigger SQL, the PostgreSQL `LISTEN`
@@ -224,6 +226,9 @@
 //! - `postgres`: PostgreSQL through the system libpq (`apt-get install libpq-dev`).
 //! - `mysql`: MySQL/MariaDB through the system libmysqlclient
 //!   (`apt-get install default-libmysqlclient-dev`).
+//! - `redis`: the shared tier ([`shared`]): a Redis cache behind each process's local
+//!   regions for `#[cache(shared)]` entities, fenced so that no instance reads an old row
+//!   from it (C9).
 //! - `tokio`: the async front for axum, actix-web and other tokio servers
 //!   (`Db::find_async`, `get_async`, `transaction_async`, `retry_async`,
 //!   `retry_once_async`, `spawn_blocking`): a hit is answered inline on the worker thread
@@ -256,6 +261,8 @@ pub mod invalidation;
 pub mod migration;
 mod query;
 mod region;
+#[cfg(feature = "redis")]
+pub mod shared;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod stats;
@@ -309,6 +316,32 @@ pub mod __private {
     pub use crate::write::{ChangesetOps, DeleteWhereOps, InsertOps, UpdateWhereOps};
     pub use diesel;
     pub use std::time::Duration;
+}
+
+/// `CachedEntity::shared_codec` for `#[cache(shared)]`: a postcard codec of the entity.
+#[cfg(feature = "redis")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __shared_codec {
+    () => {
+        fn shared_codec() -> ::core::option::Option<::diesel_l2::shared::SharedCodec<Self>> {
+            ::core::option::Option::Some(::diesel_l2::shared::SharedCodec::new(
+                <Self as ::diesel_l2::__private::CachedEntity>::SHAPE,
+            ))
+        }
+    };
+}
+/// `#[cache(shared)]` without the `redis` feature: a compile error that says so.
+#[cfg(not(feature = "redis"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __shared_codec {
+    () => {
+        ::core::compile_error!(
+            "#[cache(shared)] needs diesel-l2's `redis` feature: add `features = [\"redis\"]` to \
+             the diesel-l2 dependency, or remove `shared`"
+        );
+    };
 }
 
 /// Emits its input when diesel-l2 was built with the `sqlite` feature.

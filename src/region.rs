@@ -209,6 +209,13 @@ pub(crate) struct Region<E: CachedEntity> {
     trusted: AtomicBool,
     /// The SQL name of the entity's table, which change notifications carry (C7).
     sql_table: Box<str>,
+    /// The shared tier behind this region (C9), when it is shared.
+    #[cfg(feature = "redis")]
+    shared: Option<crate::shared::SharedRegion<E>>,
+    /// The listener has connected once: a later connection follows a loss, after which
+    /// the shared tier is started afresh (changes may have been missed).
+    #[cfg(feature = "redis")]
+    connected_once: AtomicBool,
 }
 
 /// Per-entry expiry: rows live `ttl` (and `tti` when idle), negative entries and
@@ -377,7 +384,25 @@ impl<E: CachedEntity> Region<E> {
             counters,
             config,
             hook,
+            #[cfg(feature = "redis")]
+            shared: None,
+            #[cfg(feature = "redis")]
+            connected_once: AtomicBool::new(false),
         }
+    }
+
+    /// Puts the shared tier behind this region (C9).
+    #[cfg(feature = "redis")]
+    pub(crate) fn with_shared(mut self, shared: crate::shared::SharedRegion<E>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// The shared tier behind this region, if any.
+    #[cfg(feature = "redis")]
+    #[inline]
+    pub(crate) fn shared(&self) -> Option<&crate::shared::SharedRegion<E>> {
+        self.shared.as_ref()
     }
 
     /// Sets the SQL name of the table (`#[sql_name]` of its `table!`), which change
@@ -961,6 +986,12 @@ impl<E: CachedEntity> Region<E> {
     /// it first, so nothing cached before or during the outage is served (C7).
     pub(crate) fn set_trusted(&self, trusted: bool) {
         if trusted {
+            #[cfg(feature = "redis")]
+            if let Some(shared) = &self.shared {
+                if self.connected_once.swap(true, Ordering::AcqRel) {
+                    shared.flush("the change listener reconnected: changes may have been missed");
+                }
+            }
             self.clear();
             self.trusted.store(true, Ordering::Release);
         } else {
@@ -987,12 +1018,18 @@ impl<E: CachedEntity> Region<E> {
 
     pub(crate) fn snapshot(&self, table: &'static str) -> RegionStats {
         self.cache.run_pending_tasks();
-        RegionStats::from_counters(
+        #[allow(unused_mut)]
+        let mut stats = RegionStats::from_counters(
             &self.config.name,
             table,
             &self.counters,
             self.cache.entry_count(),
-        )
+        );
+        #[cfg(feature = "redis")]
+        {
+            stats.shared = self.shared.as_ref().map(|s| s.snapshot());
+        }
+        stats
     }
 }
 
@@ -1100,6 +1137,12 @@ impl<E: CachedEntity> AnyRegion for Region<E> {
     fn remote_change(&self, id: &str, op: ChangeOp, version: i64, ext: &str) {
         match E::parse_id(id) {
             Some(id) => {
+                // The shared tier first: once the local entry is gone, a read must not
+                // find the old row in Redis (C9).
+                #[cfg(feature = "redis")]
+                if let Some(shared) = &self.shared {
+                    shared.repair(&id, op, version);
+                }
                 self.remote_invalidate(&id, op, version, ext);
             }
             None => {
@@ -1109,6 +1152,10 @@ impl<E: CachedEntity> AnyRegion for Region<E> {
         }
     }
     fn remote_flush(&self) {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.shared {
+            shared.flush("the change feed flushed the table");
+        }
         Counters::bump(&self.counters.remote_flushes);
         Region::clear(self);
     }

@@ -82,6 +82,12 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
+    #[inline]
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
     pub(crate) fn add_load(&self, took: Duration) {
         self.loads.fetch_add(1, Relaxed);
         self.load_nanos
@@ -156,6 +162,9 @@ pub struct RegionStats {
     pub remote_flushes: u64,
     /// Entries held now (rows, negative entries and tombstones).
     pub entries: u64,
+    /// The shared tier's figures for this region, when it is shared (feature `redis`).
+    #[cfg(feature = "redis")]
+    pub shared: Option<crate::shared::SharedRegionStats>,
 }
 
 impl RegionStats {
@@ -193,6 +202,8 @@ impl RegionStats {
             remote_invalidations: c.remote_invalidations.load(Relaxed),
             remote_flushes: c.remote_flushes.load(Relaxed),
             entries,
+            #[cfg(feature = "redis")]
+            shared: None,
         }
     }
 
@@ -223,6 +234,9 @@ pub struct Stats {
     pub listener: Option<crate::invalidation::ListenerStats>,
     /// The query cache ([`Db::query`](crate::Db::query)).
     pub queries: crate::query::QueryStats,
+    /// The shared tier, when the `Db` has one (feature `redis`).
+    #[cfg(feature = "redis")]
+    pub shared: Option<crate::shared::SharedTierStats>,
 }
 
 impl Stats {

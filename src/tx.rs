@@ -278,6 +278,9 @@ enum Failure<E> {
     Diesel(diesel::result::Error),
     /// The pre-commit probe found the transaction already rolled back.
     RolledBack,
+    /// The library refused to commit (a shared-tier fence that could not be placed).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Library(Error),
     Panicked,
 }
 
@@ -355,6 +358,7 @@ impl<E: From<Error>> Failure<E> {
             Failure::User(e) => e,
             Failure::Diesel(e) => E::from(Error::Database(e)),
             Failure::RolledBack => E::from(Error::RolledBack),
+            Failure::Library(e) => E::from(e),
             // Unreachable in practice: the caller resumes the panic first.
             Failure::Panicked => E::from(Error::Config("transaction closure panicked".into())),
         }
@@ -375,6 +379,12 @@ trait HeldKey: Send {
     fn commit(&self, last: Option<Box<dyn Any + Send>>);
     /// Unlocks and invalidates without applying.
     fn release(&self);
+    /// The key's shared-tier key, when its region is shared (C9).
+    #[cfg(feature = "redis")]
+    fn shared_key(&self) -> Option<String>;
+    /// What the final pending write leaves in the shared tier (empty: nothing).
+    #[cfg(feature = "redis")]
+    fn shared_entry(&self, last: Option<&(dyn Any + Send)>) -> Vec<u8>;
 }
 
 struct Held<E: CachedEntity> {
@@ -435,7 +445,31 @@ impl<E: CachedEntity> HeldKey for Held<E> {
             clock.end_write();
         }
     }
+
+    #[cfg(feature = "redis")]
+    fn shared_key(&self) -> Option<String> {
+        self.region().shared().map(|s| s.write_key(&self.id))
+    }
+
+    #[cfg(feature = "redis")]
+    fn shared_entry(&self, last: Option<&(dyn Any + Send)>) -> Vec<u8> {
+        let Some(shared) = self.region().shared() else {
+            return Vec::new();
+        };
+        match last.and_then(|w| w.downcast_ref::<PendingWrite<E>>()) {
+            Some(PendingWrite::Put(e)) => shared.committed_entry(Some(e), None),
+            Some(PendingWrite::Delete { version }) => shared.committed_entry(None, Some(*version)),
+            Some(PendingWrite::Invalidate) | None => Vec::new(),
+        }
+    }
 }
+
+/// The shared-tier fences a transaction placed before COMMIT (C9); nothing without the
+/// `redis` feature.
+#[cfg(feature = "redis")]
+type PlacedFences = Option<crate::shared::Fences>;
+#[cfg(not(feature = "redis"))]
+type PlacedFences = ();
 
 /// The write buffer and the soft locks of one transaction.
 #[derive(Default)]
@@ -532,11 +566,42 @@ impl TxState {
         self.writes.push((slot, Box::new(write)));
     }
 
-    /// After `COMMIT` returned Ok: applies each key's last write, unlocks every key.
-    fn apply(&mut self) {
+    /// Before COMMIT: fences the keys of shared regions this transaction wrote (C9).
+    /// `None` when there are none.
+    #[cfg(feature = "redis")]
+    fn fence_shared(
+        &self,
+        tier: Option<&Arc<crate::shared::Tier>>,
+    ) -> Result<Option<crate::shared::Fences>> {
+        let Some(tier) = tier else {
+            return Ok(None);
+        };
+        let keys: Vec<String> = self.held.iter().filter_map(|h| h.shared_key()).collect();
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        crate::shared::Fences::place(tier, keys).map(Some)
+    }
+
+    /// After `COMMIT` returned Ok: applies each key's last write, unlocks every key. The
+    /// shared tier gets the writes first (`fences`), before this process's regions (C9).
+    fn apply(&mut self, fences: PlacedFences) {
+        #[cfg(not(feature = "redis"))]
+        let () = fences;
         let mut last: Vec<Option<Box<dyn Any + Send>>> = self.held.iter().map(|_| None).collect();
         for (slot, write) in self.writes.drain(..) {
             last[slot] = Some(write);
+        }
+        #[cfg(feature = "redis")]
+        if let Some(fences) = fences {
+            let entries: Vec<Vec<u8>> = self
+                .held
+                .iter()
+                .zip(&last)
+                .filter(|(h, _)| h.shared_key().is_some())
+                .map(|(h, w)| h.shared_entry(w.as_deref()))
+                .collect();
+            fences.settle(&entries);
         }
         let keys = self.held.len();
         for (held, write) in self.held.drain(..).zip(last) {
@@ -631,6 +696,8 @@ impl<C: R2D2Connection + 'static> Db<C> {
         let mut conn = self.inner.checkout().map_err(E::from)?;
         let mut state = TxState::default();
         let mut panicked = None;
+        #[cfg_attr(not(feature = "redis"), allow(unused_mut, clippy::let_unit_value))]
+        let mut fences = PlacedFences::default();
         let raw: &mut C = &mut conn;
         let result = raw.transaction::<T, Failure<E>, _>(|c| {
             let mut tx = Tx {
@@ -648,17 +715,31 @@ impl<C: R2D2Connection + 'static> Db<C> {
                 // "succeed" and the buffer would publish rows that never committed (C1).
                 probe_still_open(tx.conn).map_err(Failure::from_probe)?;
             }
+            #[cfg(feature = "redis")]
+            {
+                fences = tx
+                    .state
+                    .fence_shared(self.inner.shared.as_ref())
+                    .map_err(Failure::Library)?;
+            }
             hooks::reach(&self.inner.hook, || Point::BeforeCommit);
             Ok(v)
         });
         match result {
             Ok(v) => {
                 hooks::reach(&self.inner.hook, || Point::AfterCommit);
-                state.apply();
+                state.apply(fences);
                 hooks::reach(&self.inner.hook, || Point::AfterApply);
                 Ok(v)
             }
             Err(e) => {
+                // COMMIT failed (or its outcome is unknown) after the fences were placed:
+                // take them down, deleting whatever a fill may have put meanwhile.
+                #[cfg(feature = "redis")]
+                if let Some(fences) = fences {
+                    let empty: Vec<Vec<u8>> = vec![Vec::new(); fences.len()];
+                    fences.settle(&empty);
+                }
                 state.discard();
                 drop(conn);
                 if let Some(payload) = panicked {

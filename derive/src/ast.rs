@@ -45,6 +45,7 @@ pub(crate) const STRUCT_KEYS: &[&str] = &[
     "negative_ttl",
     "unique",
     "index",
+    "shared",
 ];
 
 /// The field-level `#[cache(...)]` keys.
@@ -69,6 +70,8 @@ pub(crate) struct StructAttrs {
     pub unique: Vec<Vec<Ident>>,
     /// `index(a, b)`: the fields of each composite index key (a cached collection).
     pub index: Vec<Vec<Ident>>,
+    /// `shared`: the region is kept in the shared (Redis) tier too.
+    pub shared: Option<Ident>,
 }
 
 /// One named field.
@@ -257,6 +260,24 @@ fn parse_struct_key(
         }
         return Ok(());
     }
+    if key == "shared" {
+        if meta.input.peek(Token![=]) || meta.input.peek(syn::token::Paren) {
+            errors.add(
+                key.span(),
+                "`shared` takes no value: write `#[cache(shared)]` to keep this region in the \
+                 shared (Redis) tier as well",
+            );
+            return skip_value(meta.input);
+        }
+        if attrs.shared.is_some() {
+            errors.add(
+                key.span(),
+                "duplicate `cache` attribute `shared`: remove one of them",
+            );
+        }
+        attrs.shared = Some(key);
+        return Ok(());
+    }
     let slot = match key.to_string().as_str() {
         "region" => &mut attrs.region,
         "ttl" => &mut attrs.ttl,
@@ -345,6 +366,7 @@ fn did_you_mean(word: &str, keys: &[&str]) -> String {
         "unique_key" | "natural_id" => Some("unique"),
         "has_many" | "collection" | "non_unique" => Some("index"),
         "negative_cache_ttl" | "not_found_ttl" => Some("negative_ttl"),
+        "redis" | "distributed" | "shared_tier" | "two_tier" => Some("shared"),
         _ => None,
     }
     .filter(|a| keys.contains(a));

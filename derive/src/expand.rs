@@ -310,6 +310,12 @@ fn entity_impl(model: &Model) -> TokenStream {
         })
         .collect();
 
+    let shape = shape_fingerprint(model);
+    let shared = if model.shared {
+        quote!(::diesel_l2::__shared_codec!();)
+    } else {
+        quote!()
+    };
     quote! {
         #[automatically_derived]
         impl ::diesel_l2::__private::CachedEntity for #ident {
@@ -356,8 +362,26 @@ fn entity_impl(model: &Model) -> TokenStream {
             }
 
             #feed_table
+
+            const SHAPE: u64 = #shape;
+
+            #shared
         }
     }
+}
+
+/// A fingerprint of the entity's shape (table, field names, columns and types as written):
+/// the shared tier stores it in each value, so a build with another shape treats the
+/// entry as a miss instead of decoding it (C9). FNV-1a, computed at expansion.
+fn shape_fingerprint(model: &Model) -> u64 {
+    let mut text = format!("{}|{}", model.ident, model.table_name);
+    for f in &model.fields {
+        let ty = &f.ty;
+        text.push_str(&format!("|{}:{}:{}", f.member, f.column, quote!(#ty)));
+    }
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// `CachedEntity::feed_table`: the SQL names of the table, the id, version and unique-key

@@ -38,6 +38,8 @@ pub(crate) struct Model {
     pub unique_keys: Vec<UniqueKeyDef>,
     /// Index keys (cached collections), named like unique keys.
     pub index_keys: Vec<UniqueKeyDef>,
+    /// `#[cache(shared)]`: kept in the shared (Redis) tier too.
+    pub shared: bool,
 }
 
 /// One unique key (`#[cache(unique)]` on a field or `#[cache(unique(a, b))]`).
@@ -293,6 +295,7 @@ pub(crate) fn validate(input: Input, errors: &mut Errors) -> Option<Model> {
         vis,
         unique_keys,
         index_keys,
+        shared: attrs.shared.is_some(),
     })
 }
 

@@ -1,0 +1,168 @@
+//! The shared tier's Lua scripts: every check-and-set runs in Redis in one atomic step.
+//!
+//! Every script takes the namespace generation key as `KEYS[1]` and the generation the
+//! caller believes current as `ARGV[1]`, and answers `{0}` when the generation key is
+//! missing (Redis was flushed or restarted, or evicted it: fail closed), `{1, gen}` when
+//! the generation moved (the caller retries under `gen`), or `{2, …}` with its result.
+//! Entry keys (`KEYS[2..]`) embed the generation, so a new generation starts empty.
+
+/// The generation check and the version comparison every script starts with.
+const PRELUDE: &str = r#"
+local g = redis.call('GET', KEYS[1])
+if not g then return {0} end
+if g ~= ARGV[1] then return {1, g} end
+local function ver(s)
+  return tonumber(string.sub(s, 2, 9), 16), tonumber(string.sub(s, 10, 17), 16)
+end
+local function at_least(a, b)
+  local a1, a2 = ver(a)
+  local b1, b2 = ver(b)
+  return a1 > b1 or (a1 == b1 and a2 >= b2)
+end
+local function versioned(s)
+  local c = string.sub(s, 1, 1)
+  return c == 'V' or c == 'T'
+end
+"#;
+
+/// Read with leases: per key, the entry, or `''` when the caller was granted the lease
+/// (`ARGV[2]`, with `ARGV[3]` ms to live), or `'M'` for a miss without a lease (no token).
+const READ: &str = r#"
+local out = {2}
+for i = 2, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    out[i] = v
+  elseif ARGV[2] ~= '' then
+    redis.call('SET', KEYS[i], 'L' .. ARGV[2], 'PX', ARGV[3])
+    out[i] = ''
+  else
+    out[i] = 'M'
+  end
+end
+return out
+"#;
+
+/// Fill: for each key still holding the caller's lease `ARGV[2]`, store `ARGV[i + 2]`
+/// (`ARGV[3]` ms to live), or drop the lease when that is `''` (no row). A lease voided by
+/// a fence, a repair, an eviction or an expiry rejects the fill: the load may be older
+/// than what was committed since (C9). Answers the number stored and rejected.
+const FILL: &str = r#"
+local lease = 'L' .. ARGV[2]
+local stored, rejected = 0, 0
+for i = 2, #KEYS do
+  local v = ARGV[i + 2]
+  if redis.call('GET', KEYS[i]) == lease then
+    if v == '' then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], v, 'PX', ARGV[3])
+      stored = stored + 1
+    end
+  elseif v ~= '' then
+    rejected = rejected + 1
+  end
+end
+return {2, stored, rejected}
+"#;
+
+/// Fence before COMMIT: every key holds the writer's fence `ARGV[2]` for `ARGV[3]` ms,
+/// which voids every lease handed out so far and hides any value.
+const FENCE: &str = r#"
+local fence = 'F' .. ARGV[2]
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], fence, 'PX', ARGV[3])
+end
+return {2}
+"#;
+
+/// Settle after COMMIT (or after a rollback, with `''`): a key still holding the
+/// writer's fence gets the committed entry `ARGV[i + 2]` (`ARGV[3]` ms to live); another
+/// writer's fence is left to that writer; an entry at the same or a newer version stays;
+/// anything else (a lease, an older entry, an entry written while the fence was gone) is
+/// deleted. Never puts anything but over the writer's own fence, so never an older version
+/// over a newer one, even one that expired or was evicted.
+const SETTLE: &str = r#"
+local fence = 'F' .. ARGV[2]
+for i = 2, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  local new = ARGV[i + 2]
+  if cur == fence then
+    if new == '' then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], new, 'PX', ARGV[3])
+    end
+  elseif cur then
+    local c = string.sub(cur, 1, 1)
+    if c == 'F' then
+    elseif versioned(cur) and new ~= '' and at_least(cur, new) then
+    else
+      redis.call('DEL', KEYS[i])
+    end
+  end
+end
+return {2}
+"#;
+
+/// Repair from the change feed: deletes the entry unless it holds the notified change or
+/// a later one (`ARGV[2]`, a `V<version>` header); an insert (`ARGV[3] == '1'`) always
+/// clears a tombstone. Leases and fences are deleted: a lease may have read before the
+/// change, and a writer that finds its fence gone deletes what it finds. Idempotent.
+const REPAIR: &str = r#"
+local cur = redis.call('GET', KEYS[2])
+if not cur then return {2, 0} end
+local c = string.sub(cur, 1, 1)
+if versioned(cur) and not (ARGV[3] == '1' and c == 'T') and at_least(cur, ARGV[2]) then
+  return {2, 0}
+end
+redis.call('DEL', KEYS[2])
+return {2, 1}
+"#;
+
+/// A new generation: the server's time in microseconds, above the current one. Every
+/// entry of earlier generations becomes unreachable. No prelude: it also runs when the
+/// generation key is missing.
+const BUMP: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local n = now
+if cur >= n then n = cur + 1 end
+local s = string.format('%.0f', n)
+redis.call('SET', KEYS[1], s)
+return {2, s}
+"#;
+
+/// The generation, or `{0}` when the key is missing.
+const CURRENT: &str = r#"
+local g = redis.call('GET', KEYS[1])
+if not g then return {0} end
+return {2, g}
+"#;
+
+/// The compiled scripts (their SHA1s; `EVALSHA`, loaded on first use or after a restart).
+pub(crate) struct Scripts {
+    pub read: redis::Script,
+    pub fill: redis::Script,
+    pub fence: redis::Script,
+    pub settle: redis::Script,
+    pub repair: redis::Script,
+    pub bump: redis::Script,
+    pub current: redis::Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        let with_prelude = |body: &str| redis::Script::new(&format!("{PRELUDE}{body}"));
+        Scripts {
+            read: with_prelude(READ),
+            fill: with_prelude(FILL),
+            fence: with_prelude(FENCE),
+            settle: with_prelude(SETTLE),
+            repair: with_prelude(REPAIR),
+            bump: redis::Script::new(BUMP),
+            current: redis::Script::new(CURRENT),
+        }
+    }
+}
