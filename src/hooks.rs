@@ -23,6 +23,14 @@ pub enum Point {
         /// The id, formatted with `Debug`.
         id: String,
     },
+    /// A shared-tier read (C9) was granted the key's lease and loaded the row from the
+    /// database; it is about to fill Redis under the lease.
+    BeforeSharedFill {
+        /// Region name.
+        region: String,
+        /// The id, formatted with `Debug`.
+        id: String,
+    },
     /// A transaction took its soft lock on a key, before its write statement.
     AfterLock {
         /// Region name.

@@ -394,7 +394,7 @@ impl<E: CachedEntity> Region<E> {
     /// Puts the shared tier behind this region (C9).
     #[cfg(feature = "redis")]
     pub(crate) fn with_shared(mut self, shared: crate::shared::SharedRegion<E>) -> Self {
-        self.shared = Some(shared);
+        self.shared = Some(shared.with_hook(self.hook.clone()));
         self
     }
 

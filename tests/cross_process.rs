@@ -932,3 +932,173 @@ fn ids_are_parsed_from_text_when_the_type_allows() {
         None
     );
 }
+
+/// C9: instances (separate `Db`s, pools, local caches and listeners) sharing one Redis.
+#[cfg(feature = "redis")]
+mod shared_tier {
+    use super::*;
+    use common::models::Product;
+    use common::redis::{entry, entry_version, shared_config};
+    use common::schema::users;
+    use diesel::prelude::*;
+    use diesel_l2::shared::SharedConfig;
+    use diesel_l2::{Cached, CachedOps};
+
+    /// The same table and region as `User`, of another shape (no `bio`): an older or newer
+    /// build of the application during a rolling deploy.
+    #[derive(
+        Queryable, Selectable, Clone, Debug, PartialEq, Cached, serde::Serialize, serde::Deserialize,
+    )]
+    #[diesel(table_name = users)]
+    #[cache(region = "users", shared)]
+    pub struct UserOtherBuild {
+        pub id: i64,
+        pub version: i64,
+        pub email: String,
+        pub name: String,
+    }
+
+    fn instance<C: common::TestBackend + diesel_l2::ChangeFeed>(
+        t: &common::TestDb<C>,
+        pool: common::TestPool<C>,
+        cfg: &SharedConfig,
+        app: Option<&str>,
+    ) -> Db<C>
+    where
+        User: CachedOps<C>,
+        Product: CachedOps<C>,
+    {
+        let b = Db::builder(pool)
+            .cache::<User>()
+            .cache::<Product>()
+            .shared::<User>()
+            .shared_tier(cfg.clone());
+        match app {
+            Some(app) => b.listen(listen(t, app)),
+            None => b,
+        }
+        .build()
+        .unwrap()
+    }
+
+    fn redis_version(cfg: &SharedConfig, region: &str, id: &str) -> Option<(char, i64)> {
+        entry(cfg, region, id).and_then(|e| entry_version(&e))
+    }
+
+    backend_tests! {
+        /// A row one instance loaded is read by a cold one from Redis, with no SQL; both by
+        /// the builder's opt-in (`User`) and by `#[cache(shared)]` (`Product`).
+        fn a_cold_instance_reads_from_redis_not_the_database(t) {
+            let Some(cfg) = shared_config() else { return };
+            t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x', 'A')");
+            t.exec("INSERT INTO products (id, version, sku, stock) VALUES (7, 3, 'sku-7', 5)");
+            let (pool_a, sql_a) = t.another_pool();
+            let a = instance(t, pool_a, &cfg, None);
+            assert_eq!(a.find::<User>(1).unwrap().unwrap().name, "A");
+            assert_eq!(a.find::<Product>(7).unwrap().unwrap().stock, 5);
+            assert_eq!(sql_a.selects(), 2);
+            let sa = a.region_stats::<User>().unwrap().shared.unwrap();
+            assert_eq!((sa.misses, sa.fills), (1, 1), "{sa:?}");
+            let (pool_b, sql_b) = t.another_pool();
+            let b = instance(t, pool_b, &cfg, None);
+            assert_eq!(b.find::<User>(1).unwrap().unwrap().name, "A");
+            assert_eq!(b.find::<Product>(7).unwrap().unwrap().stock, 5);
+            assert_eq!(b.find_many::<User>(&[1, 2]).unwrap().iter().filter(|r| r.is_some()).count(), 1);
+            // The batch read of a missing id 2 ran one query; ids 1 and 7 came from Redis.
+            assert_eq!(sql_b.selects(), 1);
+            let sb = b.region_stats::<User>().unwrap().shared.unwrap();
+            assert_eq!(sb.hits, 1, "{sb:?}");
+            assert_eq!(b.region_stats::<Product>().unwrap().shared.unwrap().hits, 1);
+            // A local hit makes no Redis call.
+            b.find::<User>(1).unwrap();
+            assert_eq!(b.region_stats::<User>().unwrap().shared.unwrap().hits, 1);
+            let tier = b.stats().shared.unwrap();
+            assert_eq!((tier.errors, tier.untrusted), (0, false), "{tier:?}");
+        }
+
+        /// C9, reads after a write see it: when `transaction` returns, Redis holds the
+        /// committed version (or a tombstone for a delete), so another instance's local
+        /// miss reads it without SQL.
+        fn a_write_is_in_redis_before_its_transaction_returns(t) {
+            let Some(cfg) = shared_config() else { return };
+            let (pool_a, _) = t.another_pool();
+            let a = instance(t, pool_a, &cfg, None);
+            let (pool_b, sql_b) = t.another_pool();
+            let b = instance(t, pool_b, &cfg, None);
+            let v1 = a.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+            assert_eq!(redis_version(&cfg, "users", "1"), Some(('V', 1)));
+            assert_eq!(b.find::<User>(1).unwrap().unwrap().name, "v1");
+            let mut next = v1.clone();
+            next.name = "v2".into();
+            a.transaction(|tx| tx.update(&next)).unwrap();
+            assert_eq!(redis_version(&cfg, "users", "1"), Some(('V', 2)));
+            b.evict::<User>(1).unwrap(); // b's local copy (its listener would drop it)
+            sql_b.reset();
+            assert_eq!(b.find::<User>(1).unwrap().unwrap().name, "v2");
+            let stored = a.bypass().get::<User>(1).unwrap();
+            a.transaction(|tx| tx.delete(stored.as_ref())).unwrap();
+            assert_eq!(redis_version(&cfg, "users", "1"), Some(('T', 3)), "a versioned tombstone");
+            b.evict::<User>(1).unwrap();
+            assert!(b.find::<User>(1).unwrap().is_none());
+            assert_eq!(sql_b.selects(), 0, "both reads were served by Redis");
+            // A rolled-back write leaves Redis as it was.
+            let r: Result<(), Error> = a.transaction(|tx| {
+                tx.insert(&User::new(2, "never"))?;
+                Err(Error::InvalidOperation("roll back".into()))
+            });
+            assert!(r.is_err());
+            assert!(b.find::<User>(2).unwrap().is_none());
+        }
+
+        /// C9 and C7: a plain SQL update that leaves the version alone (the feed bumps it)
+        /// is repaired in Redis by the change feed: no instance reads the old row from Redis
+        /// once its listener delivered the change.
+        fn a_plain_sql_write_is_repaired_in_redis_by_the_change_feed(t) {
+            let Some(cfg) = shared_config() else { return };
+            let (pool_a, _) = t.another_pool();
+            let a = instance(t, pool_a, &cfg, Some("l2_sh_a"));
+            let (pool_b, _) = t.another_pool();
+            let b = instance(t, pool_b, &cfg, Some("l2_sh_b"));
+            a.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+            assert_eq!(redis_version(&cfg, "users", "1"), Some(('V', 1)));
+            cache_in(&b, 1);
+            t.exec("UPDATE users SET name = 'plain' WHERE id = 1");
+            wait_for("the repair in Redis", || redis_version(&cfg, "users", "1") != Some(('V', 1)));
+            wait_for("b's listener", || b.peek::<User>(&1).unwrap().is_none());
+            let read = b.find::<User>(1).unwrap().unwrap();
+            assert_eq!((read.version, read.name.as_str()), (2, "plain"));
+            let repairs = |db: &Db<Conn>| db.region_stats::<User>().unwrap().shared.unwrap().repairs;
+            assert!(repairs(&a) + repairs(&b) >= 1);
+            // A plain delete leaves nothing to read either.
+            t.exec("DELETE FROM users WHERE id = 1");
+            wait_for("the delete's repair", || redis_version(&cfg, "users", "1").is_none_or(|(k, _)| k == 'T'));
+            wait_for("a's listener", || a.peek::<User>(&1).unwrap().is_none());
+            assert!(a.find::<User>(1).unwrap().is_none());
+        }
+
+        /// C9, rolling deploys: an instance of another shape never decodes the entries of
+        /// this one (it reads the database), and its writes still fence and settle the same
+        /// keys, so this one never reads an old row either.
+        fn an_instance_of_another_shape_never_decodes_the_entries(t) {
+            let Some(cfg) = shared_config() else { return };
+            let (pool_a, _) = t.another_pool();
+            let a = instance(t, pool_a, &cfg, None);
+            let (pool_c, sql_c) = t.another_pool();
+            let c = Db::builder(pool_c).cache::<UserOtherBuild>().shared_tier(cfg.clone()).build().unwrap();
+            a.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+            let other = c.find::<UserOtherBuild>(1).unwrap().unwrap();
+            assert_eq!((other.version, sql_c.selects()), (1, 1), "read from the database");
+            let sc = c.region_stats::<UserOtherBuild>().unwrap().shared.unwrap();
+            assert_eq!((sc.hits, sc.rejected_values), (0, 1), "{sc:?}");
+            // The other build writes: the key now holds its shape at v2.
+            let mut next = other.as_ref().clone();
+            next.name = "from the other build".into();
+            c.transaction(|tx| tx.update(&next)).unwrap();
+            assert_eq!(redis_version(&cfg, "users", "1"), Some(('V', 2)));
+            a.evict::<User>(1).unwrap();
+            let read = a.find::<User>(1).unwrap().unwrap();
+            assert_eq!((read.version, read.name.as_str()), (2, "from the other build"));
+            assert_eq!(a.region_stats::<User>().unwrap().shared.unwrap().rejected_values, 1);
+        }
+    }
+}

@@ -29,6 +29,7 @@ fn tag(p: &Point) -> &'static str {
         Point::BeforeCommit => "before_commit",
         Point::AfterCommit => "after_commit",
         Point::AfterApply => "after_apply",
+        Point::BeforeSharedFill { .. } => "before_shared_fill",
         _ => "other",
     }
 }
@@ -734,6 +735,190 @@ mod lists {
             });
             assert_eq!(stale, ["one", "two"]);
             assert_eq!(titles(&db.find_all_by(PostByUserId(1)).unwrap()), ["two"]);
+        }
+    }
+}
+
+/// C9: the races the shared tier's leases and fences close, between instances (separate
+/// `Db`s, pools and local caches) sharing one Redis, without listeners, so that nothing
+/// but the shared tier's own protocol keeps Redis right. Each test checks what Redis holds
+/// and what a third, cold instance reads.
+#[cfg(feature = "redis")]
+mod shared_tier {
+    use super::*;
+    use common::redis::{client, entry, entry_version, shared_config};
+    use diesel_l2::shared::SharedConfig;
+    use std::time::Duration;
+
+    fn instance<C>(pool: common::TestPool<C>, cfg: &SharedConfig, hook: Option<Hook>) -> Db<C>
+    where
+        C: diesel::r2d2::R2D2Connection + 'static,
+        User: CachedOps<C>,
+    {
+        let b = Db::builder(pool)
+            .cache::<User>()
+            .shared::<User>()
+            .shared_tier(cfg.clone());
+        match hook {
+            Some(h) => b.test_hook(h),
+            None => b,
+        }
+        .build()
+        .unwrap()
+    }
+
+    /// What Redis holds for user `id`: ('V' or 'T', version), or None.
+    fn redis_version(cfg: &SharedConfig, id: i64) -> Option<(char, i64)> {
+        entry(cfg, "users", &id.to_string()).and_then(|e| entry_version(&e))
+    }
+
+    fn del_entry(cfg: &SharedConfig, id: i64) {
+        let mut con = client(cfg);
+        let gen: String = redis::cmd("GET")
+            .arg(format!("{}:gen", cfg.prefix))
+            .query(&mut con)
+            .unwrap();
+        let _: i64 = redis::cmd("DEL")
+            .arg(format!("{}:{gen}:users:{id}", cfg.prefix))
+            .query(&mut con)
+            .unwrap();
+    }
+
+    backend_tests! {
+        /// Instance A is granted the lease and loads v1 → instance B commits v2 (its fence
+        /// voids A's lease, its settle stores v2) → A's fill: refused. Redis keeps v2, and a
+        /// cold instance reads v2 from it.
+        fn a_leased_load_racing_another_instances_commit_never_fills(t) {
+            let Some(cfg) = shared_config() else { return };
+            let s = Script::default();
+            let a = instance(t.pool.clone(), &cfg, Some(s.hook()));
+            let (pool_b, _) = t.another_pool();
+            let b = instance(pool_b, &cfg, None);
+            let v1 = b.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+            del_entry(&cfg, 1); // a cold Redis: A's read is granted the lease
+            s.arm("reader", "before_shared_fill");
+            let r = { let a = a.clone(); spawn("reader", move || a.find::<User>(1).unwrap()) };
+            s.wait("reader", "before_shared_fill");
+            b.transaction(|tx| tx.update(&renamed(&v1, "v2"))).unwrap();
+            assert_eq!(redis_version(&cfg, 1), Some(('V', 2)), "C9: the write is in Redis when transaction returns");
+            s.release("reader", "before_shared_fill");
+            assert_eq!(r.join().unwrap().unwrap().version, 1, "the read began before the commit");
+            assert_eq!(redis_version(&cfg, 1), Some(('V', 2)), "C9: the stale fill landed over v2");
+            let shared = a.region_stats::<User>().unwrap().shared.unwrap();
+            assert_eq!(shared.rejected_fills, 1, "{shared:?}");
+            let (pool_c, sql_c) = t.another_pool();
+            let c = instance(pool_c, &cfg, None);
+            sql_c.reset();
+            assert_eq!(c.find::<User>(1).unwrap().unwrap().version, 2);
+            assert_eq!(sql_c.selects(), 0, "served from Redis");
+        }
+
+        /// A loads v1 under its lease → B commits v2 → Redis evicts v2 → A's fill: refused
+        /// (its lease went with the eviction), so v1 never replaces the evicted newer row.
+        fn a_leased_load_never_fills_over_a_newer_row_redis_evicted(t) {
+            let Some(cfg) = shared_config() else { return };
+            let s = Script::default();
+            let a = instance(t.pool.clone(), &cfg, Some(s.hook()));
+            let (pool_b, _) = t.another_pool();
+            let b = instance(pool_b, &cfg, None);
+            let v1 = b.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+            del_entry(&cfg, 1);
+            s.arm("reader", "before_shared_fill");
+            let r = { let a = a.clone(); spawn("reader", move || a.find::<User>(1).unwrap()) };
+            s.wait("reader", "before_shared_fill");
+            b.transaction(|tx| tx.update(&renamed(&v1, "v2"))).unwrap();
+            del_entry(&cfg, 1); // evicted
+            s.release("reader", "before_shared_fill");
+            r.join().unwrap();
+            assert_eq!(redis_version(&cfg, 1), None, "C9: v1 was put where v2 had been evicted");
+            let (pool_c, _) = t.another_pool();
+            let c = instance(pool_c, &cfg, None);
+            assert_eq!(c.find::<User>(1).unwrap().unwrap().version, 2);
+            assert_eq!(redis_version(&cfg, 1), Some(('V', 2)), "the next miss fills v2");
+        }
+
+        /// B fences (parked before COMMIT) → Redis evicts the fence → A reads: granted a
+        /// lease, loads v1 (B has not committed) and fills it → B commits v2 and settles:
+        /// its fence is gone, so it deletes the older v1 instead of trusting the key. A read
+        /// that begins after B's transaction returned never sees v1 (fences fail closed).
+        fn an_evicted_fence_fails_closed(t) {
+            let Some(cfg) = shared_config() else { return };
+            let s = Script::default();
+            let a = instance(t.pool.clone(), &cfg, None);
+            let (pool_b, _) = t.another_pool();
+            let b = instance(pool_b, &cfg, Some(s.hook()));
+            let v1 = b.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+            s.arm("writer", "before_commit");
+            let w = { let b = b.clone(); spawn("writer", move || b.transaction(|tx| tx.update(&renamed(&v1, "v2"))).unwrap()) };
+            s.wait("writer", "before_commit");
+            assert!(entry(&cfg, "users", "1").unwrap().starts_with(b"F"), "fenced before COMMIT");
+            del_entry(&cfg, 1); // the fence is evicted
+            assert_eq!(a.find::<User>(1).unwrap().unwrap().version, 1);
+            assert_eq!(redis_version(&cfg, 1), Some(('V', 1)), "A filled v1 while the fence was gone");
+            s.release("writer", "before_commit");
+            w.join().unwrap();
+            assert_eq!(redis_version(&cfg, 1), None, "C9: the settle left the older v1 in Redis");
+            let (pool_c, _) = t.another_pool();
+            let c = instance(pool_c, &cfg, None);
+            assert_eq!(c.find::<User>(1).unwrap().unwrap().version, 2);
+        }
+
+        /// B commits v2 (parked before settling) → a plain SQL update commits v3 → the change
+        /// feed marks B's fence with v3 → B settles: it deletes instead of storing its older
+        /// v2. A cold instance reads v3.
+        fn a_plain_write_after_commit_marks_the_fence_and_the_older_settle_yields(t) {
+            let Some(cfg) = shared_config() else { return };
+            let s = Script::default();
+            let (pool_b, _) = t.another_pool();
+            let b = instance(pool_b, &cfg, Some(s.hook()));
+            let (pool_l, _) = t.another_pool();
+            let listening = Db::builder(pool_l).cache::<User>().shared::<User>().shared_tier(cfg.clone()).listen(listen_to(t)).build().unwrap();
+            let v1 = b.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+            s.arm("writer", "after_commit");
+            let w = { let b = b.clone(); spawn("writer", move || b.transaction(|tx| tx.update(&renamed(&v1, "v2"))).unwrap()) };
+            s.wait("writer", "after_commit");
+            t.exec("UPDATE users SET name = 'plain' WHERE id = 1");
+            let start = std::time::Instant::now();
+            while !entry(&cfg, "users", "1").is_some_and(|e| e.starts_with(b"F") && e.contains(&b'|')) {
+                assert!(start.elapsed() < Duration::from_secs(10), "the feed never marked the fence");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            s.release("writer", "after_commit");
+            w.join().unwrap();
+            assert_eq!(redis_version(&cfg, 1), None, "C9: the settle stored v2 over the plain v3");
+            let (pool_c, _) = t.another_pool();
+            let c = instance(pool_c, &cfg, None);
+            let read = c.find::<User>(1).unwrap().unwrap();
+            assert_eq!((read.version, read.name.as_str()), (3, "plain"));
+            drop(listening);
+        }
+
+        /// B commits v2 and dies (panics) before replacing its fence: readers pass the fence
+        /// to the database and do not fill; once the fence expires, the next miss fills v2.
+        fn a_writer_dying_after_commit_leaves_a_fence_that_readers_pass(t) {
+            let Some(cfg) = shared_config() else { return };
+            let cfg = cfg.fence_and_lease_ttl(Duration::from_millis(300), Duration::from_secs(2));
+            let dying = Hook::new(|p| {
+                if *p == Point::AfterCommit && std::thread::current().name() == Some("writer") {
+                    panic!("the writer dies between COMMIT and its Redis update");
+                }
+            });
+            let (pool_b, _) = t.another_pool();
+            let b = instance(pool_b, &cfg, Some(dying));
+            let v1 = b.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+            let w = { let b = b.clone(); spawn("writer", move || b.transaction(|tx| tx.update(&renamed(&v1, "v2"))).map(|_| ())) };
+            assert!(w.join().is_err(), "the writer panicked");
+            assert!(entry(&cfg, "users", "1").unwrap().starts_with(b"F"), "its fence is left");
+            let (pool_c, sql_c) = t.another_pool();
+            let c = instance(pool_c, &cfg, None);
+            assert_eq!(c.find::<User>(1).unwrap().unwrap().version, 2, "read past the fence");
+            assert!(entry(&cfg, "users", "1").unwrap().starts_with(b"F"), "no fill over a fence");
+            std::thread::sleep(Duration::from_millis(400));
+            c.evict::<User>(1).unwrap();
+            sql_c.reset();
+            assert_eq!(c.find::<User>(1).unwrap().unwrap().version, 2);
+            assert_eq!(sql_c.selects(), 1);
+            assert_eq!(redis_version(&cfg, 1), Some(('V', 2)), "filled once the fence expired");
         }
     }
 }

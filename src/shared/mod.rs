@@ -27,7 +27,8 @@
 //! - **The change feed repairs the tier** for writes the library could not fence (plain
 //!   SQL, a writer that died or lost Redis): each notification deletes the key's entry
 //!   unless it already holds that version or a newer one, in every listening instance
-//!   (idempotent), and each instance keeps the notified version as a local floor for a
+//!   (idempotent; a fence is kept but marked with the version, so its writer stores its row
+//!   only if it is at least that new), and each instance keeps the notified version as a local floor for a
 //!   while ([`SharedConfig::floor_ttl`]), rejecting older Redis values.
 //! - **Generations**: keys embed a namespace generation kept in Redis. When a change could
 //!   not be made safe (a settle or repair that failed or timed out), when a table was
@@ -305,6 +306,8 @@ pub(crate) struct SharedRegion<E: CachedEntity> {
     name: String,
     floors: Cache<E::Id, Floor>,
     counters: RegionCounters,
+    /// The region's test-only pause points.
+    hook: Option<crate::hooks::Hook>,
 }
 
 /// Keys per script call of a batch read or fill, so one call stays well inside the
@@ -331,7 +334,14 @@ impl<E: CachedEntity> SharedRegion<E> {
             name: name.to_string(),
             floors,
             counters: RegionCounters::default(),
+            hook: None,
         }
+    }
+
+    /// Gives the shared reads the region's test-only pause points.
+    pub(crate) fn with_hook(mut self, hook: Option<crate::hooks::Hook>) -> Self {
+        self.hook = hook;
+        self
     }
 
     /// The entry's key, after the prefix and the generation.
@@ -393,6 +403,10 @@ impl<E: CachedEntity> SharedRegion<E> {
                 }
                 Found::Load(true) => {
                     let row = db()?;
+                    crate::hooks::reach(&self.hook, || crate::hooks::Point::BeforeSharedFill {
+                        region: self.name.clone(),
+                        id: format!("{id:?}"),
+                    });
                     self.fill(&token, &[(&key, row.as_ref())]);
                     return Ok(row);
                 }

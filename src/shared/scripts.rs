@@ -77,21 +77,28 @@ return {2}
 "#;
 
 /// Settle after COMMIT (or after a rollback, with `''`): a key still holding the
-/// writer's fence gets the committed entry `ARGV[i + 2]` (`ARGV[3]` ms to live); another
-/// writer's fence is left to that writer; an entry at the same or a newer version stays;
-/// anything else (a lease, an older entry, an entry written while the fence was gone) is
-/// deleted. Never puts anything but over the writer's own fence, so never an older version
-/// over a newer one, even one that expired or was evicted.
+/// writer's fence gets the committed entry `ARGV[i + 2]` (`ARGV[3]` ms to live), unless
+/// the change feed marked the fence with a newer version meanwhile (then it is deleted);
+/// another writer's fence is left to that writer; an entry at the same or a newer version
+/// stays; anything else (a lease, an older entry, an entry written while the fence was
+/// gone) is deleted. Never puts anything but over the writer's own fence, so never an
+/// older version over a newer one, even one that expired or was evicted.
 const SETTLE: &str = r#"
 local fence = 'F' .. ARGV[2]
 for i = 2, #KEYS do
   local cur = redis.call('GET', KEYS[i])
   local new = ARGV[i + 2]
-  if cur == fence then
-    if new == '' then
-      redis.call('DEL', KEYS[i])
-    else
+  local own = cur == fence
+  local marked = false
+  if cur and not own and string.sub(cur, 1, #fence + 1) == fence .. '|' then
+    own = true
+    marked = 'V' .. string.sub(cur, #fence + 2)
+  end
+  if own then
+    if new ~= '' and (not marked or at_least(new, marked)) then
       redis.call('SET', KEYS[i], new, 'PX', ARGV[3])
+    else
+      redis.call('DEL', KEYS[i])
     end
   elseif cur then
     local c = string.sub(cur, 1, 1)
@@ -107,12 +114,23 @@ return {2}
 
 /// Repair from the change feed: deletes the entry unless it holds the notified change or
 /// a later one (`ARGV[2]`, a `V<version>` header); an insert (`ARGV[3] == '1'`) always
-/// clears a tombstone. Leases and fences are deleted: a lease may have read before the
-/// change, and a writer that finds its fence gone deletes what it finds. Idempotent.
+/// clears a tombstone. A lease is deleted (it may have read before the change). A fence
+/// stays (fills stay blocked) but is marked with the highest notified version, so that
+/// its writer's settle stores its row only if it is at least that new. Idempotent.
 const REPAIR: &str = r#"
 local cur = redis.call('GET', KEYS[2])
 if not cur then return {2, 0} end
 local c = string.sub(cur, 1, 1)
+if c == 'F' then
+  local bar = string.find(cur, '|', 1, true)
+  local base = cur
+  if bar then
+    base = string.sub(cur, 1, bar - 1)
+    if at_least('V' .. string.sub(cur, bar + 1), ARGV[2]) then return {2, 0} end
+  end
+  redis.call('SET', KEYS[2], base .. '|' .. string.sub(ARGV[2], 2), 'KEEPTTL')
+  return {2, 0}
+end
 if versioned(cur) and not (ARGV[3] == '1' and c == 'T') and at_least(cur, ARGV[2]) then
   return {2, 0}
 end

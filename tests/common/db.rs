@@ -524,6 +524,11 @@ fn unique_name() -> String {
     )
 }
 
+/// The URL in `var`, or `None` after reporting the skip (for fixtures outside this file).
+pub fn env_url_or_skip(var: &str, what: &str, skip_reported: &AtomicBool) -> Option<String> {
+    env_url(var, what, skip_reported)
+}
+
 /// The URL in `var`, or `None` after reporting the skip. Under `CI=true` a
 /// missing URL panics: CI must never silently skip a backend.
 fn env_url(var: &str, what: &str, skip_reported: &AtomicBool) -> Option<String> {

@@ -37,6 +37,8 @@
 
 mod db;
 pub mod models;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod schema;
 mod sql_log;
 pub mod watchdog;

@@ -7,8 +7,11 @@ use super::schema::{
     accounts, articles, documents_text, follows, memos, note_lines, posts, products, tags, users,
 };
 
-/// `i64` id and version, a nullable column, a unique column.
-#[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
+/// `i64` id and version, a nullable column, a unique column. Serde, so that tests can
+/// share it with `DbBuilder::shared` (C9).
+#[derive(
+    Queryable, Selectable, Clone, Debug, PartialEq, Cached, serde::Serialize, serde::Deserialize,
+)]
 #[diesel(table_name = users)]
 #[cache(max_entries = 10_000)]
 pub struct User {
@@ -43,9 +46,12 @@ pub struct UserChanges {
     pub name: Option<String>,
 }
 
-/// `i32` id and `i32` version.
-#[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
+/// `i32` id and `i32` version; in the shared tier by attribute when it is built (C9).
+#[derive(
+    Queryable, Selectable, Clone, Debug, PartialEq, Cached, serde::Serialize, serde::Deserialize,
+)]
 #[diesel(table_name = products)]
+#[cfg_attr(feature = "redis", cache(shared))]
 pub struct Product {
     pub id: i32,
     pub version: i32,
