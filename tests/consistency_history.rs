@@ -30,6 +30,89 @@ use diesel_l2::{CachedOps, Db};
 use common::models::{Tag, User};
 use common::{Backend, TestDb};
 
+/// A test hook (feature `test-hooks`), or nothing.
+#[cfg(feature = "test-hooks")]
+pub type Hook = diesel_l2::testing::Hook;
+#[cfg(not(feature = "test-hooks"))]
+pub type Hook = ();
+
+/// The shared tier's settings (feature `redis`), or nothing.
+#[cfg(feature = "redis")]
+pub type SharedTier = diesel_l2::shared::SharedConfig;
+#[cfg(not(feature = "redis"))]
+pub type SharedTier = ();
+
+/// Redis faults for the adversaries' run (C9), on a `redis-server` of the run's own:
+/// connections killed, the server paused past the calls' timeout, everything flushed, or
+/// memory squeezed so that Redis evicts entries, fences, leases and the generation key.
+#[cfg(feature = "redis")]
+struct RedisFaults {
+    redis: common::redis::PrivateRedis,
+    squeezed: std::sync::atomic::AtomicBool,
+    injected: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+#[cfg(feature = "redis")]
+impl RedisFaults {
+    fn inject(&self, rng: &mut fastrand::Rng) {
+        use std::sync::atomic::Ordering;
+        let kind = match rng.u8(0..10) {
+            0..=2 => "CLIENT KILL",
+            3..=5 => "CLIENT PAUSE",
+            6 => "FLUSHALL",
+            _ => "maxmemory",
+        };
+        let mut con = match redis::Client::open(self.redis.url()).and_then(|c| c.get_connection()) {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        let done: redis::RedisResult<redis::Value> = match kind {
+            "CLIENT KILL" => redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("normal")
+                .query(&mut con),
+            // Longer than the calls' timeout: they fail and the breaker opens.
+            "CLIENT PAUSE" => redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(rng.u32(20..120))
+                .arg("ALL")
+                .query(&mut con),
+            "FLUSHALL" => redis::cmd("FLUSHALL").query(&mut con),
+            _ => {
+                if self.squeezed.swap(false, Ordering::AcqRel) {
+                    redis::cmd("CONFIG")
+                        .arg("SET")
+                        .arg("maxmemory")
+                        .arg(0)
+                        .query(&mut con)
+                } else {
+                    let info: String = redis::cmd("INFO")
+                        .arg("memory")
+                        .query(&mut con)
+                        .unwrap_or_default();
+                    let used: u64 = info
+                        .lines()
+                        .find_map(|l| l.strip_prefix("used_memory:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(1 << 20);
+                    self.squeezed.store(true, Ordering::Release);
+                    redis::cmd("CONFIG")
+                        .arg("SET")
+                        .arg("maxmemory")
+                        .arg(used + rng.u64(2_000..20_000))
+                        .arg("maxmemory-policy")
+                        .arg("allkeys-lru")
+                        .query(&mut con)
+                }
+            }
+        };
+        if done.is_ok() {
+            *self.injected.lock().unwrap().entry(kind).or_default() += 1;
+        }
+    }
+}
+
 /// `users`: 4 entries for 8 hot keys (plus re-inserted ids), so size evictions race with
 /// writes and fills. `tags`: a 30 ms ttl and 6 entries.
 const USERS_MAX: u64 = 4;
@@ -89,8 +172,14 @@ where
     Naive::new(t.pool.clone(), USERS_MAX, TAGS_MAX, TAGS_TTL)
 }
 
-/// A diesel-l2 `Db` over `pool` that listens for changes (C7), with `ours`' regions.
-pub fn listening<C>(t: &TestDb<C>, pool: common::TestPool<C>) -> Ours<C>
+/// A diesel-l2 `Db` over `pool` that listens for changes (C7), with `ours`' regions, in
+/// the shared tier when `shared` is given (C9), with test hook `hook`.
+pub fn listening<C>(
+    t: &TestDb<C>,
+    pool: common::TestPool<C>,
+    shared: Option<&SharedTier>,
+    hook: Option<Hook>,
+) -> Ours<C>
 where
     C: common::TestBackend + diesel_l2::ChangeFeed,
     User: CachedOps<C>,
@@ -104,10 +193,26 @@ where
     }
     // Room for the hot keys and the re-insert keys, so tombstones and negative entries
     // live long enough to meet remote re-inserts; tags keep the small, short-lived region.
-    let db = Db::builder(pool)
+    let mut builder = Db::builder(pool)
         .cache_with::<User>(|c| c.max_entries(LISTENING_USERS_MAX))
         .cache_with::<Tag>(|c| c.max_entries(TAGS_MAX).ttl(TAGS_TTL))
-        .listen(listen)
+        .listen(listen);
+    #[cfg(feature = "redis")]
+    if let Some(cfg) = shared {
+        builder = builder
+            .shared::<User>()
+            .shared::<Tag>()
+            .shared_tier(cfg.clone());
+    }
+    #[cfg(not(feature = "redis"))]
+    let _ = shared;
+    #[cfg(feature = "test-hooks")]
+    if let Some(hook) = hook {
+        builder = builder.test_hook(hook);
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = hook;
+    let db = builder
         .build()
         .expect("valid regions and the change feed installed");
     let batcher = db
@@ -244,16 +349,76 @@ backend_tests! {
         let cfg = Config::bounded(ops, Duration::from_secs(secs));
         let f = prepare(t);
         println!("[{}] adversaries, seed {}", t.backend, cfg.seed);
-        let a = listening(t, t.pool.clone());
+        // C9: both `Db`s and a third, dying writer share a Redis of the run's own, into
+        // which faults are injected throughout.
+        #[cfg(feature = "redis")]
+        let faults = common::redis::PrivateRedis::start(&[]).map(|redis| RedisFaults {
+            redis,
+            squeezed: Default::default(),
+            injected: Default::default(),
+        });
+        #[cfg(feature = "redis")]
+        let shared: Option<SharedTier> = faults.as_ref().map(|f| {
+            f.redis
+                .config()
+                .timeout(Duration::from_millis(50))
+                .breaker(3, Duration::from_millis(50))
+                .lease_wait(Duration::from_millis(5))
+                .fence_and_lease_ttl(Duration::from_millis(500), Duration::from_millis(500))
+        });
+        #[cfg(not(feature = "redis"))]
+        let shared: Option<SharedTier> = None;
+        let a = listening(t, t.pool.clone(), shared.as_ref(), None);
         let (pool_b, _) = t.another_pool();
-        let b = listening(t, pool_b);
+        let b = listening(t, pool_b, shared.as_ref(), None);
+        // A third `Db` whose writers die between COMMIT and their cache work (C9: the
+        // fences they leave in Redis; C1: nothing of theirs is applied locally).
+        #[cfg(feature = "test-hooks")]
+        let w = {
+            let dying_hook = diesel_l2::testing::Hook::new(|p| {
+                if *p == diesel_l2::testing::Point::AfterCommit
+                    && std::thread::current().name() == Some(workload::DYING_WRITER)
+                {
+                    std::panic::panic_any(workload::INJECTED_PANIC);
+                }
+            });
+            let (pool_w, _) = t.another_pool();
+            Some(listening(t, pool_w, shared.as_ref(), Some(dying_hook)))
+        };
+        #[cfg(not(feature = "test-hooks"))]
+        let w: Option<Ours<Conn>> = None;
+        #[cfg(feature = "redis")]
+        // DIESEL_L2_REDIS_FAULTS=off runs the shared tier without faults.
+        let fault_free = std::env::var("DIESEL_L2_REDIS_FAULTS").is_ok_and(|v| v == "off");
+        let inject = faults
+            .as_ref()
+            .filter(|_| !fault_free)
+            .map(|f| move |rng: &mut fastrand::Rng| f.inject(rng));
+        #[cfg(feature = "redis")]
+        let inject_ref = inject.as_ref().map(|f| f as &(dyn Fn(&mut fastrand::Rng) + Sync));
+        #[cfg(not(feature = "redis"))]
+        let inject_ref = None;
         let adv = workload::Adversaries {
             second: &b,
             plain: vec![Box::new(Plain(t.raw_connection())), Box::new(Plain(t.raw_connection()))],
             delta: Duration::from_secs(1),
             settle: Duration::from_millis(200),
+            dying: w.as_ref().map(|w| w as &dyn consistency::Store),
+            faults: inject_ref,
         };
         let (fig, lag) = workload::run_adversarial(&a, adv, &cfg, f);
+        #[cfg(feature = "redis")]
+        if let Some(faults) = &faults {
+            let region = |db: &Db<Conn>| db.region_stats::<User>().unwrap().shared.unwrap();
+            println!(
+                "[{}] C9: Redis faults injected {:?}; shared users a {:?}; b {:?}; tier a {:?}",
+                t.backend,
+                faults.injected.lock().unwrap(),
+                region(&a.db),
+                region(&b.db),
+                a.db.stats().shared.unwrap()
+            );
+        }
         println!("{}", fig.report(t.backend.name()));
         println!(
             "[{}] C7: largest lag of a read behind a write made elsewhere: {:.2} ms ({} lagged reads of {}); bound Δ = 1 s",

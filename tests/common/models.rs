@@ -60,7 +60,9 @@ pub struct Product {
 }
 
 /// `String` id, with the id and version found by attribute and a renamed column.
-#[derive(Queryable, Selectable, Clone, Debug, PartialEq, Cached)]
+#[derive(
+    Queryable, Selectable, Clone, Debug, PartialEq, Cached, serde::Serialize, serde::Deserialize,
+)]
 #[diesel(table_name = tags)]
 pub struct Tag {
     #[cache(id)]

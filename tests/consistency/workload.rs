@@ -186,7 +186,7 @@ pub fn table(rows: &[(String, Figures)]) -> String {
     s
 }
 
-const INJECTED_PANIC: &str = "injected panic (consistency workload)";
+pub const INJECTED_PANIC: &str = "injected panic (consistency workload)";
 
 /// Keeps the injected panics out of the test output; other panics print as usual.
 pub fn quiet_injected_panics() {
@@ -928,14 +928,21 @@ pub struct Adversaries<'a> {
     pub delta: Duration,
     /// How long writers stay quiet before a checkpoint (the listeners catch up).
     pub settle: Duration,
+    /// A third `Db` whose writers die (panic) between COMMIT and their cache update: each
+    /// of its writes committed, and its shared-tier fences are left behind (C9).
+    pub dying: Option<&'a dyn Store>,
+    /// Called again and again on a thread of its own while the workload runs: injects
+    /// faults (into Redis, C9).
+    pub faults: Option<&'a (dyn Fn(&mut fastrand::Rng) + Sync)>,
 }
 
-/// Threads 1000.. write plain SQL, 2000.. read through the second `Db`, everything else
-/// goes through the first.
+/// Threads 1000.. write plain SQL, 2000.. read through the second `Db`, 4000.. write
+/// through the dying third `Db`, everything else goes through the first.
 pub fn origin(thread: usize) -> usize {
     match thread {
         1000..=1999 => 1,
         2000..=2999 => 2,
+        4000..=4999 => 3,
         _ => 0,
     }
 }
@@ -988,6 +995,63 @@ fn committed(thread: usize, start: u64, end: u64, effects: Vec<Effect>) -> Event
         outcome: Outcome::Committed,
         effects,
     }
+}
+
+/// The name of the dying writer's thread: a test hook panics on it after COMMIT.
+pub const DYING_WRITER: &str = "dying-writer";
+
+/// Versioned updates of the workload's keys through a `Db` whose every transaction dies
+/// (panics, with [`INJECTED_PANIC`]) after COMMIT, before its cache work: each write
+/// committed, and it leaves its shared-tier fences behind (C9).
+fn dying_writes(
+    store: &dyn Store,
+    thread: usize,
+    keys: &Keys,
+    history: &History,
+    stop: &std::sync::atomic::AtomicBool,
+    seed: u64,
+) -> (Vec<Event>, u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut events, mut n, mut seq) = (Vec::new(), 0, 0u64);
+    while !stop.load(Ordering::Acquire) {
+        let kd = kind(&mut rng);
+        let k = keys.pick(&mut rng, kd);
+        seq += 1;
+        let payload = format!("D{seed}.{seq}");
+        let mut fx = Vec::new();
+        let start = history.now();
+        let r = panic::catch_unwind(AssertUnwindSafe(|| {
+            store.run(false, &mut |tx| {
+                fx.clear();
+                if let Some(cur) = tx.get(k)? {
+                    let next = Row {
+                        payload: payload.clone(),
+                        ..cur
+                    };
+                    fx.push(Effect::Put(tx.update(&next)?));
+                }
+                Ok(())
+            })
+        }));
+        let end = history.now();
+        n += 1;
+        let died_after_commit = match &r {
+            Err(p) => p
+                .downcast_ref::<&str>()
+                .is_some_and(|s| *s == INJECTED_PANIC),
+            Ok(_) => false,
+        };
+        if let Err(p) = r {
+            if !died_after_commit {
+                panic::resume_unwind(p);
+            }
+        }
+        if died_after_commit && !fx.is_empty() {
+            events.push(committed(thread, start, end, fx));
+        }
+        std::thread::sleep(Duration::from_millis(rng.u64(1..5)));
+    }
+    (events, n)
 }
 
 /// Plain updates of the workload's keys: `UPDATE … SET name = …` with no version change
@@ -1291,6 +1355,26 @@ pub fn run_adversarial(
             side.push(s.spawn(move || {
                 lagged_reads(store, 3000, keys, history, stop, seed ^ 5, incarnations)
             }));
+            if let Some(dying) = adv.dying {
+                side.push(
+                    std::thread::Builder::new()
+                        .name(DYING_WRITER.into())
+                        .spawn_scoped(s, move || {
+                            dying_writes(dying, 4000, keys, history, stop, seed ^ 6)
+                        })
+                        .expect("spawn the dying writer"),
+                );
+            }
+            if let Some(faults) = adv.faults {
+                side.push(s.spawn(move || {
+                    let mut rng = fastrand::Rng::with_seed(seed ^ 7);
+                    while !stop.load(Ordering::Acquire) {
+                        faults(&mut rng);
+                        std::thread::sleep(Duration::from_millis(rng.u64(100..400)));
+                    }
+                    (Vec::new(), 0)
+                }));
+            }
             let handles: Vec<_> = (0..config.threads)
                 .map(|thread| {
                     let guard_ids = &guard_ids;
