@@ -326,6 +326,104 @@ fn assert_clean(backend: Backend, f: &Figures) {
     );
 }
 
+/// The adversaries' run (see `adversaries`), bounded by `cfg`.
+fn run_adversaries<C>(t: &TestDb<C>, cfg: &Config)
+where
+    C: common::TestBackend + diesel_l2::ChangeFeed + diesel_l2::OperationLog,
+    User: CachedOps<C>,
+    Tag: CachedOps<C>,
+    common::models::UserByBio: diesel_l2::IndexOps<C>,
+    Plain<C>: workload::PlainSql,
+{
+    let f = prepare(t);
+    println!("[{}] adversaries, seed {}", t.backend, cfg.seed);
+    // C9: both `Db`s and a third, dying writer share a Redis of the run's own, into
+    // which faults are injected throughout.
+    #[cfg(feature = "redis")]
+    let faults = common::redis::PrivateRedis::start(&[]).map(|redis| RedisFaults {
+        redis,
+        squeezed: Default::default(),
+        injected: Default::default(),
+    });
+    #[cfg(feature = "redis")]
+    let shared: Option<SharedTier> = faults.as_ref().map(|f| {
+        f.redis
+            .config()
+            .timeout(Duration::from_millis(50))
+            .breaker(3, Duration::from_millis(50))
+            .lease_wait(Duration::from_millis(5))
+            .fence_and_lease_ttl(Duration::from_millis(500), Duration::from_millis(500))
+    });
+    #[cfg(not(feature = "redis"))]
+    let shared: Option<SharedTier> = None;
+    let a = listening(t, t.pool.clone(), shared.as_ref(), None);
+    let (pool_b, _) = t.another_pool();
+    let b = listening(t, pool_b, shared.as_ref(), None);
+    // A third `Db` whose writers die between COMMIT and their cache work (C9: the
+    // fences they leave in Redis; C1: nothing of theirs is applied locally).
+    #[cfg(feature = "test-hooks")]
+    let w = {
+        let dying_hook = diesel_l2::testing::Hook::new(|p| {
+            if *p == diesel_l2::testing::Point::AfterCommit
+                && std::thread::current().name() == Some(workload::DYING_WRITER)
+            {
+                std::panic::panic_any(workload::INJECTED_PANIC);
+            }
+        });
+        let (pool_w, _) = t.another_pool();
+        Some(listening(t, pool_w, shared.as_ref(), Some(dying_hook)))
+    };
+    #[cfg(not(feature = "test-hooks"))]
+    let w: Option<Ours<C>> = None;
+    #[cfg(feature = "redis")]
+    // DIESEL_L2_REDIS_FAULTS=off runs the shared tier without faults.
+    let fault_free = std::env::var("DIESEL_L2_REDIS_FAULTS").is_ok_and(|v| v == "off");
+    let inject = faults
+        .as_ref()
+        .filter(|_| !fault_free)
+        .map(|f| move |rng: &mut fastrand::Rng| f.inject(rng));
+    #[cfg(feature = "redis")]
+    let inject_ref = inject
+        .as_ref()
+        .map(|f| f as &(dyn Fn(&mut fastrand::Rng) + Sync));
+    #[cfg(not(feature = "redis"))]
+    let inject_ref = None;
+    let adv = workload::Adversaries {
+        second: &b,
+        plain: vec![
+            Box::new(Plain(t.raw_connection())),
+            Box::new(Plain(t.raw_connection())),
+        ],
+        delta: Duration::from_secs(1),
+        settle: Duration::from_millis(200),
+        dying: w.as_ref().map(|w| w as &dyn consistency::Store),
+        faults: inject_ref,
+    };
+    let (fig, lag) = workload::run_adversarial(&a, adv, &cfg, f);
+    #[cfg(feature = "redis")]
+    if let Some(faults) = &faults {
+        let region = |db: &Db<C>| db.region_stats::<User>().unwrap().shared.unwrap();
+        println!(
+            "[{}] C9: Redis faults injected {:?}; shared users a {:?}; b {:?}; tier a {:?}",
+            t.backend,
+            faults.injected.lock().unwrap(),
+            region(&a.db),
+            region(&b.db),
+            a.db.stats().shared.unwrap()
+        );
+    }
+    println!("{}", fig.report(t.backend.name()));
+    println!(
+        "[{}] C7: largest lag of a read behind a write made elsewhere: {:.2} ms ({} lagged reads of {}); bound Δ = 1 s",
+        t.backend,
+        lag.max_lag as f64 / 1e6,
+        lag.lagged_reads,
+        fig.counts.reads_checked
+    );
+    println!("  second Db: {:?}", consistency::Store::cache_figures(&b));
+    assert_clean(t.backend, &fig);
+}
+
 backend_tests! {
     /// The bounded CI run: zero violations for diesel-l2; the naive baseline is reported.
     fn bounded(t) {
@@ -343,92 +441,91 @@ backend_tests! {
     /// new as its own `Db`'s writes (C2, C4) and as any write that returned more than
     /// Δ = 1 s before it began (C7); checkpoints (after the listeners settle) and the final
     /// state are checked in both. Prints the largest lag seen.
+    ///
+    /// C9: with the `redis` feature both `Db`s, and a third whose writers die between
+    /// COMMIT and their cache update, share a `redis-server` of the run's own, into which
+    /// faults are injected throughout (connections killed, the server paused, flushed,
+    /// memory squeezed).
     fn adversaries(t) {
         let ops = env_u64("DIESEL_L2_ADVERSARY_OPS").unwrap_or(30_000);
         let secs = env_u64("DIESEL_L2_ADVERSARY_SECS").unwrap_or(15);
         let cfg = Config::bounded(ops, Duration::from_secs(secs));
+        run_adversaries(t, &cfg);
+    }
+
+    /// C9 alone: the workload through one `Db` and checked reads through a second, both
+    /// in the shared tier, with no change feed and a 10 ms local ttl in the second, so
+    /// that nothing but the shared tier's leases and fences keeps its reads fresh: a read
+    /// that begins more than Δ = 250 ms after a write through the first `Db` returned must
+    /// see it. (In the adversaries' run the change feed also repairs Redis within its
+    /// delay, which would hide a broken lease or fence there.) 64 hot keys a kind, so a
+    /// stale entry would outlive Δ before the next write to its key replaced it.
+    #[cfg(feature = "redis")]
+    fn shared_tier_without_the_feed(t) {
+        let Some(cfg) = common::redis::shared_config() else { return };
+        let ops = env_u64("DIESEL_L2_SHARED_OPS").unwrap_or(20_000);
+        let secs = env_u64("DIESEL_L2_SHARED_SECS").unwrap_or(10);
+        let mut run = Config::bounded(ops, Duration::from_secs(secs));
+        run.slots = 64;
         let f = prepare(t);
-        println!("[{}] adversaries, seed {}", t.backend, cfg.seed);
-        // C9: both `Db`s and a third, dying writer share a Redis of the run's own, into
-        // which faults are injected throughout.
-        #[cfg(feature = "redis")]
-        let faults = common::redis::PrivateRedis::start(&[]).map(|redis| RedisFaults {
-            redis,
-            squeezed: Default::default(),
-            injected: Default::default(),
-        });
-        #[cfg(feature = "redis")]
-        let shared: Option<SharedTier> = faults.as_ref().map(|f| {
-            f.redis
-                .config()
-                .timeout(Duration::from_millis(50))
-                .breaker(3, Duration::from_millis(50))
-                .lease_wait(Duration::from_millis(5))
-                .fence_and_lease_ttl(Duration::from_millis(500), Duration::from_millis(500))
-        });
-        #[cfg(not(feature = "redis"))]
-        let shared: Option<SharedTier> = None;
-        let a = listening(t, t.pool.clone(), shared.as_ref(), None);
-        let (pool_b, _) = t.another_pool();
-        let b = listening(t, pool_b, shared.as_ref(), None);
-        // A third `Db` whose writers die between COMMIT and their cache work (C9: the
-        // fences they leave in Redis; C1: nothing of theirs is applied locally).
-        #[cfg(feature = "test-hooks")]
-        let w = {
-            let dying_hook = diesel_l2::testing::Hook::new(|p| {
-                if *p == diesel_l2::testing::Point::AfterCommit
-                    && std::thread::current().name() == Some(workload::DYING_WRITER)
-                {
-                    std::panic::panic_any(workload::INJECTED_PANIC);
-                }
-            });
-            let (pool_w, _) = t.another_pool();
-            Some(listening(t, pool_w, shared.as_ref(), Some(dying_hook)))
+        println!("[{}] shared tier without the feed, seed {}", t.backend, run.seed);
+        let shared_db = |pool: common::TestPool<Conn>, local_ttl: Option<Duration>| {
+            let db = Db::builder(pool)
+                .cache_with::<User>(|c| match local_ttl {
+                    // Negative entries too: nothing else would drop them here.
+                    Some(ttl) => c.max_entries(1_000).ttl(ttl).negative_ttl(Some(ttl)),
+                    None => c.max_entries(1_000),
+                })
+                .cache_with::<Tag>(|c| match local_ttl {
+                    Some(ttl) => c.max_entries(TAGS_MAX).ttl(ttl).negative_ttl(Some(ttl)),
+                    None => c.max_entries(TAGS_MAX).ttl(TAGS_TTL),
+                })
+                .shared::<User>()
+                .shared::<Tag>()
+                .shared_tier(cfg.clone())
+                .build()
+                .expect("valid regions");
+            let batcher = db
+                .batcher(diesel_l2::BatchConfig::new(8, Duration::from_millis(1)))
+                .expect("batcher");
+            Ours { db, batcher }
         };
-        #[cfg(not(feature = "test-hooks"))]
-        let w: Option<Ours<Conn>> = None;
-        #[cfg(feature = "redis")]
-        // DIESEL_L2_REDIS_FAULTS=off runs the shared tier without faults.
-        let fault_free = std::env::var("DIESEL_L2_REDIS_FAULTS").is_ok_and(|v| v == "off");
-        let inject = faults
-            .as_ref()
-            .filter(|_| !fault_free)
-            .map(|f| move |rng: &mut fastrand::Rng| f.inject(rng));
-        #[cfg(feature = "redis")]
-        let inject_ref = inject.as_ref().map(|f| f as &(dyn Fn(&mut fastrand::Rng) + Sync));
-        #[cfg(not(feature = "redis"))]
-        let inject_ref = None;
+        let a = shared_db(t.pool.clone(), None);
+        let (pool_b, _) = t.another_pool();
+        let b = shared_db(pool_b, Some(Duration::from_millis(10)));
         let adv = workload::Adversaries {
             second: &b,
-            plain: vec![Box::new(Plain(t.raw_connection())), Box::new(Plain(t.raw_connection()))],
-            delta: Duration::from_secs(1),
-            settle: Duration::from_millis(200),
-            dying: w.as_ref().map(|w| w as &dyn consistency::Store),
-            faults: inject_ref,
+            plain: Vec::new(),
+            delta: Duration::from_millis(250),
+            settle: Duration::from_millis(50),
+            dying: None,
+            faults: None,
         };
-        let (fig, lag) = workload::run_adversarial(&a, adv, &cfg, f);
-        #[cfg(feature = "redis")]
-        if let Some(faults) = &faults {
-            let region = |db: &Db<Conn>| db.region_stats::<User>().unwrap().shared.unwrap();
-            println!(
-                "[{}] C9: Redis faults injected {:?}; shared users a {:?}; b {:?}; tier a {:?}",
-                t.backend,
-                faults.injected.lock().unwrap(),
-                region(&a.db),
-                region(&b.db),
-                a.db.stats().shared.unwrap()
-            );
-        }
+        let (fig, lag) = workload::run_adversarial(&a, adv, &run, f);
         println!("{}", fig.report(t.backend.name()));
+        let shared = |db: &Db<Conn>| db.region_stats::<User>().unwrap().shared.unwrap();
         println!(
-            "[{}] C7: largest lag of a read behind a write made elsewhere: {:.2} ms ({} lagged reads of {}); bound Δ = 1 s",
+            "[{}] C9 without the feed: largest lag {:.2} ms ({} lagged reads of {}); bound Δ = 250 ms; shared users a {:?}; b {:?}",
             t.backend,
             lag.max_lag as f64 / 1e6,
             lag.lagged_reads,
-            fig.counts.reads_checked
+            fig.counts.reads_checked,
+            shared(&a.db),
+            shared(&b.db),
         );
-        println!("  second Db: {:?}", consistency::Store::cache_figures(&b));
         assert_clean(t.backend, &fig);
+    }
+
+    /// The adversaries' run as a long soak, with Redis faults (C9):
+    /// `DIESEL_L2_SOAK_OPS=1000000 cargo test --release --all-features --test consistency_history -- --ignored --nocapture soak_adversaries`.
+    #[ignore = "long soak: DIESEL_L2_SOAK_OPS=1000000 cargo test --release --all-features --test consistency_history -- --ignored --nocapture soak_adversaries"]
+    fn soak_adversaries(t) {
+        common::watchdog::lift(); // bounded by DIESEL_L2_SOAK_OPS / _SECS instead
+        let ops = env_u64("DIESEL_L2_SOAK_OPS").unwrap_or(1_000_000);
+        let secs = env_u64("DIESEL_L2_SOAK_SECS").unwrap_or(24 * 3600);
+        let mut cfg = Config::bounded(ops, Duration::from_secs(secs));
+        cfg.phases = (ops / 20_000).clamp(8, 200) as u32;
+        run_adversaries(t, &cfg);
     }
 
     /// The long soak (see the module docs for the command).

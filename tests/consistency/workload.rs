@@ -1294,7 +1294,6 @@ pub fn run_adversarial(
     let started = Instant::now();
     let incarnations = Mutex::new(HashMap::new());
     let mut plain = adv.plain;
-    assert!(plain.len() >= 2, "two plain-SQL connections");
 
     seed_slots(
         store,
