@@ -647,11 +647,15 @@ impl<C: R2D2Connection + 'static> Db<C> {
                 E::load_one(&mut conn, &id).map_err(Error::from)
             };
             // A local miss asks the shared tier first (C9); not while the listener is
-            // down (the tier may miss the changes of the outage), nor for a refresh.
+            // down (the tier may miss the changes of the outage). A refresh reads the
+            // database, the truth, and deletes whatever older Redis holds.
             #[cfg(feature = "redis")]
-            if let (Some(shared), true, false) =
-                (region.shared(), region.trusted(), mode == FillMode::Refresh)
-            {
+            if let (Some(shared), true) = (region.shared(), region.trusted()) {
+                if mode == FillMode::Refresh {
+                    let row = db()?;
+                    shared.reconcile(&id, row.as_ref());
+                    return Ok(row);
+                }
                 return shared.load(&id, mode == FillMode::Fill, db);
             }
             db()

@@ -119,6 +119,14 @@
 //!   result in the same transaction as the writes, and a replay runs nothing and returns
 //!   the recorded result ([`inbox`]).
 //! - **C8 Bad input is a typed error**, never a panic in library code.
+//! - **C9 The shared tier** (feature `redis`, [`shared`]). For a write made through the
+//!   library, a read in any instance that begins after `transaction` returned finds that
+//!   write, a newer one, or nothing in Redis (the writer fences its keys before COMMIT
+//!   and replaces the fences after it); no fill puts an older version over a newer one,
+//!   even one Redis evicted (leases voided by any write, checked in Lua). Writes the
+//!   library cannot fence (plain SQL, a writer that died or lost Redis) are repaired by
+//!   the change feed; after an unsafe change, a flush or a restart, a new generation is
+//!   started before the tier is read again. Redis down degrades to the database.
 //! - **C10 Lists.** A cached collection ([`Db::find_all_by`]) read after a commit never
 //!   misses a member that commit added or moved in, nor holds one it deleted, moved out
 //!   or changed; a list load that raced a write does not fill (C3, C4 for lists). A

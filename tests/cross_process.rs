@@ -938,7 +938,7 @@ fn ids_are_parsed_from_text_when_the_type_allows() {
 mod shared_tier {
     use super::*;
     use common::models::Product;
-    use common::redis::{entry, entry_version, shared_config};
+    use common::redis::{entry, entry_version, set_entry, shared_config};
     use common::schema::users;
     use diesel::prelude::*;
     use diesel_l2::shared::SharedConfig;
@@ -1074,6 +1074,46 @@ mod shared_tier {
             wait_for("the delete's repair", || redis_version(&cfg, "users", "1").is_none_or(|(k, _)| k == 'T'));
             wait_for("a's listener", || a.peek::<User>(&1).unwrap().is_none());
             assert!(a.find::<User>(1).unwrap().is_none());
+        }
+
+        /// C9: each instance keeps the notified version as a floor, so an older row put
+        /// back into Redis after the change feed repaired it (a late write by a process
+        /// that does not follow the protocol, a restored snapshot) is refused and read
+        /// from the database instead.
+        fn an_older_row_put_back_after_a_repair_is_refused_by_the_floor(t) {
+            let Some(cfg) = shared_config() else { return };
+            let (pool_a, _) = t.another_pool();
+            let a = instance(t, pool_a, &cfg, Some("l2_fl_a"));
+            let (pool_b, _) = t.another_pool();
+            let b = instance(t, pool_b, &cfg, Some("l2_fl_b"));
+            a.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+            let old = entry(&cfg, "users", "1").unwrap();
+            assert_eq!(entry_version(&old), Some(('V', 1)));
+            let seen = b.stats().listener.unwrap().changes;
+            t.exec("UPDATE users SET name = 'plain' WHERE id = 1");
+            wait_for("b's listener", || b.stats().listener.unwrap().changes > seen);
+            wait_for("the repair", || redis_version(&cfg, "users", "1") != Some(('V', 1)));
+            set_entry(&cfg, "users", "1", &old);
+            b.evict::<User>(1).unwrap();
+            let read = b.find::<User>(1).unwrap().unwrap();
+            assert_eq!((read.version, read.name.as_str()), (2, "plain"), "C9: the old row was read from Redis");
+            assert!(b.region_stats::<User>().unwrap().shared.unwrap().rejected_values >= 1);
+        }
+
+        /// A refresh reads the database and deletes the older row Redis holds, so the
+        /// instances that read Redis next do not get it either.
+        fn a_refresh_deletes_an_older_row_from_redis(t) {
+            let Some(cfg) = shared_config() else { return };
+            let (pool_a, _) = t.another_pool();
+            let a = instance(t, pool_a, &cfg, None);
+            let v1 = a.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+            let old = entry(&cfg, "users", "1").unwrap();
+            let mut next = v1.clone();
+            next.name = "v2".into();
+            a.transaction(|tx| tx.update(&next)).unwrap();
+            set_entry(&cfg, "users", "1", &old); // stale, put there by hand
+            assert_eq!(a.refresh().find::<User>(1).unwrap().unwrap().version, 2);
+            assert_eq!(redis_version(&cfg, "users", "1"), None, "the older row is gone from Redis");
         }
 
         /// C9, rolling deploys: an instance of another shape never decodes the entries of

@@ -96,7 +96,7 @@ pub struct SharedConfig {
     pub ttl: Duration,
     /// The limit of every Redis call, connecting included. 5 ms by default.
     pub timeout: Duration,
-    /// Connections kept to Redis. 8 by default.
+    /// Connections kept to Redis. 16 by default.
     pub pool_size: u32,
     /// How long a fence lives if its writer dies before replacing it. 5 s by default.
     pub fence_ttl: Duration,
@@ -124,7 +124,7 @@ impl SharedConfig {
             prefix: "diesel-l2".into(),
             ttl: Duration::from_secs(600),
             timeout: Duration::from_millis(5),
-            pool_size: 8,
+            pool_size: 16,
             fence_ttl: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(2),
             lease_wait: Duration::from_millis(20),
@@ -553,6 +553,19 @@ impl<E: CachedEntity> SharedRegion<E> {
             _ => Floor { version, inserted },
         };
         self.floors.insert(id.clone(), floor);
+        self.delete_older(id, version, inserted);
+    }
+
+    /// After a refresh read `row` from the database: deletes what Redis holds for the key
+    /// if it is older (anything but a tombstone when there is no row).
+    pub(crate) fn reconcile(&self, id: &E::Id, row: Option<&E>) {
+        match row {
+            Some(r) => self.delete_older(id, r.version(), true),
+            None => self.delete_older(id, i64::MAX, false),
+        }
+    }
+
+    fn delete_older(&self, id: &E::Id, version: i64, inserted: bool) {
         let key = self.key(id);
         let header = format!("V{}", version_hex(version));
         let insert: &[u8] = if inserted { b"1" } else { b"0" };
@@ -564,8 +577,7 @@ impl<E: CachedEntity> SharedRegion<E> {
             Ok(reply) => Counters::add(&self.counters.repairs, int(reply.first()) as u64),
             Err(_) => {
                 Counters::bump(&self.counters.errors);
-                self.tier
-                    .mark_unsafe("a change-feed repair did not reach Redis");
+                self.tier.mark_unsafe("a repair did not reach Redis");
             }
         }
     }

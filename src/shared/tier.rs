@@ -234,7 +234,15 @@ impl Tier {
         let mut conn = match self.pool.get_timeout(self.config.timeout) {
             Ok(c) => c,
             Err(e) => {
-                self.failed(&e.to_string());
+                let error = e.to_string();
+                // r2d2 appends the last connection error when connecting failed; without
+                // one, every connection was busy: not a sign of Redis failing, so the
+                // breaker is left alone (the call is still skipped and counted).
+                if error.contains(": ") {
+                    self.failed(&error);
+                } else {
+                    Counters::bump(&self.errors);
+                }
                 return Err(Skip::Failed);
             }
         };

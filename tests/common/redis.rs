@@ -174,3 +174,18 @@ impl Drop for PrivateRedis {
         self.kill();
     }
 }
+
+/// Puts `bytes` as the entry of `region` / `id` under the current generation (as a
+/// process that does not follow the protocol would).
+pub fn set_entry(config: &SharedConfig, region: &str, id: &str, bytes: &[u8]) {
+    let mut con = client(config);
+    let gen: String = redis::cmd("GET")
+        .arg(format!("{}:gen", config.prefix))
+        .query(&mut con)
+        .expect("GET gen");
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:{gen}:{region}:{id}", config.prefix))
+        .arg(bytes)
+        .query(&mut con)
+        .expect("SET entry");
+}
