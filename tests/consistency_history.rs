@@ -399,7 +399,7 @@ where
         dying: w.as_ref().map(|w| w as &dyn consistency::Store),
         faults: inject_ref,
     };
-    let (fig, lag) = workload::run_adversarial(&a, adv, &cfg, f);
+    let (fig, lag) = workload::run_adversarial(&a, adv, cfg, f);
     #[cfg(feature = "redis")]
     if let Some(faults) = &faults {
         let region = |db: &Db<C>| db.region_stats::<User>().unwrap().shared.unwrap();

@@ -40,10 +40,10 @@
 //! - **Redis down, slow or paused**: every call has a timeout (5 ms by default); a circuit
 //!   breaker stops calling after repeated failures and tries again after a cooldown.
 //!   Reads then go to the database ([`SharedFailure::Degrade`], the default) or fail with
-//!   [`Error::SharedTierUnavailable`](crate::Error::SharedTierUnavailable)
+//!   [`Error::SharedTierUnavailable`]
 //!   ([`SharedFailure::Fail`]). Never a stale row.
 //! - **Rolling deploys**: values carry a fingerprint of the entity's shape
-//!   ([`CachedEntity::SHAPE`](crate::CachedEntity::SHAPE)), not the key, so writers of one
+//!   ([`CachedEntity::SHAPE`]), not the key, so writers of one
 //!   build fence and repair the entries of another, and a reader never decodes a row of
 //!   another shape (it reads the database instead).
 //!
@@ -79,7 +79,7 @@ pub enum SharedFailure {
     #[default]
     Degrade,
     /// Fail reads that miss locally, and writes whose fence cannot be placed, with
-    /// [`Error::SharedTierUnavailable`](crate::Error::SharedTierUnavailable).
+    /// [`Error::SharedTierUnavailable`].
     Fail,
 }
 
