@@ -334,10 +334,7 @@ fn profile_loop(
             "p3" => {
                 let mut next = (*db.find::<BenchRow>(id).expect("find").expect("row")).clone();
                 next.score += 1;
-                black_box(
-                    db.transaction::<_, diesel_l2::Error, _>(|tx| tx.update(&next))
-                        .expect("tx.update"),
-                );
+                black_box(db.transaction(|tx| tx.update(&next)).expect("tx.update"));
             }
             "p3raw" => {
                 let mut c = pool.get().expect("checkout");
@@ -595,9 +592,7 @@ fn backend_section<C>(
                     let mut next = (*cur).clone();
                     next.score += 1;
                     let t = Instant::now();
-                    let w = db
-                        .transaction::<_, diesel_l2::Error, _>(|tx| tx.update(&next))
-                        .expect("tx.update");
+                    let w = db.transaction(|tx| tx.update(&next)).expect("tx.update");
                     total += t.elapsed();
                     black_box(w);
                 } else {
@@ -689,9 +684,7 @@ fn backend_section<C>(
                     let version = db.find::<BenchRow>(id).expect("find").expect("row").version;
                     let t = Instant::now();
                     let w = db
-                        .transaction::<_, diesel_l2::Error, _>(|tx| {
-                            tx.update_changes::<BenchRow, _>(id, version, &changes)
-                        })
+                        .transaction(|tx| tx.update_changes::<BenchRow, _>(id, version, &changes))
                         .expect("tx.update_changes");
                     let e = t.elapsed();
                     black_box(w);

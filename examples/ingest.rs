@@ -145,7 +145,7 @@ where
                 stock: 0,
             })?;
         }
-        Ok::<_, Error>(())
+        Ok(())
     })?;
     let next_id = AtomicI32::new(ROWS + 1);
     let acknowledged = AtomicU64::new(0);

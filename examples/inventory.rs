@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::r2d2::R2D2Connection;
-use diesel_l2::{Cached, CachedOps, Db, Error, OperationLog, RetryPolicy};
+use diesel_l2::{Cached, CachedOps, Db, OperationLog, RetryPolicy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -152,7 +152,7 @@ where
                 stock: *stock,
             })?;
         }
-        Ok::<_, Error>(())
+        Ok(())
     })?;
 
     let (messages, deliveries) = message_stream();
@@ -279,7 +279,7 @@ where
         let policy =
             RetryPolicy::attempts(200).backoff(Duration::from_millis(1), Duration::from_millis(20));
         let mut attempts = 0u64;
-        let outcome = db.retry_once(policy, msg.op_id(), |tx| -> Result<_, Error> {
+        let outcome = db.retry_once(policy, msg.op_id(), |tx| {
             attempts += 1;
             // From the cache: a hit runs no SQL. A copy that is stale by now costs one
             // conflict, because the versioned UPDATE below is the check, and `retry_once`

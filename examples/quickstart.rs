@@ -161,7 +161,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let outcome = db.transaction_once("msg-ada-bio", |tx| {
             let mut ada = tx.get::<User>(1)?;
             ada.bio = Some("first programmer".into());
-            Ok::<_, Error>(tx.update(&ada)?.version)
+            Ok(tx.update(&ada)?.version)
         })?;
         println!(
             "delivery {delivery} of msg-ada-bio: replay = {}, Ada at v{}",

@@ -292,20 +292,50 @@ mod on_tokio {
         /// [`transaction`](Db::transaction) on tokio's blocking pool (feature `tokio`):
         /// the same guarantees (C1, C2: once this returns Ok, reads in this process,
         /// [`find_async`](Db::find_async) included, see the writes).
-        pub async fn transaction_async<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+        ///
+        /// `f` returns this crate's [`Result`]; for a closure that returns your
+        /// application's own error type, use
+        /// [`transaction_async_with_error`](Db::transaction_async_with_error).
+        pub async fn transaction_async<T, F>(&self, f: F) -> Result<T>
+        where
+            T: Send + 'static,
+            F: FnOnce(&mut Tx<'_, C>) -> Result<T> + Send + 'static,
+        {
+            self.transaction_async_with_error(f).await
+        }
+
+        /// [`transaction_async`](Db::transaction_async) with a closure that returns your
+        /// application's error type: anything that converts from this crate's [`Error`],
+        /// returned as it is (no downcasting).
+        pub async fn transaction_async_with_error<T, E, F>(&self, f: F) -> std::result::Result<T, E>
         where
             T: Send + 'static,
             E: From<Error> + Send + 'static,
             F: FnOnce(&mut Tx<'_, C>) -> std::result::Result<T, E> + Send + 'static,
         {
-            self.spawn_blocking(move |db| db.transaction(f))
+            self.spawn_blocking(move |db| db.transaction_with_error(f))
                 .await
                 .map_err(E::from)?
         }
 
         /// [`retry`](Db::retry) on tokio's blocking pool (feature `tokio`); the backoff
         /// between attempts sleeps there too, never on the calling task.
-        pub async fn retry_async<T, E, F>(
+        ///
+        /// `f` returns this crate's [`Result`]; for a closure that returns your
+        /// application's own error type, use
+        /// [`retry_async_with_error`](Db::retry_async_with_error).
+        pub async fn retry_async<T, F>(&self, policy: RetryPolicy, f: F) -> Result<T>
+        where
+            T: Send + 'static,
+            F: FnMut(&mut Tx<'_, C>) -> Result<T> + Send + 'static,
+        {
+            self.retry_async_with_error(policy, f).await
+        }
+
+        /// [`retry_async`](Db::retry_async) with a closure that returns your application's
+        /// error type: anything that converts from this crate's [`Error`] and says which
+        /// errors are worth another attempt ([`RetryableError`]); no downcasting.
+        pub async fn retry_async_with_error<T, E, F>(
             &self,
             policy: RetryPolicy,
             f: F,
@@ -315,7 +345,7 @@ mod on_tokio {
             E: RetryableError + Send + 'static,
             F: FnMut(&mut Tx<'_, C>) -> std::result::Result<T, E> + Send + 'static,
         {
-            self.spawn_blocking(move |db| db.retry(policy, f))
+            self.spawn_blocking(move |db| db.retry_with_error(policy, f))
                 .await
                 .map_err(E::from)?
         }
@@ -324,7 +354,27 @@ mod on_tokio {
     impl<C: OperationLog> Db<C> {
         /// [`retry_once`](Db::retry_once) on tokio's blocking pool (feature `tokio`):
         /// exactly once per operation id (C6).
-        pub async fn retry_once_async<T, E, F>(
+        ///
+        /// `f` returns this crate's [`Result`]; for a closure that returns your
+        /// application's own error type, use
+        /// [`retry_once_async_with_error`](Db::retry_once_async_with_error).
+        pub async fn retry_once_async<T, F>(
+            &self,
+            policy: RetryPolicy,
+            op: impl Into<Operation>,
+            f: F,
+        ) -> Result<Outcome<T>>
+        where
+            T: Serialize + DeserializeOwned + Send + 'static,
+            F: FnMut(&mut Tx<'_, C>) -> Result<T> + Send + 'static,
+        {
+            self.retry_once_async_with_error(policy, op, f).await
+        }
+
+        /// [`retry_once_async`](Db::retry_once_async) with a closure that returns your
+        /// application's error type: anything that converts from this crate's [`Error`] and
+        /// says which errors are worth another attempt ([`RetryableError`]); no downcasting.
+        pub async fn retry_once_async_with_error<T, E, F>(
             &self,
             policy: RetryPolicy,
             op: impl Into<Operation>,
@@ -336,7 +386,7 @@ mod on_tokio {
             F: FnMut(&mut Tx<'_, C>) -> std::result::Result<T, E> + Send + 'static,
         {
             let op = op.into();
-            self.spawn_blocking(move |db| db.retry_once(policy, op, f))
+            self.spawn_blocking(move |db| db.retry_once_with_error(policy, op, f))
                 .await
                 .map_err(E::from)?
         }

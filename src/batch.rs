@@ -525,7 +525,7 @@ fn run_batch<C: R2D2Connection + 'static>(
             }
         }
         ran_all = true;
-        Ok::<_, Error>(())
+        Ok(())
     });
     let result = match fast {
         Ok(()) => Ok(()),
@@ -552,7 +552,7 @@ fn run_batch<C: R2D2Connection + 'static>(
                     slots.push(slot);
                 }
                 ran_all = true;
-                Ok::<_, Error>(())
+                Ok(())
             })
         }
     };

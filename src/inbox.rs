@@ -443,7 +443,7 @@ impl<'a, C: OperationLog> Tx<'a, C> {
             self.record(op, &value)?;
             return Ok(Step::Ran(value));
         }
-        let r = self.savepoint::<T, OnceFailure<Error>, _>(|sp| {
+        let r = self.savepoint_with_error::<T, OnceFailure<Error>, _>(|sp| {
             if !sp.claim(op)? {
                 return Err(OnceFailure::Taken);
             }
@@ -519,7 +519,7 @@ impl<C: OperationLog> Db<C> {
     /// # let db = Db::builder(pool).cache::<User>().build()?;
     /// let signup = |tx: &mut diesel_l2::Tx<'_, _>| {
     ///     let user = tx.insert(&User { id: 7, version: 1, email: "ada@example.com".into() })?;
-    ///     Ok::<_, diesel_l2::Error>(user.id)
+    ///     Ok(user.id)
     /// };
     /// let first = db.transaction_once("signup-7f3a", signup)?;
     /// let again = db.transaction_once("signup-7f3a", signup)?; // a resent request
@@ -528,7 +528,22 @@ impl<C: OperationLog> Db<C> {
     /// assert_eq!(*again, 7); // the recorded result; the insert did not run twice
     /// # Ok(()) }
     /// ```
-    pub fn transaction_once<T, E, F>(
+    ///
+    /// `f` returns this crate's [`Result`]; for a closure that returns your application's
+    /// own error type, use [`transaction_once_with_error`](Db::transaction_once_with_error).
+    pub fn transaction_once<T, F>(&self, op: impl Into<Operation>, f: F) -> Result<Outcome<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(&mut Tx<'_, C>) -> Result<T>,
+    {
+        self.transaction_once_with_error(op, f)
+    }
+
+    /// [`transaction_once`](Db::transaction_once) with a closure that returns your
+    /// application's error type: anything that converts from this crate's [`Error`],
+    /// returned as it is (no downcasting). An `Err` records nothing, as with
+    /// `transaction_once`.
+    pub fn transaction_once_with_error<T, E, F>(
         &self,
         op: impl Into<Operation>,
         f: F,
@@ -545,7 +560,7 @@ impl<C: OperationLog> Db<C> {
         // A claim is refused only for an id that has committed, and then it is read back;
         // an id that disappears in between (pruned) is claimed again.
         for _ in 0..3 {
-            let result = self.transaction::<T, OnceFailure<E>, _>(|tx| {
+            let result = self.transaction_with_error::<T, OnceFailure<E>, _>(|tx| {
                 if !tx.claim(&op)? {
                     return Err(OnceFailure::Taken);
                 }
@@ -585,7 +600,26 @@ impl<C: OperationLog> Db<C> {
     /// id on a retryable error (a version conflict, a deadlock, a lock wait that timed
     /// out), like [`Db::retry`]. Failed attempts record nothing, so the id stays free
     /// until an attempt commits.
-    pub fn retry_once<T, E, F>(
+    ///
+    /// `f` returns this crate's [`Result`]; for a closure that returns your application's
+    /// own error type, use [`retry_once_with_error`](Db::retry_once_with_error).
+    pub fn retry_once<T, F>(
+        &self,
+        policy: RetryPolicy,
+        op: impl Into<Operation>,
+        f: F,
+    ) -> Result<Outcome<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(&mut Tx<'_, C>) -> Result<T>,
+    {
+        self.retry_once_with_error(policy, op, f)
+    }
+
+    /// [`retry_once`](Db::retry_once) with a closure that returns your application's error
+    /// type: anything that converts from this crate's [`Error`] and says which errors are
+    /// worth another attempt ([`RetryableError`]); no downcasting.
+    pub fn retry_once_with_error<T, E, F>(
         &self,
         policy: RetryPolicy,
         op: impl Into<Operation>,
@@ -597,7 +631,9 @@ impl<C: OperationLog> Db<C> {
         F: FnMut(&mut Tx<'_, C>) -> std::result::Result<T, E>,
     {
         let op = op.into();
-        self.retrying(policy, || self.transaction_once(op.clone(), &mut f))
+        self.retrying(policy, || {
+            self.transaction_once_with_error(op.clone(), &mut f)
+        })
     }
 
     /// Deletes recorded operations older than the retention now (claims also do it, at

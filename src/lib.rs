@@ -66,7 +66,10 @@
 //!   feature, `Db::find_async` takes a hit on the calling task and sends a miss to
 //!   `spawn_blocking`, and `transaction_async` / `retry_async` run there.
 //! - `tx` — [`Tx`]: versioned writes, the write buffer, savepoints, commit hooks, and
-//!   [`Db::retry`] with [`RetryPolicy`].
+//!   [`Db::retry`] with [`RetryPolicy`]. Transaction closures return this crate's
+//!   [`Result`]; each entry point has a `_with_error` twin ([`Db::transaction_with_error`],
+//!   [`Db::retry_with_error`], …) for closures that return your own error type
+//!   ([`RetryableError`] for the retries).
 //! - `write` — partial and generated-id writes: [`Tx::insert_new`] from any `Insertable`,
 //!   [`Tx::update_changes`] from any `AsChangeset`, [`Tx::update_where`] and
 //!   [`Tx::delete_where`] by predicate (the SQL in [`InsertOps`], [`ChangesetOps`],

@@ -175,7 +175,21 @@ impl<'a, C: R2D2Connection + 'static> Tx<'a, C> {
     /// Runs `f` in a savepoint, nested to any depth. Its cache changes join the enclosing
     /// transaction's buffer when it succeeds and are dropped when it fails (the keys stay
     /// locked until the transaction ends, then are invalidated).
-    pub fn savepoint<T, E, F>(&mut self, f: F) -> std::result::Result<T, E>
+    ///
+    /// `f` returns this crate's [`Result`], so a closure that uses `?` and ends in
+    /// `Ok(value)` needs no annotation. For your application's own error type use
+    /// [`savepoint_with_error`](Tx::savepoint_with_error).
+    pub fn savepoint<T, F>(&mut self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut Tx<'_, C>) -> Result<T>,
+    {
+        self.savepoint_with_error(f)
+    }
+
+    /// [`savepoint`](Tx::savepoint) with a closure that returns your application's error
+    /// type: anything that converts from this crate's [`Error`] (so `?` works on the
+    /// library's calls inside), returned to you as it is, no downcasting.
+    pub fn savepoint_with_error<T, E, F>(&mut self, f: F) -> std::result::Result<T, E>
     where
         E: From<Error>,
         F: FnOnce(&mut Tx<'_, C>) -> std::result::Result<T, E>,
@@ -688,7 +702,50 @@ impl<C: R2D2Connection + 'static> Db<C> {
     /// An `Err` from `f`, a failing `COMMIT` or a panic rolls back and leaves no trace in
     /// the cache: the touched keys are invalidated. A panic propagates after the rollback,
     /// and the connection goes back to the pool usable.
-    pub fn transaction<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    ///
+    /// `f` returns this crate's [`Result`], so a closure that uses `?` on the library's
+    /// calls and ends in `Ok(value)` needs no annotation:
+    ///
+    /// ```
+    /// # use diesel::prelude::*;
+    /// # use diesel::connection::SimpleConnection;
+    /// # use diesel::r2d2::{ConnectionManager, Pool};
+    /// # use diesel_l2::{Cached, Db};
+    /// # diesel::table! { users (id) { id -> BigInt, version -> BigInt, email -> Text } }
+    /// # #[derive(Queryable, Selectable, Clone, Debug, Cached)]
+    /// # #[diesel(table_name = users)]
+    /// # #[cache(max_entries = 100)]
+    /// # struct User { id: i64, version: i64, email: String }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = Pool::builder().max_size(1)
+    /// #     .build(ConnectionManager::<diesel::sqlite::SqliteConnection>::new(":memory:"))?;
+    /// # pool.get()?.batch_execute(
+    /// #     "CREATE TABLE users (id BIGINT PRIMARY KEY, version BIGINT NOT NULL, email TEXT NOT NULL)")?;
+    /// # let db = Db::builder(pool).cache::<User>().build()?;
+    /// let (a, b) = db.transaction(|tx| {
+    ///     let a = tx.insert(&User { id: 1, version: 1, email: "a@example.com".into() })?;
+    ///     let b = tx.insert(&User { id: 2, version: 1, email: "b@example.com".into() })?;
+    ///     Ok((a.id, b.id))
+    /// })?;
+    /// assert_eq!((a, b), (1, 2));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// For a closure that returns your application's own error type, use
+    /// [`transaction_with_error`](Db::transaction_with_error).
+    pub fn transaction<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut Tx<'_, C>) -> Result<T>,
+    {
+        self.transaction_with_error(f)
+    }
+
+    /// [`transaction`](Db::transaction) with a closure that returns your application's
+    /// error type `E`: anything that converts from this crate's [`Error`] (so `?` works on
+    /// the library's calls inside the closure). Errors of the closure come back as they
+    /// are, no downcasting; the library's own failures (checkout, COMMIT) come back
+    /// converted with `E::from`. Same guarantees as `transaction` (C1, C2).
+    pub fn transaction_with_error<T, E, F>(&self, f: F) -> std::result::Result<T, E>
     where
         E: From<Error>,
         F: FnOnce(&mut Tx<'_, C>) -> std::result::Result<T, E>,
@@ -753,17 +810,32 @@ impl<C: R2D2Connection + 'static> Db<C> {
     /// Runs `f` in a transaction, re-running it on a retryable error (a version conflict,
     /// a serialization failure, a deadlock) with jittered exponential backoff.
     ///
-    /// `f` must re-read what it writes: each attempt is a fresh transaction. The closure
-    /// may return this crate's [`Error`] or your application's own error type, as long as
-    /// it converts from ours and says which errors are worth another attempt
-    /// ([`RetryableError`]); no downcasting. When every attempt fails, the error is the
-    /// last attempt's, which for [`Error`] is wrapped in [`Error::RetriesExhausted`].
-    pub fn retry<T, E, F>(&self, policy: RetryPolicy, mut f: F) -> std::result::Result<T, E>
+    /// `f` must re-read what it writes: each attempt is a fresh transaction. It returns
+    /// this crate's [`Result`] (a closure ending in `Ok(value)` needs no annotation); when
+    /// every attempt fails, the error is [`Error::RetriesExhausted`] around the last
+    /// attempt's. For a closure that returns your application's own error type, use
+    /// [`retry_with_error`](Db::retry_with_error).
+    pub fn retry<T, F>(&self, policy: RetryPolicy, f: F) -> Result<T>
+    where
+        F: FnMut(&mut Tx<'_, C>) -> Result<T>,
+    {
+        self.retry_with_error(policy, f)
+    }
+
+    /// [`retry`](Db::retry) with a closure that returns your application's error type:
+    /// anything that converts from this crate's [`Error`] and says which errors are worth
+    /// another attempt ([`RetryableError`]); no downcasting. When every attempt fails, the
+    /// error is the last attempt's, passed through [`RetryableError::exhausted`].
+    pub fn retry_with_error<T, E, F>(
+        &self,
+        policy: RetryPolicy,
+        mut f: F,
+    ) -> std::result::Result<T, E>
     where
         E: RetryableError,
         F: FnMut(&mut Tx<'_, C>) -> std::result::Result<T, E>,
     {
-        self.retrying(policy, || self.transaction(&mut f))
+        self.retrying(policy, || self.transaction_with_error(&mut f))
     }
 
     /// Runs `attempt` until it succeeds, fails with an error that is not retryable, or
@@ -790,9 +862,10 @@ impl<C: R2D2Connection + 'static> Db<C> {
     }
 }
 
-/// An error type [`Db::retry`] can return: it converts from this crate's [`Error`] (so
-/// `?` works on the library's calls inside the closure) and says which errors another
-/// attempt may cure.
+/// An application's error type that [`Db::retry_with_error`] (and the other
+/// `_with_error` retries) can return: it converts from this crate's [`Error`] (so `?`
+/// works on the library's calls inside the closure) and says which errors another attempt
+/// may cure.
 ///
 /// ```
 /// use diesel_l2::RetryableError;

@@ -203,7 +203,7 @@ where
     let r = db.transaction(|tx| {
         tx.update(&renamed(&v1, "lost in the outage"))?;
         proxy.down();
-        Ok::<_, Error>(())
+        Ok(())
     });
     let e = r.expect_err("COMMIT over a dropped connection cannot succeed");
     assert!(typed(&e), "{e:?}");
@@ -293,7 +293,7 @@ backend_tests! {
                     // A statement after the kill, instead of going straight to COMMIT.
                     tx.get::<User>(1)?;
                 }
-                Ok::<_, Error>(())
+                Ok(())
             });
             let e = r.expect_err("the backend was terminated before COMMIT");
             assert!(typed(&e), "{e:?}");
@@ -323,7 +323,7 @@ backend_tests! {
                 let pid: Pid = diesel::sql_query("SELECT pg_backend_pid() AS pid").get_result(tx.conn())?;
                 killer.batch_execute(&format!("SELECT pg_terminate_backend({})", pid.pid)).unwrap();
             }
-            Ok::<_, Error>(stored.version)
+            Ok(stored.version)
         });
         let e = deliver().expect_err("the backend was terminated before COMMIT");
         assert!(typed(&e), "{e:?}");
@@ -354,7 +354,7 @@ backend_tests! {
                 if round == 2 {
                     tx.get::<User>(1)?;
                 }
-                Ok::<_, Error>(())
+                Ok(())
             });
             let e = r.expect_err("the connection was killed before COMMIT");
             assert!(typed(&e), "{e:?}");

@@ -213,7 +213,7 @@ mod query_cache {
                     tx.insert(&Post { id: 15, version: 1, user_id: 2, title: "held".into() })?;
                     held_tx.send(()).unwrap();
                     go_rx.recv().unwrap();
-                    Ok::<_, Error>(())
+                    Ok(())
                 })
             });
             held_rx.recv().unwrap();

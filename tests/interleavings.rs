@@ -279,7 +279,7 @@ backend_tests! {
         let w = {
             let db = db.clone();
             let n = renamed(&v1, "never");
-            spawn("writer", move || db.transaction(|tx| -> Result<(), Error> {
+            spawn("writer", move || db.transaction(|tx| {
                 tx.update(&n)?;
                 let doomed = if backend == common::Backend::Sqlite {
                     "INSERT INTO commit_guard (id, user_ref) VALUES (1, 404)"
@@ -489,7 +489,7 @@ backend_tests! {
             tx.update(&renamed(&v1, "never committed"))?;
             // E.g. an optional insert whose unique violation the application ignores.
             let _ = tx.conn().batch_execute("SELECT 1/0");
-            Ok::<_, Error>(())
+            Ok(())
         });
         let cached = db.find::<User>(1).unwrap().unwrap();
         let row = in_db(t, 1).unwrap();
@@ -521,7 +521,7 @@ backend_tests! {
         let (a_locked_tx, a_locked_rx) = mpsc::channel();
         let ours = {
             let db = db.clone();
-            spawn("ours", move || db.transaction(|tx| -> Result<(), Error> {
+            spawn("ours", move || db.transaction(|tx| {
                 tx.update(&renamed(&a, "a2 never committed"))?;
                 a_locked_tx.send(()).unwrap();
                 // Blocks on b (held by `other`), then is the deadlock victim.
@@ -578,7 +578,7 @@ backend_tests! {
         db.find::<User>(2).unwrap(); // cached, so a wrongly published b2 would show
         let mut other = t.raw_connection();
         other.batch_execute("BEGIN; UPDATE users SET bio = 'x' WHERE id = 2").unwrap();
-        let r = db.transaction(|tx| -> Result<(), Error> {
+        let r = db.transaction(|tx| {
             tx.conn().batch_execute("SET SESSION innodb_lock_wait_timeout = 1").map_err(Error::from)?;
             tx.update(&renamed(&a, "a2"))?;
             let sp = tx.savepoint(|sp| sp.update(&renamed(&b, "b2")).map(|_| ()));

@@ -313,7 +313,7 @@ mod async_front {
                         tx.update(&next)?;
                         locked_tx.send(()).unwrap();
                         go_rx.recv().unwrap();
-                        Ok::<_, Error>(())
+                        Ok(())
                     })
                 })
             };
@@ -364,7 +364,7 @@ mod async_front {
                 // Exactly once (C6): the second delivery of the id replays the first result.
                 for replay in [false, true] {
                     let out = db
-                        .retry_once_async(RetryPolicy::default(), "async-grace", |tx| -> diesel_l2::Result<_> {
+                        .retry_once_async(RetryPolicy::default(), "async-grace", |tx| {
                             Ok(tx.insert(&User::new(2, "Grace"))?.version)
                         })
                         .await

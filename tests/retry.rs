@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::models::Product;
-use diesel_l2::{Error, RetryPolicy};
+use diesel_l2::{Error, RetryPolicy, Tx};
 
 fn quick(n: u32) -> RetryPolicy {
     RetryPolicy::attempts(n).backoff(Duration::from_millis(1), Duration::from_millis(5))
@@ -32,15 +32,20 @@ impl diesel_l2::RetryableError for AppError {
     }
 }
 
+/// The app's own error from taking 2 of a stock of 1, as it is: no downcasting.
+fn out_of_stock<T: std::fmt::Debug>(r: &Result<T, AppError>) -> bool {
+    matches!(r, Err(AppError::OutOfStock { left: 1 }))
+}
+
 backend_tests! {
-    /// `retry` takes closures returning the application's error type: `?` converts the
-    /// library's errors, conflicts are retried, the app's own errors end it at once, and
-    /// the caller gets the app's error back without downcasting.
+    /// `retry_with_error` takes closures returning the application's error type: `?`
+    /// converts the library's errors, conflicts are retried, the app's own errors end it
+    /// at once, and the caller gets the app's error back without downcasting.
     fn retry_works_with_the_applications_own_error_type(t) {
         let db = common::cached_db(t);
         let p = db.transaction(|tx| tx.insert(&Product { id: 1, version: 1, sku: "A".into(), stock: 5 })).unwrap();
         let attempts = AtomicU32::new(0);
-        let take = |qty: i32| db.retry(quick(5), |tx| -> Result<Product, AppError> {
+        let take = |qty: i32| db.retry_with_error(quick(5), |tx| -> Result<Product, AppError> {
             let n = attempts.fetch_add(1, Ordering::SeqCst);
             let mut cur = tx.get::<Product>(1)?;
             if cur.stock < qty {
@@ -61,6 +66,62 @@ backend_tests! {
             other => panic!("the app's own error, at once: {other:?}"),
         }
         assert_eq!(attempts.load(Ordering::SeqCst), 2, "not retried");
+    }
+
+    /// Every `_with_error` twin hands the closure's own error back as it is, and what the
+    /// closure wrote before it failed is rolled back, in the database and the cache (C1).
+    fn every_with_error_twin_returns_the_applications_own_error(t) {
+        let db = common::cached_db(t);
+        db.transaction(|tx| tx.insert(&Product { id: 1, version: 1, sku: "A".into(), stock: 1 })).unwrap();
+        // Writes first, then refuses: the write must not survive.
+        let take_two = |tx: &mut Tx<'_, Conn>| -> Result<i32, AppError> {
+            let mut p = tx.get::<Product>(1)?;
+            let left = p.stock;
+            p.stock -= 2;
+            let stored = tx.update(&p)?;
+            if stored.stock < 0 {
+                return Err(AppError::OutOfStock { left });
+            }
+            Ok(stored.stock)
+        };
+        let r = db.transaction_with_error(take_two);
+        assert!(out_of_stock(&r), "{r:?}");
+        // A savepoint with the app's error inside a plain transaction: the savepoint rolls
+        // back, the transaction goes on and commits.
+        let after = db
+            .transaction(|tx| {
+                let r = tx.savepoint_with_error(take_two);
+                assert!(out_of_stock(&r), "{r:?}");
+                Ok(tx.get::<Product>(1)?.stock)
+            })
+            .unwrap();
+        assert_eq!(after, 1);
+        let r = db.transaction_once_with_error("take-two", take_two);
+        assert!(out_of_stock(&r), "{r:?}");
+        let r = db.retry_once_with_error(quick(5), "take-two", take_two);
+        assert!(out_of_stock(&r), "{r:?}");
+        #[cfg(feature = "tokio")]
+        {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let r = db.transaction_async_with_error(take_two).await;
+                assert!(out_of_stock(&r), "{r:?}");
+                let r = db.retry_async_with_error(quick(5), take_two).await;
+                assert!(out_of_stock(&r), "{r:?}");
+                let r = db.retry_once_async_with_error(quick(5), "take-two", take_two).await;
+                assert!(out_of_stock(&r), "{r:?}");
+            });
+        }
+        // Nothing was recorded under the id: it runs (and commits) now.
+        let took = db
+            .transaction_once("take-two", |tx| {
+                let mut p = tx.get::<Product>(1)?;
+                p.stock -= 1;
+                Ok(tx.update(&p)?.stock)
+            })
+            .unwrap();
+        assert_eq!((took.is_replay(), *took), (false, 0));
+        assert_eq!(db.find::<Product>(1).unwrap().unwrap().stock, 0);
     }
 
     fn retry_reruns_after_a_conflict_and_succeeds(t) {

@@ -16,7 +16,7 @@ backend_tests! {
                 Err(Error::Other("roll this savepoint back".into()))
             });
             assert!(r.is_err());
-            Ok::<_, Error>(())
+            Ok(())
         })
         .unwrap();
         assert_eq!(db.find::<User>(1).unwrap().unwrap().name, "kept");
@@ -45,7 +45,7 @@ backend_tests! {
                 Err(Error::Other("roll this savepoint back".into()))
             });
             assert!(r.is_err());
-            Ok::<_, Error>(())
+            Ok(())
         })
         .unwrap();
         let ada = db.find::<User>(1).unwrap().unwrap();
@@ -68,7 +68,7 @@ backend_tests! {
                         Err(Error::Other("innermost fails".into()))
                     });
                     assert!(r.is_err());
-                    Ok::<_, Error>(())
+                    Ok(())
                 })
             })
         })
@@ -96,7 +96,7 @@ backend_tests! {
             });
             assert!(r.is_err());
             assert_eq!(tx.get::<User>(1)?.name, "v2", "the database is back at v2 inside the tx");
-            Ok::<_, Error>(())
+            Ok(())
         })
         .unwrap();
         let read = db.find::<User>(1).unwrap().unwrap();
@@ -118,7 +118,7 @@ backend_tests! {
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _: Result<(), Error> = db.transaction(|tx| {
                 tx.insert(&User::new(1, "outer"))?;
-                tx.savepoint(|sp| -> Result<(), Error> {
+                tx.savepoint(|sp| {
                     sp.insert(&User::new(2, "inner"))?;
                     panic!("inside a savepoint")
                 })

@@ -24,7 +24,7 @@ backend_tests! {
             tx.insert(&ada)?;
             let seen = tx.find_by(key())?.expect("the transaction's own insert");
             assert_eq!(seen.id, 1);
-            Ok::<_, Error>(())
+            Ok(())
         }).unwrap();
         t.sql.reset();
         let row = db.find_by(key()).unwrap().expect("the committed insert cleared the negative entry");
@@ -55,7 +55,7 @@ backend_tests! {
                     tx.update(&next)?;
                     locked_tx.send(()).unwrap();
                     go_rx.recv().unwrap();
-                    Ok::<_, Error>(())
+                    Ok(())
                 })
             })
         };

@@ -152,7 +152,7 @@ backend_tests! {
                     tx.insert(&u)?;
                     started_tx.send(()).unwrap();
                     go_rx.recv().unwrap();
-                    Ok::<_, Error>(())
+                    Ok(())
                 })
             })
         };
@@ -409,7 +409,7 @@ mod lists {
                 assert_eq!(tx.find_all_by(PostByUserId(2))?.len(), 1);
                 // Outside the transaction, the insert is not committed: not seen, not cached.
                 assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3]);
-                Ok::<_, Error>(())
+                Ok(())
             })
             .unwrap();
             t.sql.reset();
@@ -441,7 +441,7 @@ mod lists {
                         tx.insert(&post(8, 3, "late"))?;
                         started_tx.send(()).unwrap();
                         go_rx.recv().unwrap();
-                        Ok::<_, Error>(())
+                        Ok(())
                     })
                 })
             };

@@ -292,7 +292,7 @@ mod exactly_once {
                 runs.fetch_add(1, SeqCst);
                 let mut u = tx.get::<User>(1)?;
                 u.name = "Ada L.".into();
-                Ok::<_, Error>(tx.update(&u)?.version)
+                Ok(tx.update(&u)?.version)
             });
             let first = rename().unwrap();
             assert_eq!((first.is_replay(), *first), (false, 2));
@@ -305,10 +305,90 @@ mod exactly_once {
             assert_eq!(db.find::<User>(1).unwrap().unwrap().version, 2);
         }
 
+        /// The plain entry points take closures returning `diesel_l2::Result`: `?` on the
+        /// library's calls and a final `Ok(value)` need no turbofish and no annotation on
+        /// the closure. This test stops compiling if that inference regresses; the
+        /// `_with_error` twins (an application's own error type) are in tests/retry.rs.
+        fn plain_closures_need_no_error_type_annotation(t) {
+            let db = common::cached_db(t);
+            let id = db
+                .transaction(|tx| {
+                    let ada = tx.insert(&User::new(1, "Ada"))?;
+                    Ok(ada.id)
+                })
+                .unwrap();
+            let (outer, inner) = db
+                .transaction(|tx| {
+                    let outer = tx.get::<User>(id)?.version;
+                    let inner = tx.savepoint(|sp| {
+                        let mut u = sp.get::<User>(id)?;
+                        u.name = "Ada L.".into();
+                        Ok(sp.update(&u)?.version)
+                    })?;
+                    Ok((outer, inner))
+                })
+                .unwrap();
+            assert_eq!((outer, inner), (1, 2));
+            let retried = db
+                .retry(RetryPolicy::default(), |tx| {
+                    let mut u = tx.get::<User>(id)?;
+                    u.name = "Countess".into();
+                    Ok(tx.update(&u)?.version)
+                })
+                .unwrap();
+            assert_eq!(retried, 3);
+            let once = db
+                .transaction_once("plain-once", |tx| {
+                    let grace = tx.insert(&User::new(2, "Grace"))?;
+                    Ok(grace.name)
+                })
+                .unwrap();
+            assert_eq!((once.is_replay(), once.as_str()), (false, "Grace"));
+            let retried_once = db
+                .retry_once(RetryPolicy::default(), "plain-retry-once", |tx| {
+                    let mut g = tx.get::<User>(2)?;
+                    g.name = "Grace H.".into();
+                    Ok(tx.update(&g)?.version)
+                })
+                .unwrap();
+            assert_eq!(*retried_once, 2);
+            #[cfg(feature = "tokio")]
+            {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                rt.block_on(async {
+                    let id = db
+                        .transaction_async(|tx| {
+                            let e = tx.insert(&User::new(3, "Edsger"))?;
+                            Ok(e.id)
+                        })
+                        .await
+                        .unwrap();
+                    let version = db
+                        .retry_async(RetryPolicy::default(), move |tx| {
+                            let mut e = tx.get::<User>(id)?;
+                            e.name = "Edsger D.".into();
+                            Ok(tx.update(&e)?.version)
+                        })
+                        .await
+                        .unwrap();
+                    assert_eq!(version, 2);
+                    let out = db
+                        .retry_once_async(RetryPolicy::default(), "plain-async-once", move |tx| {
+                            let mut e = tx.get::<User>(id)?;
+                            e.name = "E. W. Dijkstra".into();
+                            Ok(tx.update(&e)?.version)
+                        })
+                        .await
+                        .unwrap();
+                    assert_eq!((out.is_replay(), *out), (false, 3));
+                });
+            }
+        }
+
         fn a_retried_insert_is_a_replay_not_a_duplicate_key_error(t) {
             let db = common::cached_db(t);
             let signup = || db.transaction_once("signup-7", |tx| {
-                Ok::<_, Error>(tx.insert(&User::new(7, "Grace"))?.id)
+                Ok(tx.insert(&User::new(7, "Grace"))?.id)
             });
             assert!(!signup().unwrap().is_replay());
             let again = signup().unwrap();
@@ -321,7 +401,7 @@ mod exactly_once {
 
         fn a_redelivered_delete_and_a_multi_row_transaction_apply_once(t) {
             let db = common::cached_db(t);
-            let (a, b) = db.transaction(|tx| Ok::<_, Error>((tx.insert(&User::new(1, "a"))?, tx.insert(&User::new(2, "b"))?))).unwrap();
+            let (a, b) = db.transaction(|tx| Ok((tx.insert(&User::new(1, "a"))?, tx.insert(&User::new(2, "b"))?))).unwrap();
             let remove = || db.transaction_once("delete-1", |tx| tx.delete(&a));
             assert!(!remove().unwrap().is_replay());
             assert!(remove().unwrap().is_replay(), "not a conflict: the delete is recognised by its id");
@@ -331,7 +411,7 @@ mod exactly_once {
                 b2.name = "b2".into();
                 tx.update(&b2)?;
                 tx.insert(&User::new(3, "c"))?;
-                Ok::<_, Error>(())
+                Ok(())
             });
             for _ in 0..3 {
                 let _ = batch().unwrap();
@@ -363,7 +443,7 @@ mod exactly_once {
             let ok = db.transaction_once("op-e", |tx| {
                 let mut u = tx.get::<User>(1)?;
                 u.name = "done".into();
-                Ok::<_, Error>(tx.update(&u)?.version)
+                Ok(tx.update(&u)?.version)
             }).unwrap();
             assert_eq!((ok.is_replay(), *ok), (false, 2));
             assert_eq!(db.find::<User>(1).unwrap().unwrap().name, "done");
@@ -388,7 +468,7 @@ mod exactly_once {
                     use diesel::connection::SimpleConnection;
                     tx.conn().batch_execute(doomed)?;
                 }
-                Ok::<_, Error>(u.version)
+                Ok(u.version)
             });
             let err = deliver().unwrap_err();
             assert!(matches!(err, Error::Database(_)), "COMMIT failed: {err:?}");
@@ -406,7 +486,7 @@ mod exactly_once {
             // first attempt reads is stale, so its versioned write conflicts.
             t.exec("UPDATE products SET stock = stock - 1, version = version + 1 WHERE id = 1");
             let attempts = AtomicUsize::new(0);
-            let take = |op: &str| db.retry_once(RetryPolicy::default(), op, |tx| -> Result<_, Error> {
+            let take = |op: &str| db.retry_once(RetryPolicy::default(), op, |tx| {
                 attempts.fetch_add(1, SeqCst);
                 let mut p = (*db.get::<Product>(1)?).clone();
                 p.stock -= 3;
@@ -438,7 +518,7 @@ mod exactly_once {
                         s.send(()).unwrap();
                         go_rx.lock().unwrap().recv().unwrap(); // hold the claim open
                     }
-                    Ok::<_, Error>(stored.stock)
+                    Ok(stored.stock)
                 })
             };
             std::thread::scope(|s| {
@@ -462,7 +542,7 @@ mod exactly_once {
         fn a_reused_id_with_another_fingerprint_is_an_error_not_a_replay(t) {
             let db = common::cached_db(t);
             let put = |fp: &str, name: &'static str| db.transaction_once(Operation::new("key-1").fingerprint(fp), |tx| {
-                Ok::<_, Error>(tx.insert(&User::new(1, name))?.name)
+                Ok(tx.insert(&User::new(1, name))?.name)
             });
             assert!(!put("h1", "Ada").unwrap().is_replay());
             assert_eq!(put("h1", "Ada").unwrap().into_inner(), "Ada");
@@ -478,9 +558,9 @@ mod exactly_once {
             // MariaDB compares strings case-insensitively by default: `Op-1` and `op-1`
             // must still be two operations (the id column is utf8mb4_bin).
             let db = common::cached_db(t);
-            let a = db.transaction_once("Op-1", |tx| Ok::<_, Error>(tx.insert(&User::new(1, "a"))?.id)).unwrap();
-            let b = db.transaction_once("op-1", |tx| Ok::<_, Error>(tx.insert(&User::new(2, "b"))?.id)).unwrap();
-            let c = db.transaction_once("op-1 ", |tx| Ok::<_, Error>(tx.insert(&User::new(3, "c"))?.id)).unwrap();
+            let a = db.transaction_once("Op-1", |tx| Ok(tx.insert(&User::new(1, "a"))?.id)).unwrap();
+            let b = db.transaction_once("op-1", |tx| Ok(tx.insert(&User::new(2, "b"))?.id)).unwrap();
+            let c = db.transaction_once("op-1 ", |tx| Ok(tx.insert(&User::new(3, "c"))?.id)).unwrap();
             assert!(!a.is_replay() && !b.is_replay() && !c.is_replay(), "three ids, three operations");
             assert!(db.find::<User>(3).unwrap().is_some());
         }
@@ -488,15 +568,15 @@ mod exactly_once {
         fn bad_ids_are_typed_errors_and_expired_ids_are_pruned(t) {
             let db = common::builder(t).operation_retention(Duration::from_millis(50)).build().unwrap();
             t.sql.reset();
-            let long = db.transaction_once("x".repeat(256), |_| Ok::<_, Error>(1));
+            let long = db.transaction_once("x".repeat(256), |_| Ok(1));
             assert!(matches!(long, Err(Error::InvalidOperation(_))), "{long:?}");
-            let empty = db.transaction_once("", |_| Ok::<_, Error>(1));
+            let empty = db.transaction_once("", |_| Ok(1));
             assert!(matches!(empty, Err(Error::InvalidOperation(_))), "{empty:?}");
             assert_eq!(t.sql.count(), 0, "rejected before any SQL");
-            db.transaction_once("old", |_| Ok::<_, Error>(1)).unwrap();
+            db.transaction_once("old", |_| Ok(1)).unwrap();
             std::thread::sleep(Duration::from_millis(120));
             assert_eq!(db.prune_operations().unwrap(), 1);
-            let rerun = db.transaction_once("old", |_| Ok::<_, Error>(2)).unwrap();
+            let rerun = db.transaction_once("old", |_| Ok(2)).unwrap();
             assert_eq!((rerun.is_replay(), *rerun), (false, 2), "past the retention an id runs again (documented)");
             assert!(common::builder(t).operation_retention(Duration::ZERO).build().is_err());
         }
@@ -504,7 +584,7 @@ mod exactly_once {
         fn a_missing_operations_table_says_which_migration_to_add(t) {
             let db = common::cached_db(t);
             t.exec("DROP TABLE diesel_l2_operations");
-            let err = db.transaction_once("op", |_| Ok::<_, Error>(1)).unwrap_err();
+            let err = db.transaction_once("op", |_| Ok(1)).unwrap_err();
             assert!(matches!(err, Error::Config(_)), "{err:?}");
             assert!(err.to_string().contains("operations_table_sql"), "{err}");
         }
@@ -523,7 +603,7 @@ mod exactly_once {
                 for id in 1..=ACCOUNTS {
                     tx.insert(&Product { id, version: 1, sku: format!("acct-{id}"), stock: INITIAL })?;
                 }
-                Ok::<_, Error>(())
+                Ok(())
             }).unwrap();
             let mut rng = fastrand::Rng::with_seed(42);
             // (transfer id, from, to, amount); equal amounts on purpose: lookalike writes.
@@ -562,7 +642,7 @@ mod exactly_once {
                 let workers: Vec<_> = (0..THREADS).map(|_| s.spawn(|| {
                     loop {
                         let Some((n, from, to, amount)) = queue.lock().unwrap().pop_front() else { return };
-                        let out = db.retry_once(policy.clone(), format!("transfer-{n}"), |tx| -> Result<_, Error> {
+                        let out = db.retry_once(policy.clone(), format!("transfer-{n}"), |tx| {
                             // Read from the cache, as the README does: a stale copy is a
                             // conflict, retried under the same id.
                             let mut ids = [from, to];

@@ -127,7 +127,7 @@ backend_tests! {
             // A duplicate insert whose error the application decides to ignore.
             let dup = tx.insert(&User::new(1, "duplicate"));
             assert!(dup.is_err());
-            Ok::<_, Error>(())
+            Ok(())
         });
         let row = db.bypass().get::<User>(1).unwrap();
         if BACKEND == common::Backend::Postgres {
@@ -313,7 +313,7 @@ backend_tests! {
         let mut ids = db
             .transaction(|tx| {
                 let ids = tx.update_where::<Article, _, _>(articles::status.eq("draft"), articles::status.eq("archived"))?;
-                Ok::<_, Error>(ids)
+                Ok(ids)
             })
             .unwrap();
         ids.sort();
@@ -443,7 +443,7 @@ backend_tests! {
             let outside = db.find::<Article>(a.id)?.unwrap();
             assert_eq!((outside.version, outside.title.as_str()), (1, "A"));
             assert_eq!(t.sql.selects(), 1, "bypassed the cache");
-            Ok::<_, Error>(())
+            Ok(())
         })
         .unwrap();
         let read = db.find::<Article>(a.id).unwrap().unwrap();
@@ -494,7 +494,7 @@ backend_tests! {
             tx.update(&next)?;
             // The FK to a missing user is deferred: the statement succeeds, COMMIT fails.
             tx.insert(&Post { id: 1, version: 1, user_id: 404, title: "orphan".into() })?;
-            Ok::<_, Error>(())
+            Ok(())
         });
         match r {
             Err(Error::Database(diesel::result::Error::DatabaseError(kind, _))) => {
@@ -539,7 +539,7 @@ mod batching {
                     stock: 0,
                 })?;
             }
-            Ok::<_, Error>(())
+            Ok(())
         })
         .unwrap();
     }
@@ -736,7 +736,7 @@ mod batching {
             seed(&db, 3);
             // The other transaction writes many rows first, so InnoDB picks the batch (the
             // lighter transaction) as the deadlock victim.
-            db.transaction(|tx| { for id in 100..160 { tx.insert(&User::new(id, "weight"))?; } Ok::<_, Error>(()) }).unwrap();
+            db.transaction(|tx| { for id in 100..160 { tx.insert(&User::new(id, "weight"))?; } Ok(()) }).unwrap();
             let mut other = t.raw_connection();
             other.batch_execute("BEGIN; UPDATE users SET bio = 'heavy' WHERE id >= 100; UPDATE products SET sku = 'locked' WHERE id = 2").unwrap();
             let batcher = db.batcher(wide(3)).unwrap();

@@ -535,7 +535,7 @@ where
     ) -> Result<Response, ApiError> {
         let id = parse_id(&id)?;
         let deleted = db
-            .retry_async(RetryPolicy::default(), move |tx| -> Result<_, ApiError> {
+            .retry_async_with_error(RetryPolicy::default(), move |tx| -> Result<_, ApiError> {
                 let post = tx.get::<Post>(id)?;
                 // The comments first (their foreign key), by predicate; then the post, at
                 // the version just read (a write in between is a conflict, and a retry).
@@ -630,11 +630,16 @@ where
 {
     let (answer, replayed) = match op {
         Some(op) => {
-            let outcome = db.retry_once_async(RetryPolicy::default(), op, f).await?;
+            let outcome = db
+                .retry_once_async_with_error(RetryPolicy::default(), op, f)
+                .await?;
             let replayed = outcome.is_replay();
             (outcome.into_inner(), replayed)
         }
-        None => (db.retry_async(RetryPolicy::default(), f).await?, false),
+        None => (
+            db.retry_async_with_error(RetryPolicy::default(), f).await?,
+            false,
+        ),
     };
     Ok(answer.into_response(replayed))
 }

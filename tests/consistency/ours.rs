@@ -109,7 +109,7 @@ where
         body: &mut dyn FnMut(&mut dyn TxOps) -> Result<Row, Error>,
     ) -> Result<(Row, bool), Error> {
         // The recorded outcome is what the caller needs back: the stored row.
-        let outcome = self.db.retry_once(policy(), op, |tx| -> Result<_, Error> {
+        let outcome = self.db.retry_once(policy(), op, |tx| {
             let row = body(tx)?;
             Ok((
                 row.key.kind == Kind::User,
