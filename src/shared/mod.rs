@@ -25,7 +25,9 @@
 //!   after `transaction` returned finds the write, a newer one, or nothing in Redis.
 //! - **Every check-and-set is one Lua script**, run atomically by Redis.
 //! - **The change feed repairs the tier** for writes the library could not fence (plain
-//!   SQL, a writer that died or lost Redis): each notification deletes the key's entry
+//!   SQL, a writer that died or lost Redis): each notification (queued by the listener
+//!   for the tier's repair thread, so that Redis never holds the listener up) deletes the
+//!   key's entry
 //!   unless it already holds that version or a newer one, in every listening instance
 //!   (idempotent; a fence is kept but marked with the version, so its writer stores its row
 //!   only if it is at least that new), and each instance keeps the notified version as a local floor for a
@@ -62,6 +64,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 
 pub use codec::SharedCodec;
+use tier::Repair;
 pub(crate) use tier::Tier;
 
 use crate::entity::CachedEntity;
@@ -286,8 +289,9 @@ struct RegionCounters {
     rejected_fills: AtomicU64,
     rejected_values: AtomicU64,
     lease_waits: AtomicU64,
-    repairs: AtomicU64,
-    errors: AtomicU64,
+    /// Shared with the tier's repair thread.
+    repairs: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
 }
 
 /// The notified version of a key: Redis values below it are stale.
@@ -544,8 +548,9 @@ impl<E: CachedEntity> SharedRegion<E> {
         }
     }
 
-    /// A change notification (C7): records the floor, then deletes the Redis entry unless
-    /// it holds this change or a later one. A failed repair makes the tier unsafe.
+    /// A change notification (C7): records the floor (from now on, older Redis values
+    /// are refused here) and queues the repair of the Redis entry, which deletes it unless
+    /// it holds this change or a later one. The listener never waits for Redis.
     pub(crate) fn repair(&self, id: &E::Id, op: ChangeOp, version: i64) {
         let inserted = matches!(op, ChangeOp::Insert);
         let floor = match self.floors.get(id) {
@@ -553,31 +558,35 @@ impl<E: CachedEntity> SharedRegion<E> {
             _ => Floor { version, inserted },
         };
         self.floors.insert(id.clone(), floor);
-        self.delete_older(id, version, inserted);
+        self.tier.queue_repair(Repair {
+            key: self.key(id),
+            header: format!("V{}", version_hex(version)),
+            insert: inserted,
+            done: Arc::clone(&self.counters.repairs),
+            failed: Arc::clone(&self.counters.errors),
+        });
     }
 
     /// After a refresh read `row` from the database: deletes what Redis holds for the key
-    /// if it is older (anything but a tombstone when there is no row).
+    /// if it is older (anything but a tombstone when there is no row). On the caller's
+    /// thread: the refresh returns once Redis no longer holds the older row.
     pub(crate) fn reconcile(&self, id: &E::Id, row: Option<&E>) {
-        match row {
-            Some(r) => self.delete_older(id, r.version(), true),
-            None => self.delete_older(id, i64::MAX, false),
-        }
-    }
-
-    fn delete_older(&self, id: &E::Id, version: i64, inserted: bool) {
+        let (version, insert) = match row {
+            Some(r) => (r.version(), true),
+            None => (i64::MAX, false),
+        };
         let key = self.key(id);
         let header = format!("V{}", version_hex(version));
-        let insert: &[u8] = if inserted { b"1" } else { b"0" };
+        let flag: &[u8] = if insert { b"1" } else { b"0" };
         match self.tier.run(
             &self.tier.scripts.repair,
             &[&key],
-            &[header.as_bytes(), insert],
+            &[header.as_bytes(), flag],
         ) {
             Ok(reply) => Counters::add(&self.counters.repairs, int(reply.first()) as u64),
             Err(_) => {
                 Counters::bump(&self.counters.errors);
-                self.tier.mark_unsafe("a repair did not reach Redis");
+                self.tier.mark_unsafe("a refresh could not reach Redis");
             }
         }
     }

@@ -112,30 +112,40 @@ end
 return {2}
 "#;
 
-/// Repair from the change feed: deletes the entry unless it holds the notified change or
-/// a later one (`ARGV[2]`, a `V<version>` header); an insert (`ARGV[3] == '1'`) always
-/// clears a tombstone. A lease is deleted (it may have read before the change). A fence
-/// stays (fills stay blocked) but is marked with the highest notified version, so that
-/// its writer's settle stores its row only if it is at least that new. Idempotent.
+/// Repair from the change feed, for each key: deletes the entry unless it holds the
+/// notified change or a later one (`ARGV[2i]`, a `V<version>` header); an insert
+/// (`ARGV[2i + 1] == '1'`) always clears a tombstone. A lease is deleted (it may have read
+/// before the change). A fence stays (fills stay blocked) but is marked with the highest
+/// notified version, so that its writer's settle stores its row only if it is at least
+/// that new. Idempotent. Answers, per key, 1 if it deleted the entry.
 const REPAIR: &str = r#"
-local cur = redis.call('GET', KEYS[2])
-if not cur then return {2, 0} end
-local c = string.sub(cur, 1, 1)
-if c == 'F' then
-  local bar = string.find(cur, '|', 1, true)
-  local base = cur
-  if bar then
-    base = string.sub(cur, 1, bar - 1)
-    if at_least('V' .. string.sub(cur, bar + 1), ARGV[2]) then return {2, 0} end
+local out = {2}
+for i = 2, #KEYS do
+  local header = ARGV[2 * (i - 1)]
+  local insert = ARGV[2 * (i - 1) + 1]
+  local cur = redis.call('GET', KEYS[i])
+  out[i] = 0
+  if cur then
+    local c = string.sub(cur, 1, 1)
+    if c == 'F' then
+      local bar = string.find(cur, '|', 1, true)
+      local base = cur
+      local newer = false
+      if bar then
+        base = string.sub(cur, 1, bar - 1)
+        newer = at_least('V' .. string.sub(cur, bar + 1), header)
+      end
+      if not newer then
+        redis.call('SET', KEYS[i], base .. '|' .. string.sub(header, 2), 'KEEPTTL')
+      end
+    elseif versioned(cur) and not (insert == '1' and c == 'T') and at_least(cur, header) then
+    else
+      redis.call('DEL', KEYS[i])
+      out[i] = 1
+    end
   end
-  redis.call('SET', KEYS[2], base .. '|' .. string.sub(ARGV[2], 2), 'KEEPTTL')
-  return {2, 0}
 end
-if versioned(cur) and not (ARGV[3] == '1' and c == 'T') and at_least(cur, ARGV[2]) then
-  return {2, 0}
-end
-redis.call('DEL', KEYS[2])
-return {2, 1}
+return out
 "#;
 
 /// A new generation: the server's time in microseconds, above the current one. Every

@@ -2,7 +2,7 @@
 //! breaker, the namespace generation, and the one runner every script goes through.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use redis::Value;
@@ -121,6 +121,34 @@ impl Breaker {
 /// The reply of a script that ran under the current generation.
 pub(crate) type Reply = Vec<Value>;
 
+/// One change-feed repair waiting for the repair thread.
+pub(crate) struct Repair {
+    /// The entry key (after the prefix and the generation).
+    pub key: String,
+    /// The notified version as a `V<version>` header.
+    pub header: String,
+    pub insert: bool,
+    /// The region's counters of repairs made and failed.
+    pub done: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+}
+
+/// Repairs are made by a thread of the tier's own, so that a slow or paused Redis never
+/// holds up the change listener (which drops local entries, C7): the listener records
+/// the notified floor and queues the repair.
+#[derive(Default)]
+struct RepairQueue {
+    items: Mutex<Vec<Repair>>,
+    ready: Condvar,
+    stop: AtomicBool,
+}
+
+/// More queued repairs than this: they are dropped and a new generation is started
+/// instead (the tier is not read until then).
+const MAX_QUEUED_REPAIRS: usize = 10_000;
+/// Repairs per script call.
+const REPAIRS_PER_CALL: usize = 256;
+
 pub(crate) struct Tier {
     pub(crate) config: SharedConfig,
     pool: r2d2::Pool<Manager>,
@@ -140,6 +168,14 @@ pub(crate) struct Tier {
     moved: AtomicU64,
     /// Set once the first bump after `unsafe` was not possible yet (for the log).
     warned_unsafe: AtomicBool,
+    repairs: Arc<RepairQueue>,
+}
+
+impl Drop for Tier {
+    fn drop(&mut self) {
+        self.repairs.stop.store(true, Ordering::Release);
+        self.repairs.ready.notify_all();
+    }
 }
 
 impl Tier {
@@ -163,7 +199,8 @@ impl Tier {
                 client,
                 timeout: config.timeout,
             });
-        Ok(Arc::new(Tier {
+        let tier = Arc::new(Tier {
+            repairs: Arc::new(RepairQueue::default()),
             gen_key: format!("{}:gen", config.prefix),
             gen: RwLock::new(None),
             unsafe_events: AtomicU64::new(0),
@@ -185,7 +222,63 @@ impl Tier {
             warned_unsafe: AtomicBool::new(false),
             pool,
             config,
-        }))
+        });
+        let queue = Arc::clone(&tier.repairs);
+        let weak = Arc::downgrade(&tier);
+        std::thread::Builder::new()
+            .name("diesel-l2-shared-repair".into())
+            .spawn(move || repair_loop(&weak, &queue))
+            .map_err(|e| {
+                Error::Config(format!(
+                    "shared tier: could not start its repair thread ({e})"
+                ))
+            })?;
+        Ok(tier)
+    }
+
+    /// Queues a change-feed repair for the repair thread.
+    pub(crate) fn queue_repair(&self, repair: Repair) {
+        let mut items = self
+            .repairs
+            .items
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if items.len() >= MAX_QUEUED_REPAIRS {
+            for r in items.drain(..) {
+                Counters::bump(&r.failed);
+            }
+            drop(items);
+            self.mark_unsafe("the change-feed repairs fell too far behind");
+            return;
+        }
+        items.push(repair);
+        drop(items);
+        self.repairs.ready.notify_one();
+    }
+
+    /// Runs queued repairs in one script call; a call that fails makes the tier unsafe.
+    fn run_repairs(&self, batch: Vec<Repair>) {
+        let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(batch.len() * 2);
+        for r in &batch {
+            args.push(r.header.as_bytes());
+            args.push(if r.insert { b"1" } else { b"0" });
+        }
+        match self.run(&self.scripts.repair, &keys, &args) {
+            Ok(reply) => {
+                for (i, r) in batch.iter().enumerate() {
+                    if int(reply.get(i)) == 1 {
+                        Counters::bump(&r.done);
+                    }
+                }
+            }
+            Err(_) => {
+                for r in &batch {
+                    Counters::bump(&r.failed);
+                }
+                self.mark_unsafe("a change-feed repair did not reach Redis");
+            }
+        }
     }
 
     /// A token unique to this call (leases and fences).
@@ -213,11 +306,11 @@ impl Tier {
         self.unsafe_events.load(Ordering::Acquire) > self.cleaned.load(Ordering::Acquire)
     }
 
-    /// Starts a new generation (every entry of the older ones becomes unreachable), now if
-    /// Redis answers, otherwise before the next call that reaches it.
+    /// Starts a new generation (every entry of the older ones becomes unreachable) before
+    /// the next call that reaches Redis; the repair thread makes that call soon.
     pub(crate) fn invalidate_all(&self, why: &str) {
         self.mark_unsafe(why);
-        let _ = self.run(&self.scripts.current, &[], &[]);
+        self.repairs.ready.notify_one();
     }
 
     /// Runs `script` with the generation key, the entry keys `entries` (suffixes; the
@@ -360,6 +453,47 @@ impl Tier {
             generation_moves_seen: self.moved.load(Ordering::Relaxed),
             untrusted: self.is_unsafe(),
         }
+    }
+}
+
+/// The repair thread: runs queued repairs, a batch per call, and starts the new
+/// generation an unsafe tier needs. Ends when the tier is dropped.
+fn repair_loop(tier: &Weak<Tier>, queue: &RepairQueue) {
+    loop {
+        let batch = {
+            let mut items = queue.items.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if queue.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                if !items.is_empty() {
+                    break;
+                }
+                let unsafe_now = tier.upgrade().is_some_and(|t| t.is_unsafe());
+                if unsafe_now {
+                    break;
+                }
+                items = queue
+                    .ready
+                    .wait_timeout(items, Duration::from_millis(100))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            let n = items.len().min(REPAIRS_PER_CALL);
+            items.drain(..n).collect::<Vec<_>>()
+        };
+        let Some(tier) = tier.upgrade() else {
+            return;
+        };
+        if batch.is_empty() {
+            // Unsafe with nothing queued: start the new generation now if Redis answers
+            // (any call does that first), else wait for the breaker's cooldown.
+            if tier.run(&tier.scripts.current, &[], &[]).is_err() {
+                std::thread::sleep(tier.config.breaker_cooldown.min(Duration::from_millis(100)));
+            }
+            continue;
+        }
+        tier.run_repairs(batch);
     }
 }
 
