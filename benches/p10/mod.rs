@@ -357,11 +357,20 @@ where
     } else {
         String::new()
     };
+    // The worst repetition too: a median hides one whose breaker opened.
+    let worst = with
+        .iter()
+        .map(|c| c.statements as f64 / hot as f64)
+        .fold(0.0, f64::max);
     lines.push(Line {
         op: format!(
             "P10a {INSTANCES} cold instances read the same {hot} rows at once: SQL per row{reps_note}"
         ),
-        ours: format!("{w_rows:.3} with the tier"),
+        ours: if reps > 1 {
+            format!("{w_rows:.3} with the tier (worst {worst:.3})")
+        } else {
+            format!("{w_rows:.3} with the tier")
+        },
         base: format!("{wo_rows:.3} without"),
         ratio: format!("{:.1}x fewer loads", wo_rows / w_rows),
         check: Some((w_rows, Target::AtMost(1.1))),
@@ -519,9 +528,7 @@ where
         let mut next = (*db.find::<BenchRow>(id).expect("find").expect("row")).clone();
         next.score += 1;
         let t = Instant::now();
-        let w = db
-            .transaction::<_, diesel_l2::Error, _>(|tx| tx.update(&next))
-            .expect("tx.update");
+        let w = db.transaction(|tx| tx.update(&next)).expect("tx.update");
         let e = t.elapsed().as_nanos() as f64;
         black_box(w);
         e
