@@ -14,6 +14,9 @@
 //! never fatal, unless `DIESEL_L2_BENCH_STRICT=1` (and never in quick mode). The full run
 //! writes the chart to `docs/benchmarks.png` (or `$DIESEL_L2_BENCH_CHART`).
 
+/// P10: the shared tier (feature `redis`).
+#[cfg(feature = "redis")]
+mod p10;
 mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -226,13 +229,23 @@ fn main() {
         cfg.rows
     );
     let mut report = Report::default();
+    // `DIESEL_L2_BENCH_ONLY=p10`: the shared tier's section alone.
+    let only_p10 = std::env::var("DIESEL_L2_BENCH_ONLY").is_ok_and(|v| v == "p10");
 
     {
         let started = Instant::now();
         let bdb = support::sqlite(cfg.rows);
-        backend_section(&bdb, "SQLite", &cfg, &mut report, true);
-        lists_section(&bdb, "SQLite", &cfg, &mut report);
+        if !only_p10 {
+            backend_section(&bdb, "SQLite", &cfg, &mut report, true);
+            lists_section(&bdb, "SQLite", &cfg, &mut report);
+        }
         eprintln!("[sqlite section: {:.1?}]", started.elapsed());
+        #[cfg(feature = "redis")]
+        {
+            let started = Instant::now();
+            p10::section(&bdb, &cfg, &mut report);
+            eprintln!("[sqlite P10 section: {:.1?}]", started.elapsed());
+        }
     }
 
     #[cfg(feature = "postgres")]
@@ -240,17 +253,27 @@ fn main() {
         let started = Instant::now();
         match support::postgres(cfg.rows) {
             Some(bdb) => {
-                backend_section(&bdb, "PostgreSQL", &cfg, &mut report, false);
-                lists_section(&bdb, "PostgreSQL", &cfg, &mut report);
+                if !only_p10 {
+                    backend_section(&bdb, "PostgreSQL", &cfg, &mut report, false);
+                    lists_section(&bdb, "PostgreSQL", &cfg, &mut report);
+                }
                 eprintln!("[postgres section: {:.1?}]", started.elapsed());
+                #[cfg(feature = "redis")]
+                {
+                    let started = Instant::now();
+                    p10::section(&bdb, &cfg, &mut report);
+                    eprintln!("[postgres P10 section: {:.1?}]", started.elapsed());
+                }
             }
             None => println!("PostgreSQL: SKIPPED (set DIESEL_L2_PG_URL)\n"),
         }
     }
     #[cfg(not(feature = "postgres"))]
     println!("PostgreSQL: not built (add --features postgres)\n");
+    #[cfg(not(feature = "redis"))]
+    println!("P10 (the shared tier on Redis): not built (add --features redis)\n");
 
-    {
+    if !only_p10 {
         let started = Instant::now();
         memory_section(&cfg, &mut report);
         eprintln!("[memory section: {:.1?}]", started.elapsed());
@@ -264,7 +287,8 @@ fn main() {
     println!("targets missed: {missed}");
 
     let chart_path = std::env::var("DIESEL_L2_BENCH_CHART").ok().or_else(|| {
-        (!cfg.quick).then(|| concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.png").into())
+        (!cfg.quick && !only_p10)
+            .then(|| concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.png").into())
     });
     if let Some(path) = chart_path {
         match draw_chart(&path, &report.bars) {

@@ -18,6 +18,8 @@
 
 use std::error::Error;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, R2D2Connection};
@@ -202,6 +204,26 @@ impl<C: ExampleBackend> ExampleDb<C> {
             .connection_customizer(Box::new(InitSql(self.init_sql.clone())))
             .build(ConnectionManager::<C>::new(self.url.clone()))?)
     }
+
+    /// Like [`second_pool`](Self::second_pool), adding the SQL statements its connections
+    /// send (after their set-up) to `counter`, so an example can show that a read ran none.
+    /// No test query on checkout, so the count is the reads' own.
+    pub fn counted_second_pool(
+        &self,
+        max_size: u32,
+        counter: Arc<AtomicU64>,
+    ) -> Result<DbPool<C>, BoxError> {
+        Ok(Pool::builder()
+            .max_size(max_size)
+            .min_idle(Some(0))
+            .test_on_check_out(false)
+            .connection_timeout(Duration::from_secs(10))
+            .connection_customizer(Box::new(Counted {
+                init: InitSql(self.init_sql.clone()),
+                counter,
+            }))
+            .build(ConnectionManager::<C>::new(self.url.clone()))?)
+    }
 }
 
 impl ExampleBackend for diesel::sqlite::SqliteConnection {
@@ -361,6 +383,26 @@ where
 
 #[derive(Debug)]
 struct InitSql(String);
+
+/// [`InitSql`], then a statement counter on the connection (diesel's instrumentation).
+#[derive(Debug)]
+struct Counted {
+    init: InitSql,
+    counter: Arc<AtomicU64>,
+}
+
+impl<C: R2D2Connection> CustomizeConnection<C, diesel::r2d2::Error> for Counted {
+    fn on_acquire(&self, conn: &mut C) -> Result<(), diesel::r2d2::Error> {
+        self.init.on_acquire(conn)?;
+        let counter = Arc::clone(&self.counter);
+        conn.set_instrumentation(move |event: diesel::connection::InstrumentationEvent<'_>| {
+            if let diesel::connection::InstrumentationEvent::StartQuery { .. } = event {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Ok(())
+    }
+}
 
 impl<C: R2D2Connection> CustomizeConnection<C, diesel::r2d2::Error> for InitSql {
     fn on_acquire(&self, conn: &mut C) -> Result<(), diesel::r2d2::Error> {
