@@ -579,6 +579,7 @@ impl<C: R2D2Connection + 'static> Db<C> {
     /// The answer [`find_by`](Db::find_by) would give from the cache alone: `Some(row)`
     /// or `Some(None)` (a cached absent key) when the key entry and its row are both
     /// cached and trusted, counted as a key hit; `None` when it would load. Never runs SQL.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn find_by_cached<K>(&self, key: &K) -> Result<Option<Option<Arc<K::Entity>>>>
     where
         K: UniqueOps<C>,
@@ -1123,6 +1124,7 @@ fn negative_key_entries<C: 'static, K: crate::unique::UniqueKey>(compare: KeyCom
 }
 
 /// MariaDB/MySQL: default collations ignore case, accents and trailing spaces.
+#[cfg_attr(not(feature = "mysql"), allow(clippy::extra_unused_type_parameters))]
 fn collates_text_loosely<C: 'static>() -> bool {
     #[cfg(feature = "mysql")]
     if TypeId::of::<C>() == TypeId::of::<diesel::mysql::MysqlConnection>() {

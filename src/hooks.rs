@@ -25,6 +25,7 @@ pub enum Point {
     },
     /// A shared-tier read (C9) was granted the key's lease and loaded the row from the
     /// database; it is about to fill Redis under the lease.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     BeforeSharedFill {
         /// Region name.
         region: String,

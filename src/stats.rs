@@ -109,7 +109,9 @@ pub struct RegionStats {
     pub negative_hits: u64,
     /// Reads the cache could not answer (each went to the database or joined a load).
     pub misses: u64,
-    /// Database loads run by read-through (one per single-flight or batch query).
+    /// Loads run by read-through (one per single-flight or batch query). In a region in
+    /// the shared tier a load asks Redis first and goes to the database only for what
+    /// Redis could not answer (the keys it answered are counted in `shared.hits`).
     pub loads: u64,
     /// Total time spent in those loads, in microseconds.
     pub load_time_us: u64,

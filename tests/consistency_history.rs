@@ -193,6 +193,7 @@ where
     }
     // Room for the hot keys and the re-insert keys, so tombstones and negative entries
     // live long enough to meet remote re-inserts; tags keep the small, short-lived region.
+    #[cfg_attr(not(any(feature = "redis", feature = "test-hooks")), allow(unused_mut))]
     let mut builder = Db::builder(pool)
         .cache_with::<User>(|c| c.max_entries(LISTENING_USERS_MAX))
         .cache_with::<Tag>(|c| c.max_entries(TAGS_MAX).ttl(TAGS_TTL))
@@ -375,9 +376,10 @@ where
     };
     #[cfg(not(feature = "test-hooks"))]
     let w: Option<Ours<C>> = None;
-    #[cfg(feature = "redis")]
     // DIESEL_L2_REDIS_FAULTS=off runs the shared tier without faults.
+    #[cfg(feature = "redis")]
     let fault_free = std::env::var("DIESEL_L2_REDIS_FAULTS").is_ok_and(|v| v == "off");
+    #[cfg(feature = "redis")]
     let inject = faults
         .as_ref()
         .filter(|_| !fault_free)
