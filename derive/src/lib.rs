@@ -75,6 +75,7 @@ use proc_macro::TokenStream;
 /// | `negative_ttl = "30s"` | how long "no such row" is remembered; `"off"` disables it | 30 seconds |
 /// | `unique(tenant_id, email)` | a composite unique key: generates `{Struct}By{Fields}` (here `UserByTenantIdEmail(i64, String)`) for `Db::find_by`; may be repeated | none |
 /// | `index(post_id, author_id)` | a composite index key (a cached collection): generates `{Struct}By{Fields}` (here `CommentByPostIdAuthorId(i64, i32)`) for `Db::find_all_by`, which lists the matching rows in id order; may be repeated | none |
+/// | `shared` | keep the region in the shared (Redis) tier too, when the `Db` has one (`DbBuilder::shared_tier`); needs diesel-l2's `redis` feature and serde's `Serialize` and `Deserialize` on the struct | local only |
 ///
 /// `max_entries` and `max_bytes` are exclusive: give one or the other.
 ///

@@ -298,7 +298,7 @@ fn attribute_errors() {
     let e = single_error(user(quote!(#[cache(foo = 1)])));
     assert_eq!(
         e,
-        "unknown `cache` attribute `foo`; expected one of: region, ttl, tti, max_entries, max_bytes, negative_ttl, unique, index"
+        "unknown `cache` attribute `foo`; expected one of: region, ttl, tti, max_entries, max_bytes, negative_ttl, unique, index, shared"
     );
     let e = single_error(user(quote!(#[cache(ttl = "10 minutes")])));
     assert_eq!(
@@ -527,4 +527,45 @@ fn index_key_errors() {
         e.starts_with("`CommentByPostId` is declared both `unique` and `index`"),
         "{e}"
     );
+}
+
+/// `#[cache(shared)]` puts the shared tier's codec in the impl (C9); every entity gets a
+/// shape fingerprint, which changes with a field's name or type and nothing else.
+#[test]
+fn shared_and_shape() {
+    let shared = expand(user(quote!(#[cache(shared)])));
+    assert!(
+        shared.contains("::diesel_l2::__shared_codec!();"),
+        "{shared}"
+    );
+    let local = expand(user(quote!()));
+    assert!(!local.contains("__shared_codec"), "{local}");
+    let shape = |s: &str| {
+        let at = s.find("constSHAPE:u64=").expect("a SHAPE") + "constSHAPE:u64=".len();
+        s[at..].split(';').next().unwrap().to_string()
+    };
+    assert_eq!(
+        shape(&shared),
+        shape(&local),
+        "settings are not part of the shape"
+    );
+    let renamed = expand(quote! {
+        #[derive(Queryable, Selectable, Clone, Debug, Cached)]
+        #[diesel(table_name = users)]
+        pub struct User { pub id: i64, pub version: i64, pub mail: String, pub bio: Option<String> }
+    });
+    let retyped = expand(quote! {
+        #[derive(Queryable, Selectable, Clone, Debug, Cached)]
+        #[diesel(table_name = users)]
+        pub struct User { pub id: i64, pub version: i64, pub email: String, pub bio: String }
+    });
+    assert_ne!(shape(&renamed), shape(&local));
+    assert_ne!(shape(&retyped), shape(&local));
+
+    let e = single_error(user(quote!(#[cache(shared = true)])));
+    assert!(e.starts_with("`shared` takes no value"), "{e}");
+    let e = single_error(user(quote!(#[cache(shared, shared)])));
+    assert!(e.starts_with("duplicate `cache` attribute `shared`"), "{e}");
+    let e = single_error(user(quote!(#[cache(redis)])));
+    assert!(e.contains("did you mean `shared`?"), "{e}");
 }
