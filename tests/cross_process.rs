@@ -300,6 +300,10 @@ backend_tests! {
         )
         .unwrap();
         raw.batch_execute("INSERT INTO posts (id, version, user_id, title) VALUES (7, 1, 1, 'p')").unwrap();
+        // The seed's three changes reach the listener first: one arriving after the
+        // queries were stored would (rightly) make them unusable, and the fills counted
+        // below would move for a reason other than the one under test.
+        wait_for("the seed's notifications", || b.stats().listener.unwrap().changes >= 3);
         let names = || -> Vec<String> {
             b.query::<User, _>(users::table.order(users::name.asc()).select(User::as_select()))
                 .unwrap()
