@@ -897,7 +897,9 @@ mod shared_tier {
         /// to the database and do not fill; once the fence expires, the next miss fills v2.
         fn a_writer_dying_after_commit_leaves_a_fence_that_readers_pass(t) {
             let Some(cfg) = shared_config() else { return };
-            let cfg = cfg.fence_and_lease_ttl(Duration::from_millis(300), Duration::from_secs(2));
+            // Long enough that the fence outlives the writer's unwinding on a loaded
+            // machine (300 ms did not, in CI on MariaDB).
+            let cfg = cfg.fence_and_lease_ttl(Duration::from_millis(1500), Duration::from_secs(2));
             let dying = Hook::new(|p| {
                 if *p == Point::AfterCommit && std::thread::current().name() == Some("writer") {
                     panic!("the writer dies between COMMIT and its Redis update");
@@ -913,7 +915,7 @@ mod shared_tier {
             let c = instance(pool_c, &cfg, None);
             assert_eq!(c.find::<User>(1).unwrap().unwrap().version, 2, "read past the fence");
             assert!(entry(&cfg, "users", "1").unwrap().starts_with(b"F"), "no fill over a fence");
-            std::thread::sleep(Duration::from_millis(400));
+            std::thread::sleep(Duration::from_millis(1600));
             c.evict::<User>(1).unwrap();
             sql_c.reset();
             assert_eq!(c.find::<User>(1).unwrap().unwrap().version, 2);
