@@ -423,6 +423,11 @@ where
         fig.counts.reads_checked
     );
     println!("  second Db: {:?}", consistency::Store::cache_figures(&b));
+    println!(
+        "  listeners: first {:?}; second {:?}",
+        a.db.stats().listener,
+        b.db.stats().listener
+    );
     assert_clean(t.backend, &fig);
 }
 

@@ -746,7 +746,7 @@ mod lists {
 #[cfg(feature = "redis")]
 mod shared_tier {
     use super::*;
-    use common::redis::{client, entry, entry_version, shared_config};
+    use common::redis::{client, entry, entry_version, set_entry, shared_config};
     use diesel_l2::shared::SharedConfig;
     use std::time::Duration;
 
@@ -770,6 +770,18 @@ mod shared_tier {
     /// What Redis holds for user `id`: ('V' or 'T', version), or None.
     fn redis_version(cfg: &SharedConfig, id: i64) -> Option<(char, i64)> {
         entry(cfg, "users", &id.to_string()).and_then(|e| entry_version(&e))
+    }
+
+    /// The version the change feed marked user `id`'s fence with (`F<token>|<version>[i]`),
+    /// or `None` when the key holds no marked fence.
+    fn fence_mark(cfg: &SharedConfig, id: i64) -> Option<i64> {
+        let e = entry(cfg, "users", &id.to_string())?;
+        let bar = e
+            .iter()
+            .position(|&b| b == b'|')
+            .filter(|_| e.starts_with(b"F"))?;
+        let hex = std::str::from_utf8(e.get(bar + 1..bar + 17)?).ok()?;
+        Some((u64::from_str_radix(hex, 16).ok()? ^ (1 << 63)) as i64)
     }
 
     fn del_entry(cfg: &SharedConfig, id: i64) {
@@ -878,11 +890,9 @@ mod shared_tier {
             let w = { let b = b.clone(); spawn("writer", move || b.transaction(|tx| tx.update(&renamed(&v1, "v2"))).unwrap()) };
             s.wait("writer", "after_commit");
             t.exec("UPDATE users SET name = 'plain' WHERE id = 1");
-            let start = std::time::Instant::now();
-            while !entry(&cfg, "users", "1").is_some_and(|e| e.starts_with(b"F") && e.contains(&b'|')) {
-                assert!(start.elapsed() < Duration::from_secs(10), "the feed never marked the fence");
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            // The insert's and the writer's own notifications mark the fence too (with v1
+            // and v2): wait for the plain update's.
+            wait_until("the feed marked the fence with v3", || fence_mark(&cfg, 1).is_some_and(|v| v >= 3));
             s.release("writer", "after_commit");
             w.join().unwrap();
             assert_eq!(redis_version(&cfg, 1), None, "C9: the settle stored v2 over the plain v3");
@@ -891,6 +901,70 @@ mod shared_tier {
             let read = c.find::<User>(1).unwrap().unwrap();
             assert_eq!((read.version, read.name.as_str()), (3, "plain"));
             drop(listening);
+        }
+
+        /// B deletes user 1 (v1) and is parked between COMMIT and its settle → a plain SQL
+        /// INSERT brings the row back at version 1 (versions start again) → the change feed
+        /// marks B's fence with both changes → B settles. Its tombstone (T2) is "newer" than
+        /// the re-inserted v1 by version, but older in time: storing it would make every
+        /// instance read the row as absent until the next write (C9). Seen failing (a
+        /// stored T2, a cold instance reading `None`) before the fence kept the insert.
+        fn a_delete_settled_after_a_plain_re_insert_leaves_no_tombstone(t) {
+            let Some(cfg) = shared_config() else { return };
+            let s = Script::default();
+            let (pool_b, _) = t.another_pool();
+            let b = instance(pool_b, &cfg, Some(s.hook()));
+            let (pool_l, _) = t.another_pool();
+            let listening = Db::builder(pool_l).cache::<User>().shared::<User>().shared_tier(cfg.clone()).listen(listen_to(t)).build().unwrap();
+            let v1 = b.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+            wait_until("the insert's notification", || listening.stats().listener.unwrap().changes >= 1);
+            s.arm("writer", "after_commit");
+            let w = { let b = b.clone(); spawn("writer", move || b.transaction(|tx| tx.delete(&v1)).unwrap()) };
+            s.wait("writer", "after_commit");
+            t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'again@x', 'again')");
+            wait_until("the delete's and the re-insert's notifications", || listening.stats().listener.unwrap().changes >= 3);
+            // The repairs run on the tier's own thread: wait until the delete's marked the
+            // fence (v2), and give the insert's a moment (its `i`, which only the fixed
+            // scripts write).
+            wait_until("the feed marked the fence with the delete", || fence_mark(&cfg, 1).is_some_and(|v| v >= 2));
+            let start = std::time::Instant::now();
+            while !entry(&cfg, "users", "1").is_some_and(|e| e.ends_with(b"i")) && start.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            s.release("writer", "after_commit");
+            w.join().unwrap();
+            assert_ne!(redis_version(&cfg, 1).map(|(kind, _)| kind), Some('T'), "C9: the delete's settle stored its tombstone over the re-inserted row");
+            let (pool_c, _) = t.another_pool();
+            let c = instance(pool_c, &cfg, None);
+            let read = c.find::<User>(1).unwrap().expect("C9: a cold instance read the re-inserted row as absent");
+            assert_eq!((read.version, read.name.as_str()), (1, "again"));
+            drop(listening);
+        }
+
+        /// A re-insert's floor outlives the updates after it: a listening instance that saw
+        /// user 1 reach v5, be deleted (T6), re-inserted at v1 and updated to v2 refuses a
+        /// T6 tombstone found in Redis (the row's earlier life), although 6 > 2. Seen
+        /// failing (the row read as absent) while an update's floor dropped the insert.
+        fn a_re_inserted_rows_floor_refuses_its_earlier_lifes_tombstone(t) {
+            let Some(cfg) = shared_config() else { return };
+            let (pool_l, _) = t.another_pool();
+            let listening = Db::builder(pool_l).cache::<User>().shared::<User>().shared_tier(cfg.clone()).listen(listen_to(t)).build().unwrap();
+            t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 5, 'a@x', 'first life'), (2, 1, 's@x', 'sentinel')");
+            t.exec("DELETE FROM users WHERE id = 1");
+            t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'b@x', 'second life')");
+            t.exec("UPDATE users SET version = 2, name = 'second life, v2' WHERE id = 1");
+            wait_until("the four notifications of user 1", || listening.stats().listener.unwrap().changes >= 5);
+            // Repairs run in order on one thread: once the sentinel's v1 entry is repaired
+            // away by its v2 notification, user 1's repairs have run too.
+            let stale = format!("V{:016x}{:016x}", 1u64 ^ (1 << 63), 0);
+            set_entry(&cfg, "users", "2", stale.as_bytes());
+            t.exec("UPDATE users SET version = 2 WHERE id = 2");
+            wait_until("the sentinel's repair", || entry(&cfg, "users", "2").is_none());
+            let earlier_life = format!("T{:016x}", 6u64 ^ (1 << 63));
+            set_entry(&cfg, "users", "1", earlier_life.as_bytes());
+            let read = listening.find::<User>(1).unwrap().expect("C9: the earlier life's tombstone was taken from Redis");
+            assert_eq!((read.version, read.name.as_str()), (2, "second life, v2"));
+            assert_eq!(listening.region_stats::<User>().unwrap().shared.unwrap().rejected_values, 1);
         }
 
         /// B commits v2 and dies (panics) before replacing its fence: readers pass the fence

@@ -552,16 +552,30 @@ impl<E: CachedEntity> SharedRegion<E> {
     /// are refused here) and queues the repair of the Redis entry, which deletes it unless
     /// it holds this change or a later one. The listener never waits for Redis.
     pub(crate) fn repair(&self, id: &E::Id, op: ChangeOp, version: i64) {
-        let inserted = matches!(op, ChangeOp::Insert);
-        let floor = match self.floors.get(id) {
-            Some(f) if !inserted && f.version >= version => f,
-            _ => Floor { version, inserted },
+        // Versions start again at an insert (a row deleted and inserted anew), so an insert
+        // sets the floor afresh; an update keeps the insert's mark (a tombstone of the
+        // row's earlier life may carry a higher version than the new row reached); a
+        // delete ends it.
+        let previous = self.floors.get(id);
+        let floor = match (op, previous) {
+            (ChangeOp::Insert, _) | (_, None) => Floor {
+                version,
+                inserted: op == ChangeOp::Insert,
+            },
+            (ChangeOp::Update, Some(f)) => Floor {
+                version: f.version.max(version),
+                inserted: f.inserted,
+            },
+            (ChangeOp::Delete, Some(f)) => Floor {
+                version: f.version.max(version),
+                inserted: false,
+            },
         };
         self.floors.insert(id.clone(), floor);
         self.tier.queue_repair(Repair {
             key: self.key(id),
             header: format!("V{}", version_hex(version)),
-            insert: inserted,
+            insert: op == ChangeOp::Insert,
             done: Arc::clone(&self.counters.repairs),
             failed: Arc::clone(&self.counters.errors),
         });

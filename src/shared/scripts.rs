@@ -78,11 +78,16 @@ return {2}
 
 /// Settle after COMMIT (or after a rollback, with `''`): a key still holding the
 /// writer's fence gets the committed entry `ARGV[i + 2]` (`ARGV[3]` ms to live), unless
-/// the change feed marked the fence with a newer version meanwhile (then it is deleted);
-/// another writer's fence is left to that writer; an entry at the same or a newer version
-/// stays; anything else (a lease, an older entry, an entry written while the fence was
-/// gone) is deleted. Never puts anything but over the writer's own fence, so never an
-/// older version over a newer one, even one that expired or was evicted.
+/// the change feed marked the fence meanwhile with a newer version, or with an insert and
+/// the entry is a tombstone (then it is deleted); another writer's fence is left to that
+/// writer; an entry at the same or a newer version stays; anything else (a lease, an
+/// older entry, an entry written while the fence was gone) is deleted. Never puts
+/// anything but over the writer's own fence, so never an older version over a newer one,
+/// even one that expired or was evicted.
+///
+/// Versions start again when a row is deleted and inserted anew, so a version alone
+/// cannot order a tombstone against an insert: a fence marked with an insert (`i`) never
+/// takes a tombstone, which may be older than the row now in the database.
 const SETTLE: &str = r#"
 local fence = 'F' .. ARGV[2]
 for i = 2, #KEYS do
@@ -90,12 +95,19 @@ for i = 2, #KEYS do
   local new = ARGV[i + 2]
   local own = cur == fence
   local marked = false
+  local inserted = false
   if cur and not own and string.sub(cur, 1, #fence + 1) == fence .. '|' then
     own = true
-    marked = 'V' .. string.sub(cur, #fence + 2)
+    local m = string.sub(cur, #fence + 2)
+    if string.sub(m, -1) == 'i' then
+      inserted = true
+      m = string.sub(m, 1, -2)
+    end
+    marked = 'V' .. m
   end
   if own then
-    if new ~= '' and (not marked or at_least(new, marked)) then
+    if new ~= '' and (not marked or at_least(new, marked))
+        and not (inserted and string.sub(new, 1, 1) == 'T') then
       redis.call('SET', KEYS[i], new, 'PX', ARGV[3])
     else
       redis.call('DEL', KEYS[i])
@@ -116,8 +128,10 @@ return {2}
 /// notified change or a later one (`ARGV[2i]`, a `V<version>` header); an insert
 /// (`ARGV[2i + 1] == '1'`) always clears a tombstone. A lease is deleted (it may have read
 /// before the change). A fence stays (fills stay blocked) but is marked with the highest
-/// notified version, so that its writer's settle stores its row only if it is at least
-/// that new. Idempotent. Answers, per key, 1 if it deleted the entry.
+/// notified version, and with `i` once an insert was notified, so that its writer's
+/// settle stores its row only if it is at least that new, and never a tombstone after an
+/// insert (`F<token>|<version>[i]`). Idempotent. Answers, per key, 1 if it deleted the
+/// entry.
 const REPAIR: &str = r#"
 local out = {2}
 for i = 2, #KEYS do
@@ -130,13 +144,22 @@ for i = 2, #KEYS do
     if c == 'F' then
       local bar = string.find(cur, '|', 1, true)
       local base = cur
-      local newer = false
+      local mark = false
+      local ins = insert == '1'
       if bar then
         base = string.sub(cur, 1, bar - 1)
-        newer = at_least('V' .. string.sub(cur, bar + 1), header)
+        mark = string.sub(cur, bar + 1)
+        if string.sub(mark, -1) == 'i' then
+          ins = true
+          mark = string.sub(mark, 1, -2)
+        end
       end
-      if not newer then
-        redis.call('SET', KEYS[i], base .. '|' .. string.sub(header, 2), 'KEEPTTL')
+      if not mark or not at_least('V' .. mark, header) then
+        mark = string.sub(header, 2)
+      end
+      local marked = base .. '|' .. mark .. (ins and 'i' or '')
+      if marked ~= cur then
+        redis.call('SET', KEYS[i], marked, 'KEEPTTL')
       end
     elseif versioned(cur) and not (insert == '1' and c == 'T') and at_least(cur, header) then
     else

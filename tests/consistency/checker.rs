@@ -339,8 +339,9 @@ impl Checker {
                     } else {
                         format!("version {fresh}")
                     };
+                    let by = written_by(kh, fresh, start, end);
                     self.example(format!(
-                        "{}: thread {thread} read {key:?} at version {} during [{start}, {end}] ns, but {what} had returned before the read started",
+                        "{}: thread {thread} read {key:?} at version {} during [{start}, {end}] ns, but {what} had returned before the read started{by}",
                         if own { "C2" } else { "C4" },
                         row.version
                     ));
@@ -373,8 +374,9 @@ impl Checker {
                         self.counts.c4_stale_read += 1;
                     }
                     self.example(format!(
-                        "{}: thread {thread} read {key:?} as absent during [{start}, {end}] ns after version {fresh} had returned",
-                        if own { "C2" } else { "C4" }
+                        "{}: thread {thread} read {key:?} as absent during [{start}, {end}] ns after version {fresh} had returned{}",
+                        if own { "C2" } else { "C4" },
+                        written_by(kh, fresh, start, end)
                     ));
                 }
             }
@@ -461,6 +463,26 @@ impl LagSeen {
             self.max_lag = self.max_lag.max(start - end);
         }
     }
+}
+
+/// For a stale read's example: who wrote the version it missed, how long before the read
+/// began that write returned, and how long the read took (a local hit takes microseconds).
+fn written_by(kh: &KeyHist, version: i64, start: Nanos, end: Nanos) -> String {
+    let Some(v) = kh
+        .versions
+        .get(&version)
+        .and_then(|vs| vs.iter().find(|v| !v.unknown))
+    else {
+        return String::new();
+    };
+    format!(
+        " (written by thread {} in [{}, {}] ns, {:.1} ms before the read began; the read took {:.1} µs)",
+        v.thread,
+        v.start,
+        v.end,
+        start.saturating_sub(v.end) as f64 / 1e6,
+        end.saturating_sub(start) as f64 / 1e3
+    )
 }
 
 /// The version a read starting at `start` by `thread` must return at least.
