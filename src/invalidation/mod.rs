@@ -43,7 +43,11 @@
 //!   transaction not committed yet, or rolled back) has its own timer: after `gap_timeout`
 //!   the regions are cleared (counted in `gaps`), and the number is still looked for until
 //!   `retention` has passed, so a change that commits late is applied then (swept for
-//!   every 100 ms, a page of 1,000 per poll). On (re)connection the numbers up to 1,000 below the maximum that are
+//!   every 100 ms, a page of 1,000 per poll). MariaDB never gives back a number a
+//!   rolled-back write took: when the listener's user has the `PROCESS` privilege, such a
+//!   number is recognised without a clear (counted in `rolled_back`) about a second after
+//!   it was noticed, once every transaction that had modified rows then has ended (listed
+//!   in `information_schema.INNODB_TRX`); without it, it times out like any gap. On (re)connection the numbers up to 1,000 below the maximum that are
 //!   not in the table are watched the same way, without a flush (MariaDB assigns
 //!   `AUTO_INCREMENT` at insert, not commit; the regions were just cleared).
 //!   New rows are read a page at a time past any gap. Rows are pruned only below the
@@ -238,6 +242,7 @@ pub(crate) struct ListenerCounters {
     pub(crate) disconnects: AtomicU64,
     pub(crate) connects: AtomicU64,
     pub(crate) gaps: AtomicU64,
+    pub(crate) rolled_back: AtomicU64,
     pub(crate) ignored: AtomicU64,
 }
 
@@ -420,6 +425,7 @@ impl Shared {
             connects: c.connects.load(Relaxed),
             disconnects: c.disconnects.load(Relaxed),
             gaps: c.gaps.load(Relaxed),
+            rolled_back: c.rolled_back.load(Relaxed),
             ignored: c.ignored.load(Relaxed),
             last_error: self
                 .last_error
@@ -484,6 +490,10 @@ pub struct ListenerStats {
     pub disconnects: u64,
     /// Outbox sequence gaps that timed out (taken as lost changes).
     pub gaps: u64,
+    /// Outbox sequence numbers found to belong to rolled-back transactions before their
+    /// gap timed out, so no region was cleared for them (MariaDB/MySQL, when the
+    /// listener's user may read `information_schema.INNODB_TRX`: the `PROCESS` privilege).
+    pub rolled_back: u64,
     /// Changes of tables with no region here.
     pub ignored: u64,
     /// The last connection error.

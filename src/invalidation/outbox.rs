@@ -272,7 +272,7 @@ fn sql_literal(s: &str) -> String {
 
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
 mod poll {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::{BTreeMap, BTreeSet, HashSet};
     use std::sync::atomic::Ordering::Relaxed;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
@@ -301,6 +301,13 @@ mod poll {
     }
 
     #[derive(QueryableByName)]
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) struct Trx {
+        #[diesel(sql_type = Text)]
+        id: String,
+    }
+
+    #[derive(QueryableByName)]
     pub(crate) struct Trigger {
         #[diesel(sql_type = Text)]
         tbl: String,
@@ -323,6 +330,12 @@ mod poll {
     const LATE_EVERY: Duration = Duration::from_millis(100);
     /// Most missing or late seqs tracked; beyond, the regions are cleared instead.
     const MAX_TRACKED: usize = 100_000;
+    /// How often the open transactions are listed to resolve gaps, at most.
+    const RESOLVE_EVERY: Duration = Duration::from_millis(100);
+    /// A gap is resolved only if it was noticed this long before the open transactions
+    /// were listed: InnoDB serves `INNODB_TRX` from a cache refreshed at most every
+    /// 100 ms, so a writer that began just before the listing may be missing from it.
+    const RESOLVE_GRACE: Duration = Duration::from_secs(1);
     /// A session shorter than this does not reset the reconnect backoff.
     const HEALTHY: Duration = Duration::from_secs(1);
 
@@ -344,6 +357,12 @@ mod poll {
         fn prepare(_conn: &mut Self) -> QueryResult<()> {
             Ok(())
         }
+        /// The ids of the open transactions that have modified rows, or `None` when the
+        /// database cannot list them (SQLite, whose numbers a rollback gives back, has no
+        /// such gaps to resolve).
+        fn writing_transactions(_conn: &mut Self) -> Option<HashSet<String>> {
+            None
+        }
     }
 
     /// The sequence numbers still awaited, and the highest one read.
@@ -359,6 +378,13 @@ mod poll {
         last_late_poll: Instant,
         /// Where the sweep in progress over `late` resumes (`None`: no sweep under way).
         late_next: Option<i64>,
+        /// Whether the open transactions can be listed (see `resolve_rolled_back`).
+        resolvable: bool,
+        /// When they were last listed.
+        last_resolve: Instant,
+        /// The writing transactions open when the missing seqs up to the second field
+        /// were last looked at: once all of them have ended, those seqs are resolved.
+        waiting: Option<(HashSet<String>, i64)>,
     }
 
     impl Cursor {
@@ -493,6 +519,9 @@ mod poll {
             late: BTreeMap::new(),
             last_late_poll: Instant::now(),
             late_next: None,
+            resolvable: true,
+            last_resolve: Instant::now(),
+            waiting: None,
         };
         // Watched like gaps that timed out, without their flush: the regions are cleared
         // at connection anyway, so a number that never commits (rolled back, or pruned
@@ -505,6 +534,89 @@ mod poll {
         }
         let _ = shared;
         Ok(cursor)
+    }
+
+    /// Resolves missing seqs of transactions that rolled back, so that they need not time
+    /// out (which clears every region, and starts a new generation in the shared tier).
+    ///
+    /// MariaDB numbers a change row when the trigger inserts it and never gives a number
+    /// back, so a rolled-back write leaves a gap that looks like a transaction still open.
+    /// The writer of a missing seq had modified a row (the one whose trigger took the
+    /// number) before the seq was noticed. So once every transaction that had modified
+    /// rows and was open when a set of missing seqs was looked at has ended, each seq of
+    /// the set is either in the table (read now) or will never be: it is dropped without
+    /// a clear (counted in `rolled_back`, and still watched with the late ones). Only seqs
+    /// noticed `RESOLVE_GRACE` before the listing count (the listing may lag behind).
+    fn resolve_rolled_back<C>(conn: &mut C, cursor: &mut Cursor, shared: &Shared) -> QueryResult<()>
+    where
+        C: Outbox,
+        Change: QueryableByName<C::Backend>,
+        diesel::query_builder::SqlQuery: QueryFragment<C::Backend>,
+    {
+        if !cursor.resolvable
+            || cursor.missing.is_empty()
+            || cursor.last_resolve.elapsed() < RESOLVE_EVERY
+        {
+            return Ok(());
+        }
+        cursor.last_resolve = Instant::now();
+        let Some(open) = C::writing_transactions(conn) else {
+            cursor.resolvable = false;
+            cursor.waiting = None;
+            return Ok(());
+        };
+        if let Some((before, upto)) = cursor.waiting.take() {
+            if before.iter().any(|t| open.contains(t)) {
+                cursor.waiting = Some((before, upto));
+                return Ok(());
+            }
+            let pending: Vec<i64> = cursor.missing.range(..=upto).map(|(s, _)| *s).collect();
+            for chunk in pending.chunks(PAGE) {
+                let list = chunk
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let rows: Vec<Change> = sql_query(format!(
+                    "SELECT seq, payload FROM {CHANGES_TABLE} WHERE seq IN ({list}) ORDER BY seq"
+                ))
+                .load(conn)?;
+                for c in &rows {
+                    if cursor.missing.remove(&c.seq).is_some() {
+                        shared.on_payload(&c.payload, None);
+                    }
+                }
+            }
+            let now = Instant::now();
+            let mut gone = 0;
+            for s in pending {
+                if cursor.missing.remove(&s).is_some() {
+                    gone += 1;
+                    if cursor.late.len() < MAX_TRACKED {
+                        cursor.late.insert(s, now);
+                    }
+                }
+            }
+            if gone > 0 {
+                shared.counters.rolled_back.fetch_add(gone, Relaxed);
+                tracing::debug!(
+                    count = gone,
+                    "change feed gaps of rolled-back transactions resolved"
+                );
+            }
+        }
+        let noticed_by = Instant::now().checked_sub(RESOLVE_GRACE);
+        cursor.waiting = noticed_by
+            .and_then(|t| {
+                cursor
+                    .missing
+                    .iter()
+                    .filter(|(_, at)| **at <= t)
+                    .map(|(s, _)| *s)
+                    .max()
+            })
+            .map(|upto| (open, upto));
+        Ok(())
     }
 
     fn poll<C>(
@@ -583,6 +695,7 @@ mod poll {
                     }
                 }
             }
+            resolve_rolled_back(conn, &mut cursor, shared)?;
             // Each missing seq has its own timer.
             let now = Instant::now();
             let timed_out: Vec<i64> = cursor
@@ -661,6 +774,27 @@ mod poll {
              FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()";
         const SUFFIXES: &'static [&'static str] = &["bump", "ins", "upd", "del"];
         const HELPER: &'static str = "mysql_triggers_sql";
+        /// From `information_schema.INNODB_TRX`, which needs the `PROCESS` privilege
+        /// (without it the query fails, and gaps are waited out as before).
+        fn writing_transactions(conn: &mut Self) -> Option<HashSet<String>> {
+            match sql_query(
+                "SELECT CAST(trx_id AS CHAR) AS id FROM information_schema.INNODB_TRX \
+                 WHERE trx_rows_modified > 0 AND trx_mysql_thread_id <> CONNECTION_ID()",
+            )
+            .load::<Trx>(conn)
+            {
+                Ok(rows) => Some(rows.into_iter().map(|t| t.id).collect()),
+                Err(e) => {
+                    tracing::info!(
+                        error = %e,
+                        "change feed: cannot list open transactions (information_schema.INNODB_TRX \
+                         needs the PROCESS privilege); a rolled-back write's gap is waited out \
+                         (`gap_timeout`) and then clears the regions"
+                    );
+                    None
+                }
+            }
+        }
     }
 
     #[cfg(feature = "mysql")]
