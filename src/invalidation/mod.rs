@@ -45,9 +45,11 @@
 //!   `retention` has passed, so a change that commits late is applied then (swept for
 //!   every 100 ms, a page of 1,000 per poll). MariaDB never gives back a number a
 //!   rolled-back write took: when the listener's user has the `PROCESS` privilege, such a
-//!   number is recognised without a clear (counted in `rolled_back`) about a second after
-//!   it was noticed, once every transaction that had modified rows then has ended (listed
-//!   in `information_schema.INNODB_TRX`); without it, it times out like any gap. On (re)connection the numbers up to 1,000 below the maximum that are
+//!   number is recognised without a clear (counted in `rolled_back`) once every
+//!   transaction that had modified rows when it was noticed has ended (listed in
+//!   `information_schema.INNODB_TRX`, inside a transaction of the listener's own that
+//!   proves the listing fresh; usually within a few hundred milliseconds); without it, it
+//!   times out like any gap. On (re)connection the numbers up to 1,000 below the maximum that are
 //!   not in the table are watched the same way, without a flush (MariaDB assigns
 //!   `AUTO_INCREMENT` at insert, not commit; the regions were just cleared).
 //!   New rows are read a page at a time past any gap. Rows are pruned only below the

@@ -305,6 +305,20 @@ mod poll {
     pub(crate) struct Trx {
         #[diesel(sql_type = Text)]
         id: String,
+        /// 1 for the listener's own transaction.
+        #[diesel(sql_type = BigInt)]
+        mine: i64,
+    }
+
+    /// What a listing of the open transactions gave.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) enum OpenTransactions {
+        /// The database cannot list them (or the user may not).
+        Unsupported,
+        /// Not this time: the listing was not fresh, or failed.
+        Unknown,
+        /// The ids of the transactions open that have modified rows.
+        Writing(HashSet<String>),
     }
 
     #[derive(QueryableByName)]
@@ -330,12 +344,10 @@ mod poll {
     const LATE_EVERY: Duration = Duration::from_millis(100);
     /// Most missing or late seqs tracked; beyond, the regions are cleared instead.
     const MAX_TRACKED: usize = 100_000;
-    /// How often the open transactions are listed to resolve gaps, at most.
-    const RESOLVE_EVERY: Duration = Duration::from_millis(100);
-    /// A gap is resolved only if it was noticed this long before the open transactions
-    /// were listed: InnoDB serves `INNODB_TRX` from a cache refreshed at most every
-    /// 100 ms, so a writer that began just before the listing may be missing from it.
-    const RESOLVE_GRACE: Duration = Duration::from_secs(1);
+    /// How often the open transactions are listed to resolve gaps, at most. InnoDB serves
+    /// `INNODB_TRX` from a cache it refreshes only when nobody read it in the last 100 ms,
+    /// so listings closer together than that would all be stale.
+    const RESOLVE_EVERY: Duration = Duration::from_millis(150);
     /// A session shorter than this does not reset the reconnect backoff.
     const HEALTHY: Duration = Duration::from_secs(1);
 
@@ -357,11 +369,10 @@ mod poll {
         fn prepare(_conn: &mut Self) -> QueryResult<()> {
             Ok(())
         }
-        /// The ids of the open transactions that have modified rows, or `None` when the
-        /// database cannot list them (SQLite, whose numbers a rollback gives back, has no
-        /// such gaps to resolve).
-        fn writing_transactions(_conn: &mut Self) -> Option<HashSet<String>> {
-            None
+        /// The open transactions that have modified rows, as of a moment after the call
+        /// began (SQLite, whose numbers a rollback gives back, has no gaps to resolve).
+        fn writing_transactions(_conn: &mut Self) -> OpenTransactions {
+            OpenTransactions::Unsupported
         }
     }
 
@@ -383,7 +394,8 @@ mod poll {
         /// When they were last listed.
         last_resolve: Instant,
         /// The writing transactions open when the missing seqs up to the second field
-        /// were last looked at: once all of them have ended, those seqs are resolved.
+        /// were looked at (all noticed before that listing began): once all of them have
+        /// ended, those seqs are resolved.
         waiting: Option<(HashSet<String>, i64)>,
     }
 
@@ -543,10 +555,10 @@ mod poll {
     /// back, so a rolled-back write leaves a gap that looks like a transaction still open.
     /// The writer of a missing seq had modified a row (the one whose trigger took the
     /// number) before the seq was noticed. So once every transaction that had modified
-    /// rows and was open when a set of missing seqs was looked at has ended, each seq of
-    /// the set is either in the table (read now) or will never be: it is dropped without
-    /// a clear (counted in `rolled_back`, and still watched with the late ones). Only seqs
-    /// noticed `RESOLVE_GRACE` before the listing count (the listing may lag behind).
+    /// rows and was open at a listing that began after a set of seqs was noticed has
+    /// ended, each seq of the set is either in the table (read now, after the listing) or
+    /// will never be: it is dropped without a clear (counted in `rolled_back`, and still
+    /// watched with the late ones).
     fn resolve_rolled_back<C>(conn: &mut C, cursor: &mut Cursor, shared: &Shared) -> QueryResult<()>
     where
         C: Outbox,
@@ -559,11 +571,17 @@ mod poll {
         {
             return Ok(());
         }
+        // Every seq missing now was noticed before the listing begins.
+        let noticed = cursor.missing.keys().next_back().copied();
         cursor.last_resolve = Instant::now();
-        let Some(open) = C::writing_transactions(conn) else {
-            cursor.resolvable = false;
-            cursor.waiting = None;
-            return Ok(());
+        let open = match C::writing_transactions(conn) {
+            OpenTransactions::Unsupported => {
+                cursor.resolvable = false;
+                cursor.waiting = None;
+                return Ok(());
+            }
+            OpenTransactions::Unknown => return Ok(()),
+            OpenTransactions::Writing(open) => open,
         };
         if let Some((before, upto)) = cursor.waiting.take() {
             if before.iter().any(|t| open.contains(t)) {
@@ -605,17 +623,7 @@ mod poll {
                 );
             }
         }
-        let noticed_by = Instant::now().checked_sub(RESOLVE_GRACE);
-        cursor.waiting = noticed_by
-            .and_then(|t| {
-                cursor
-                    .missing
-                    .iter()
-                    .filter(|(_, at)| **at <= t)
-                    .map(|(s, _)| *s)
-                    .max()
-            })
-            .map(|upto| (open, upto));
+        cursor.waiting = noticed.map(|upto| (open, upto));
         Ok(())
     }
 
@@ -775,23 +783,48 @@ mod poll {
         const SUFFIXES: &'static [&'static str] = &["bump", "ins", "upd", "del"];
         const HELPER: &'static str = "mysql_triggers_sql";
         /// From `information_schema.INNODB_TRX`, which needs the `PROCESS` privilege
-        /// (without it the query fails, and gaps are waited out as before).
-        fn writing_transactions(conn: &mut Self) -> Option<HashSet<String>> {
-            match sql_query(
-                "SELECT CAST(trx_id AS CHAR) AS id FROM information_schema.INNODB_TRX \
-                 WHERE trx_rows_modified > 0 AND trx_mysql_thread_id <> CONNECTION_ID()",
+        /// (without it the query fails, and gaps are waited out as before). InnoDB serves
+        /// it from a cache refreshed only after 100 ms without a reader, so the listing is
+        /// made inside a transaction of the listener's own: if that transaction is not
+        /// listed, the cache predates the call and the listing is not used.
+        fn writing_transactions(conn: &mut Self) -> OpenTransactions {
+            use diesel::connection::SimpleConnection;
+            if let Err(e) = conn.batch_execute("START TRANSACTION WITH CONSISTENT SNAPSHOT") {
+                tracing::debug!(error = %e, "change feed: could not start the listing");
+                return OpenTransactions::Unknown;
+            }
+            let listed = sql_query(
+                "SELECT CAST(trx_id AS CHAR) AS id, \
+                 CAST(trx_mysql_thread_id = CONNECTION_ID() AS SIGNED) AS mine \
+                 FROM information_schema.INNODB_TRX \
+                 WHERE trx_rows_modified > 0 OR trx_mysql_thread_id = CONNECTION_ID()",
             )
-            .load::<Trx>(conn)
-            {
-                Ok(rows) => Some(rows.into_iter().map(|t| t.id).collect()),
-                Err(e) => {
+            .load::<Trx>(conn);
+            // Ended before anything else runs: a later read must see every commit.
+            if let Err(e) = conn.batch_execute("COMMIT") {
+                tracing::debug!(error = %e, "change feed: could not end the listing");
+                return OpenTransactions::Unknown;
+            }
+            match listed {
+                Ok(rows) if rows.iter().any(|t| t.mine == 1) => OpenTransactions::Writing(
+                    rows.into_iter()
+                        .filter(|t| t.mine == 0)
+                        .map(|t| t.id)
+                        .collect(),
+                ),
+                Ok(_) => OpenTransactions::Unknown,
+                Err(e) if e.to_string().contains("PROCESS") => {
                     tracing::info!(
                         error = %e,
                         "change feed: cannot list open transactions (information_schema.INNODB_TRX \
                          needs the PROCESS privilege); a rolled-back write's gap is waited out \
                          (`gap_timeout`) and then clears the regions"
                     );
-                    None
+                    OpenTransactions::Unsupported
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "change feed: could not list open transactions");
+                    OpenTransactions::Unknown
                 }
             }
         }
