@@ -228,6 +228,10 @@ fn main() {
         if cfg.quick { "quick" } else { "full" },
         cfg.rows
     );
+    if std::env::var("DIESEL_L2_BENCH_ONLY").is_ok_and(|v| v == "p4") {
+        p4_alone(&cfg);
+        return;
+    }
     let mut report = Report::default();
     // `DIESEL_L2_BENCH_ONLY=p10`: the shared tier's section alone.
     let only_p10 = std::env::var("DIESEL_L2_BENCH_ONLY").is_ok_and(|v| v == "p10");
@@ -389,6 +393,177 @@ fn profile_loop(
         }
     }
     (n, started.elapsed())
+}
+
+/// `DIESEL_L2_BENCH_ONLY=p4`: P4 alone on SQLite, for working on `find_many`
+/// (`DIESEL_L2_BENCH_P4_ROUNDS` overrides the number of rounds).
+fn p4_alone(cfg: &Cfg) {
+    let bdb = support::sqlite(cfg.rows);
+    let pool = bdb.pool(PoolOptions::default(), None);
+    let db = Db::builder(pool.clone())
+        .cache::<BenchRow>()
+        .build()
+        .expect("bench db");
+    let all: Vec<i64> = (1..=cfg.rows).collect();
+    for chunk in all.chunks(10_000) {
+        black_box(db.find_many::<BenchRow>(chunk).expect("prefill"));
+    }
+    let _ = db.stats();
+    let rounds = std::env::var("DIESEL_L2_BENCH_P4_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(cfg.many_rounds);
+    let cfg = Cfg {
+        many_rounds: rounds,
+        ..Cfg::new()
+    };
+    let mut lines = Vec::new();
+    p4(&db, &pool, &all, &cfg, &mut lines, &mut |_, _, _| {}, true);
+    print_table("SQLite, P4 alone", &lines);
+}
+
+/// An expiry policy that keeps everything (the region's with no ttl set).
+struct NeverExpire;
+
+impl moka::Expiry<i64, Arc<BenchRow>> for NeverExpire {}
+
+/// P4: `find_many` of 1,000 ids, all misses (evicted first, untimed), against the plain
+/// `eq_any` select and against that select plus a plain moka insert per row (a
+/// hand-written batch cache-aside: the floor for any moka-backed fill). Then all hits,
+/// against single `find` hits on another 1,000 cached keys not touched for a while.
+/// `DIESEL_L2_BENCH_ONLY=p4` runs this section alone, on SQLite.
+fn p4<C>(
+    db: &Db<C>,
+    pool: &diesel_l2::DbPool<C>,
+    all: &[i64],
+    cfg: &Cfg,
+    lines: &mut Vec<Line>,
+    bar: &mut dyn FnMut(&str, f64, bool),
+    alone: bool,
+) where
+    C: Raw,
+    BenchRow: CachedOps<C>,
+{
+    let mut rng = SmallRng::seed_from_u64(5);
+    let mut shuffled = all.to_vec();
+    let aside: Cache<i64, Arc<BenchRow>> = Cache::builder().max_capacity(2_000_000).build();
+    // Alone only: a moka cache built like a region's (an expiry policy and an eviction
+    // listener), for the floor of a fill into such a cache.
+    let listened = Arc::new(AtomicU64::new(0));
+    let heard = Arc::clone(&listened);
+    let like_ours: Cache<i64, Arc<BenchRow>> = Cache::builder()
+        .max_capacity(2_000_000)
+        .expire_after(NeverExpire)
+        .eviction_listener(move |_, _, _| {
+            heard.fetch_add(1, Relaxed);
+        })
+        .build();
+    let variants = if alone { 4 } else { 3 };
+    let mut t4: [Vec<f64>; 6] = Default::default();
+    for r in 0..cfg.many_rounds + 1 {
+        shuffled.shuffle(&mut rng);
+        let (ids, hit_ids, single_ids) = (
+            &shuffled[..1000],
+            &shuffled[1000..2000],
+            &shuffled[2000..3000],
+        );
+        for id in ids {
+            db.evict::<BenchRow>(id).expect("evict");
+            aside.invalidate(id);
+            like_ours.invalidate(id);
+        }
+        let per_key = |f: &mut dyn FnMut()| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_nanos() as f64 / 1000.0
+        };
+        let mut round = [0.0; 6];
+        for k in 0..variants {
+            let which = (r + k) % variants;
+            round[which] = match which {
+                0 => per_key(&mut || {
+                    black_box(db.find_many::<BenchRow>(ids).expect("find_many"));
+                }),
+                1 => per_key(&mut || {
+                    let mut c = pool.get().expect("checkout");
+                    black_box(c.select_many(ids).expect("eq_any"));
+                }),
+                2 => per_key(&mut || {
+                    let mut c = pool.get().expect("checkout");
+                    for row in c.select_many(ids).expect("eq_any") {
+                        aside.insert(row.id, Arc::new(row));
+                    }
+                }),
+                _ => per_key(&mut || {
+                    let mut c = pool.get().expect("checkout");
+                    for row in c.select_many(ids).expect("eq_any") {
+                        like_ours.insert(row.id, Arc::new(row));
+                    }
+                }),
+            };
+        }
+        let many_hits = |round: &mut [f64; 6]| {
+            round[4] = per_key(&mut || {
+                black_box(db.find_many::<BenchRow>(hit_ids).expect("find_many"));
+            })
+        };
+        let single_hits = |round: &mut [f64; 6]| {
+            round[5] = per_key(&mut || {
+                for id in single_ids {
+                    black_box(db.find::<BenchRow>(*id).expect("find"));
+                }
+            })
+        };
+        if r % 2 == 0 {
+            many_hits(&mut round);
+            single_hits(&mut round);
+        } else {
+            single_hits(&mut round);
+            many_hits(&mut round);
+        }
+        if r > 0 {
+            for (v, t) in t4.iter_mut().zip(round) {
+                v.push(t);
+            }
+        }
+    }
+    let [mut miss_t, mut eq_t, mut floor_t, mut like_t, mut hits_t, mut single_t] = t4;
+    let (miss, eq, floor) = (median(&mut miss_t), median(&mut eq_t), median(&mut floor_t));
+    let (many_hit, single) = (median(&mut hits_t), median(&mut single_t));
+    lines.push(Line {
+        op: "P4 find_many 1,000 misses vs diesel eq_any select, per key".into(),
+        ours: fmt_ns(miss),
+        base: fmt_ns(eq),
+        ratio: format!("{:.2}x (ours/base)", miss / eq),
+        check: Some((miss / eq, Target::AtMost(1.2))),
+    });
+    lines.push(Line {
+        op: "  (diagnostic) same select + plain moka insert per row".into(),
+        ours: fmt_ns(miss),
+        base: fmt_ns(floor),
+        ratio: format!("{:.2}x the plain select", floor / eq),
+        check: None,
+    });
+    if alone {
+        let like = median(&mut like_t);
+        lines.push(Line {
+            op: "  (diagnostic) same select + insert into a moka built like a region's".into(),
+            ours: fmt_ns(miss),
+            base: fmt_ns(like),
+            ratio: format!("{:.2}x the plain select", like / eq),
+            check: None,
+        });
+    }
+    lines.push(Line {
+        op: "P4 find_many 1,000 hits vs find hit (P1), per key".into(),
+        ours: fmt_ns(many_hit),
+        base: fmt_ns(single),
+        ratio: format!("{:.2}x (ours/base)", many_hit / single),
+        check: Some((many_hit / single, Target::AtMost(1.3))),
+    });
+    bar("find_many 1,000 misses, per key (diesel-l2)", miss, true);
+    bar("diesel eq_any select of 1,000, per key", eq, false);
+    bar("find_many 1,000 hits, per key (diesel-l2)", many_hit, true);
 }
 
 /// CPU, cores, memory and load: the figures mean little without them.
@@ -759,101 +934,7 @@ fn backend_section<C>(
         false,
     );
 
-    // P4: find_many of 1,000 ids, all misses (evicted first, untimed), against the plain
-    // `eq_any` select and against that select plus a plain moka insert per row (a
-    // hand-written batch cache-aside: the floor for any moka-backed fill). Then all hits,
-    // against single `find` hits on another 1,000 cached keys not touched for a while.
-    let mut rng = SmallRng::seed_from_u64(5);
-    let mut shuffled = all.clone();
-    let aside: Cache<i64, Arc<BenchRow>> = Cache::builder().max_capacity(2_000_000).build();
-    let mut t4: [Vec<f64>; 5] = Default::default();
-    for r in 0..cfg.many_rounds + 1 {
-        shuffled.shuffle(&mut rng);
-        let (ids, hit_ids, single_ids) = (
-            &shuffled[..1000],
-            &shuffled[1000..2000],
-            &shuffled[2000..3000],
-        );
-        for id in ids {
-            db.evict::<BenchRow>(id).expect("evict");
-            aside.invalidate(id);
-        }
-        let per_key = |f: &mut dyn FnMut()| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_nanos() as f64 / 1000.0
-        };
-        let mut round = [0.0; 5];
-        for k in 0..3 {
-            let which = (r + k) % 3;
-            round[which] = match which {
-                0 => per_key(&mut || {
-                    black_box(db.find_many::<BenchRow>(ids).expect("find_many"));
-                }),
-                1 => per_key(&mut || {
-                    let mut c = pool.get().expect("checkout");
-                    black_box(c.select_many(ids).expect("eq_any"));
-                }),
-                _ => per_key(&mut || {
-                    let mut c = pool.get().expect("checkout");
-                    for row in c.select_many(ids).expect("eq_any") {
-                        aside.insert(row.id, Arc::new(row));
-                    }
-                }),
-            };
-        }
-        let many_hits = |round: &mut [f64; 5]| {
-            round[3] = per_key(&mut || {
-                black_box(db.find_many::<BenchRow>(hit_ids).expect("find_many"));
-            })
-        };
-        let single_hits = |round: &mut [f64; 5]| {
-            round[4] = per_key(&mut || {
-                for id in single_ids {
-                    black_box(db.find::<BenchRow>(*id).expect("find"));
-                }
-            })
-        };
-        if r % 2 == 0 {
-            many_hits(&mut round);
-            single_hits(&mut round);
-        } else {
-            single_hits(&mut round);
-            many_hits(&mut round);
-        }
-        if r > 0 {
-            for (v, t) in t4.iter_mut().zip(round) {
-                v.push(t);
-            }
-        }
-    }
-    let [mut miss_t, mut eq_t, mut floor_t, mut hits_t, mut single_t] = t4;
-    let (miss, eq, floor) = (median(&mut miss_t), median(&mut eq_t), median(&mut floor_t));
-    let (many_hit, single) = (median(&mut hits_t), median(&mut single_t));
-    lines.push(Line {
-        op: "P4 find_many 1,000 misses vs diesel eq_any select, per key".into(),
-        ours: fmt_ns(miss),
-        base: fmt_ns(eq),
-        ratio: format!("{:.2}x (ours/base)", miss / eq),
-        check: Some((miss / eq, Target::AtMost(1.2))),
-    });
-    lines.push(Line {
-        op: "  (diagnostic) same select + plain moka insert per row".into(),
-        ours: fmt_ns(miss),
-        base: fmt_ns(floor),
-        ratio: format!("{:.2}x the plain select", floor / eq),
-        check: None,
-    });
-    lines.push(Line {
-        op: "P4 find_many 1,000 hits vs find hit (P1), per key".into(),
-        ours: fmt_ns(many_hit),
-        base: fmt_ns(single),
-        ratio: format!("{:.2}x (ours/base)", many_hit / single),
-        check: Some((many_hit / single, Target::AtMost(1.3))),
-    });
-    bar("find_many 1,000 misses, per key (diesel-l2)", miss, true);
-    bar("diesel eq_any select of 1,000, per key", eq, false);
-    bar("find_many 1,000 hits, per key (diesel-l2)", many_hit, true);
+    p4(&db, &pool, &all, cfg, &mut lines, &mut bar, false);
 
     // P5: 64 threads miss one key at once.
     let counter = support::StatementCounter::default();
