@@ -396,12 +396,15 @@ fn profile_loop(
 }
 
 /// `DIESEL_L2_BENCH_ONLY=p4`: P4 alone on SQLite, for working on `find_many`
-/// (`DIESEL_L2_BENCH_P4_ROUNDS` overrides the number of rounds).
+/// (`DIESEL_L2_BENCH_P4_ROUNDS` overrides the number of rounds;
+/// `DIESEL_L2_BENCH_P4_TRACK_EVICTIONS=0` turns the region's eviction listener off).
 fn p4_alone(cfg: &Cfg) {
     let bdb = support::sqlite(cfg.rows);
     let pool = bdb.pool(PoolOptions::default(), None);
+    let track = std::env::var("DIESEL_L2_BENCH_P4_TRACK_EVICTIONS").map_or(true, |v| v != "0");
+    println!("region: track_evictions = {track}");
     let db = Db::builder(pool.clone())
-        .cache::<BenchRow>()
+        .cache_with::<BenchRow>(|c| c.track_evictions(track))
         .build()
         .expect("bench db");
     let all: Vec<i64> = (1..=cfg.rows).collect();
