@@ -470,8 +470,10 @@ where
     C: R2D2Connection + 'static,
     BenchRow: diesel_l2::CachedOps<C>,
 {
+    // `DIESEL_L2_BENCH_P4_TRACK_EVICTIONS=0`: the region without its eviction listener.
+    let track = std::env::var("DIESEL_L2_BENCH_P4_TRACK_EVICTIONS").map_or(true, |v| v != "0");
     let db = diesel_l2::Db::builder(pool)
-        .cache::<BenchRow>()
+        .cache_with::<BenchRow>(|c| c.track_evictions(track))
         .build()
         .expect("bench db");
     let moka = moka::sync::Cache::builder().max_capacity(2_000_000).build();
