@@ -357,7 +357,17 @@ where
     });
     #[cfg(not(feature = "redis"))]
     let shared: Option<SharedTier> = None;
-    let a = listening(t, t.pool.clone(), shared.as_ref(), None);
+    // The first `Db` lets the re-insert adversary in between a delete's COMMIT and its
+    // cache work (see `workload::Reinserts`).
+    #[cfg(feature = "test-hooks")]
+    let a_hook = Some(diesel_l2::testing::Hook::new(|p| {
+        if *p == diesel_l2::testing::Point::AfterCommit {
+            workload::release_held_gate();
+        }
+    }));
+    #[cfg(not(feature = "test-hooks"))]
+    let a_hook = None;
+    let a = listening(t, t.pool.clone(), shared.as_ref(), a_hook);
     let (pool_b, _) = t.another_pool();
     let b = listening(t, pool_b, shared.as_ref(), None);
     // A third `Db` whose writers die between COMMIT and their cache work (C9: the

@@ -1,11 +1,12 @@
 //! The randomized concurrent workload: threads over a small hot key set, in phases
 //! separated by quiescent checkpoints, logging every operation for the [`Checker`].
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use diesel_l2::Error;
@@ -997,6 +998,58 @@ fn committed(thread: usize, start: u64, end: u64, effects: Vec<Effect>) -> Event
     }
 }
 
+/// The re-insert adversary's incarnation counters, and the gate that keeps it from
+/// re-inserting a key while the first `Db` deletes one: the delete is versioned by
+/// `(id, version)` only, and a re-insert starts again at version 1, so without the gate
+/// the adversary could delete the incarnation read and re-insert the next one at the same
+/// version between `get` and `delete`, and the versioned delete then (correctly, by its
+/// contract) deleted the *next* incarnation while the history recorded the end of the one
+/// read. The deleter holds the gate through its COMMIT only: with the `test-hooks`
+/// feature the first `Db`'s hook opens it at `AfterCommit`
+/// ([`release_held_gate`]), so a re-insert can land between the delete's COMMIT and its
+/// shared-tier settle (the race `a_delete_settled_after_a_plain_re_insert_leaves_no_tombstone`
+/// pins down, C9).
+#[derive(Default)]
+pub struct Reinserts {
+    incarnations: Mutex<HashMap<i64, i64>>,
+    gate: Arc<Gate>,
+}
+
+/// A binary semaphore whose holder may be released from a hook on its own thread.
+#[derive(Default)]
+struct Gate {
+    held: Mutex<bool>,
+    free: Condvar,
+}
+
+impl Gate {
+    fn acquire(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while *held {
+            held = self.free.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        *held = true;
+    }
+
+    fn release(&self) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.free.notify_all();
+    }
+}
+
+thread_local! {
+    /// The gate this thread holds, if any.
+    static HELD_GATE: RefCell<Option<Arc<Gate>>> = const { RefCell::new(None) };
+}
+
+/// Opens the gate this thread holds, if any: called by the first `Db`'s test hook at
+/// `AfterCommit`.
+pub fn release_held_gate() {
+    if let Some(gate) = HELD_GATE.with(|h| h.borrow_mut().take()) {
+        gate.release();
+    }
+}
+
 /// The name of the dying writer's thread: a test hook panics on it after COMMIT.
 pub const DYING_WRITER: &str = "dying-writer";
 
@@ -1112,7 +1165,7 @@ fn deletes_and_reinserts(
     history: &History,
     stop: &std::sync::atomic::AtomicBool,
     seed: u64,
-    incarnations: &Mutex<HashMap<i64, i64>>,
+    reinserts: &Reinserts,
 ) -> (Vec<Event>, u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let (mut events, mut n, mut seq) = (Vec::new(), 0, 0u64);
@@ -1142,7 +1195,11 @@ fn deletes_and_reinserts(
                 }
             }
             1 | 2 => {
-                let mut inc = incarnations.lock().unwrap_or_else(|p| p.into_inner());
+                reinserts.gate.acquire();
+                let mut inc = reinserts
+                    .incarnations
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 let next = inc.get(&k.id).copied().unwrap_or(0) + 1;
                 let p = format!("R{seed}.{seq}#i{next}");
                 let ok = plain.insert(&format!(
@@ -1159,6 +1216,8 @@ fn deletes_and_reinserts(
                     });
                     events.push(committed(1001, start, end, vec![Effect::Put(row)]));
                 }
+                drop(inc);
+                reinserts.gate.release();
             }
             _ => {
                 let Ok(Some((_, cur))) =
@@ -1200,7 +1259,7 @@ fn lagged_reads(
     history: &History,
     stop: &std::sync::atomic::AtomicBool,
     seed: u64,
-    incarnations: &Mutex<HashMap<i64, i64>>,
+    reinserts: &Reinserts,
 ) -> (Vec<Event>, u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let (mut events, mut n) = (Vec::new(), 0);
@@ -1213,15 +1272,10 @@ fn lagged_reads(
             keys.pick(&mut rng, kd)
         };
         if origin(thread) == 0 && k.id >= REINSERT_BASE && rng.u8(0..4) == 0 {
-            // No re-insert while this delete runs (the re-inserter takes this lock). The
-            // delete is versioned by `(id, version)` only, and a re-insert starts again at
-            // version 1: without the lock, the adversary could delete the incarnation read
-            // here and re-insert the next one at the same version between `get` and
-            // `delete`, and this versioned delete then (correctly, by its contract) deleted
-            // the *next* incarnation while the history recorded the end of the one read:
-            // the same delete marker twice (a false "C6 committed twice") and a live
-            // incarnation the database no longer holds.
-            let _no_reinsert = incarnations.lock().unwrap_or_else(|p| p.into_inner());
+            // No re-insert from the read to the COMMIT (see `Reinserts`); with the
+            // `test-hooks` feature the gate opens at `AfterCommit`, before the settle.
+            reinserts.gate.acquire();
+            HELD_GATE.with(|h| *h.borrow_mut() = Some(Arc::clone(&reinserts.gate)));
             let start = history.now();
             let mut fx = Vec::new();
             let r = store.run(true, &mut |tx| {
@@ -1233,6 +1287,8 @@ fn lagged_reads(
                 Ok(())
             });
             let end = history.now();
+            // Still held if the transaction did not commit (or without the hook).
+            release_held_gate();
             if r.is_ok() && !fx.is_empty() {
                 events.push(committed(thread, start, end, fx));
             }
@@ -1292,7 +1348,7 @@ pub fn run_adversarial(
         origin,
     });
     let started = Instant::now();
-    let incarnations = Mutex::new(HashMap::new());
+    let reinserts = Reinserts::default();
     let mut plain = adv.plain;
 
     seed_slots(
@@ -1324,7 +1380,7 @@ pub fn run_adversarial(
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (results, extra) = std::thread::scope(|s| {
             let seed = config.seed.wrapping_add(phase.wrapping_mul(1_000_003));
-            let (keys, history, stop, incarnations) = (&keys, &history, &stop, &incarnations);
+            let (keys, history, stop, reinserts) = (&keys, &history, &stop, &reinserts);
             let mut side = Vec::new();
             let mut it = plain.iter_mut();
             if let Some(p) = it.next() {
@@ -1334,7 +1390,7 @@ pub fn run_adversarial(
             }
             if let Some(p) = it.next() {
                 side.push(s.spawn(move || {
-                    deletes_and_reinserts(p.as_mut(), history, stop, seed ^ 2, incarnations)
+                    deletes_and_reinserts(p.as_mut(), history, stop, seed ^ 2, reinserts)
                 }));
             }
             for i in 0..2 {
@@ -1347,12 +1403,12 @@ pub fn run_adversarial(
                         history,
                         stop,
                         seed ^ (3 + i as u64),
-                        incarnations,
+                        reinserts,
                     )
                 }));
             }
             side.push(s.spawn(move || {
-                lagged_reads(store, 3000, keys, history, stop, seed ^ 5, incarnations)
+                lagged_reads(store, 3000, keys, history, stop, seed ^ 5, reinserts)
             }));
             if let Some(dying) = adv.dying {
                 side.push(
