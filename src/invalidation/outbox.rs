@@ -589,22 +589,7 @@ mod poll {
                 return Ok(());
             }
             let pending: Vec<i64> = cursor.missing.range(..=upto).map(|(s, _)| *s).collect();
-            for chunk in pending.chunks(PAGE) {
-                let list = chunk
-                    .iter()
-                    .map(i64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let rows: Vec<Change> = sql_query(format!(
-                    "SELECT seq, payload FROM {CHANGES_TABLE} WHERE seq IN ({list}) ORDER BY seq"
-                ))
-                .load(conn)?;
-                for c in &rows {
-                    if cursor.missing.remove(&c.seq).is_some() {
-                        shared.on_payload(&c.payload, None);
-                    }
-                }
-            }
+            read_awaited(conn, cursor, shared, &pending)?;
             let now = Instant::now();
             let mut gone = 0;
             for s in pending {
@@ -624,6 +609,45 @@ mod poll {
             }
         }
         cursor.waiting = noticed.map(|upto| (open, upto));
+        Ok(())
+    }
+
+    /// Reads the awaited (missing or late) `seqs` that are in the table now, a page per
+    /// query, and applies each once.
+    fn read_awaited<C>(
+        conn: &mut C,
+        cursor: &mut Cursor,
+        shared: &Shared,
+        seqs: &[i64],
+    ) -> QueryResult<()>
+    where
+        C: Outbox,
+        Change: QueryableByName<C::Backend>,
+        diesel::query_builder::SqlQuery: QueryFragment<C::Backend>,
+    {
+        for chunk in seqs.chunks(PAGE) {
+            let list = chunk
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let rows: Vec<Change> = sql_query(format!(
+                "SELECT seq, payload FROM {CHANGES_TABLE} WHERE seq IN ({list}) ORDER BY seq"
+            ))
+            .load(conn)?;
+            for c in &rows {
+                let was_late = cursor.late.remove(&c.seq).is_some();
+                if cursor.missing.remove(&c.seq).is_some() || was_late {
+                    if was_late {
+                        tracing::debug!(
+                            seq = c.seq,
+                            "a change whose gap timed out committed after all"
+                        );
+                    }
+                    shared.on_payload(&c.payload, None);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -680,29 +704,7 @@ mod poll {
                 }
                 wanted.extend(page);
             }
-            for chunk in wanted.chunks(PAGE) {
-                let list = chunk
-                    .iter()
-                    .map(i64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let rows: Vec<Change> = sql_query(format!(
-                    "SELECT seq, payload FROM {CHANGES_TABLE} WHERE seq IN ({list}) ORDER BY seq"
-                ))
-                .load(conn)?;
-                for c in &rows {
-                    let was_late = cursor.late.remove(&c.seq).is_some();
-                    if cursor.missing.remove(&c.seq).is_some() || was_late {
-                        if was_late {
-                            tracing::debug!(
-                                seq = c.seq,
-                                "a change whose gap timed out committed after all"
-                            );
-                        }
-                        shared.on_payload(&c.payload, None);
-                    }
-                }
-            }
+            read_awaited(conn, &mut cursor, shared, &wanted)?;
             resolve_rolled_back(conn, &mut cursor, shared)?;
             // Each missing seq has its own timer.
             let now = Instant::now();
