@@ -1179,8 +1179,16 @@ mod shared_tier {
             a.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
             assert_eq!(redis_version(&cfg, "users", "1"), Some(('V', 1)));
             cache_in(&b, 1);
+            let seen = |db: &Db<Conn>| db.region_stats::<User>().unwrap().remote_invalidations;
+            let before = (seen(&a), seen(&b));
             t.exec("UPDATE users SET name = 'plain' WHERE id = 1");
-            wait_for("the repair in Redis", || redis_version(&cfg, "users", "1") != Some(('V', 1)));
+            // Once both listeners counted the change and neither has a repair pending, Redis
+            // no longer holds v1: `repairs_pending` covers the hand-off to the repair thread.
+            let pending = |db: &Db<Conn>| db.stats().shared.unwrap().repairs_pending;
+            wait_for("both listeners and their repairs", || {
+                seen(&a) > before.0 && seen(&b) > before.1 && pending(&a) == 0 && pending(&b) == 0
+            });
+            assert_ne!(redis_version(&cfg, "users", "1"), Some(('V', 1)), "repaired once none is pending");
             wait_for("b's listener", || b.peek::<User>(&1).unwrap().is_none());
             let read = b.find::<User>(1).unwrap().unwrap();
             assert_eq!((read.version, read.name.as_str()), (2, "plain"));
@@ -1221,6 +1229,29 @@ mod shared_tier {
                 assert_eq!((read.version, read.name.as_str()), (2, "plain"), "C9: the old row was read from Redis");
                 rejected() >= 1
             });
+        }
+
+        /// `SharedTierStats::repairs_pending` counts the change-feed repairs handed to the
+        /// repair thread and not yet answered by Redis: while Redis is paused, a plain
+        /// write's repair stays pending; once it is 0 again, Redis no longer holds the old
+        /// row (C9). Tests and operators wait on it instead of polling Redis.
+        fn a_repair_stays_pending_while_redis_is_paused(t) {
+            let Some(redis) = common::redis::PrivateRedis::start(&[]) else { return };
+            // Calls outlast the pause: the repair waits for Redis rather than failing.
+            let cfg = redis.config().timeout(Duration::from_secs(20));
+            let (pool, _) = t.another_pool();
+            let a = instance(t, pool, &cfg, Some("l2_rp_a"));
+            a.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
+            assert_eq!(redis_version(&cfg, "users", "1"), Some(('V', 1)));
+            let pending = || a.stats().shared.unwrap().repairs_pending;
+            wait_for("the insert's own repairs, if any", || pending() == 0);
+            let seen = a.region_stats::<User>().unwrap().remote_invalidations;
+            redis.cmd(&["CLIENT", "PAUSE", "3000", "ALL"]);
+            t.exec("UPDATE users SET name = 'plain' WHERE id = 1");
+            wait_for("the listener", || a.region_stats::<User>().unwrap().remote_invalidations > seen);
+            assert!(pending() >= 1, "the repair waits for the paused Redis: {:?}", a.stats().shared);
+            wait_for("the repair after the pause", || pending() == 0);
+            assert_ne!(redis_version(&cfg, "users", "1"), Some(('V', 1)), "repaired once none is pending");
         }
 
         /// A refresh reads the database and deletes the older row Redis holds, so the

@@ -255,6 +255,12 @@ pub struct SharedTierStats {
     /// A change could not be made safe in Redis and no new generation is set yet: the
     /// tier is not read.
     pub untrusted: bool,
+    /// Change-feed repairs queued for the repair thread and not yet answered by Redis.
+    /// The listener hands each change to that thread, so a repair lands shortly after
+    /// the change is counted in [`RegionStats::remote_invalidations`](crate::RegionStats::remote_invalidations);
+    /// 0 means every change delivered so far has reached Redis (or failed and made the
+    /// tier unsafe).
+    pub repairs_pending: u64,
 }
 
 /// One region's shared-tier figures ([`RegionStats::shared`](crate::RegionStats::shared)).

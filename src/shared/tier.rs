@@ -141,6 +141,8 @@ struct RepairQueue {
     items: Mutex<Vec<Repair>>,
     ready: Condvar,
     stop: AtomicBool,
+    /// Repairs queued and not yet answered by Redis (or dropped).
+    pending: AtomicU64,
 }
 
 /// More queued repairs than this: they are dropped and a new generation is started
@@ -244,23 +246,33 @@ impl Tier {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if items.len() >= MAX_QUEUED_REPAIRS {
+            let dropped = items.len() as u64;
             for r in items.drain(..) {
                 Counters::bump(&r.failed);
             }
+            self.repairs.pending.fetch_sub(dropped, Ordering::AcqRel);
             drop(items);
             self.mark_unsafe("the change-feed repairs fell too far behind");
             return;
         }
         items.push(repair);
+        self.repairs.pending.fetch_add(1, Ordering::AcqRel);
         drop(items);
         self.repairs.ready.notify_one();
     }
 
     /// Runs queued repairs in one script call; a call that fails makes the tier unsafe.
     fn run_repairs(&self, batch: Vec<Repair>) {
+        self.run_repair_batch(&batch);
+        self.repairs
+            .pending
+            .fetch_sub(batch.len() as u64, Ordering::AcqRel);
+    }
+
+    fn run_repair_batch(&self, batch: &[Repair]) {
         let keys: Vec<&str> = batch.iter().map(|r| r.key.as_str()).collect();
         let mut args: Vec<&[u8]> = Vec::with_capacity(batch.len() * 2);
-        for r in &batch {
+        for r in batch {
             args.push(r.header.as_bytes());
             args.push(if r.insert { b"1" } else { b"0" });
         }
@@ -273,7 +285,7 @@ impl Tier {
                 }
             }
             Err(_) => {
-                for r in &batch {
+                for r in batch {
                     Counters::bump(&r.failed);
                 }
                 self.mark_unsafe("a change-feed repair did not reach Redis");
@@ -452,6 +464,7 @@ impl Tier {
             generations_started: self.bumps.load(Ordering::Relaxed),
             generation_moves_seen: self.moved.load(Ordering::Relaxed),
             untrusted: self.is_unsafe(),
+            repairs_pending: self.repairs.pending.load(Ordering::Acquire),
         }
     }
 }
