@@ -1058,7 +1058,10 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
             _ => FillMode::Fill,
         };
         let mut out: Vec<Option<Arc<E>>> = Vec::with_capacity(ids.len());
-        let mut missing: HashMap<&E::Id, Vec<usize>> = HashMap::new();
+        // The positions that missed. A repeated id is registered and loaded at each of
+        // its positions (the database answers it once; the second fill is a no-op), which
+        // is cheaper for the usual batch without repeats than grouping the positions.
+        let mut missing: Vec<usize> = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             let lookup = if fill == FillMode::Refresh {
                 Lookup::Miss
@@ -1070,7 +1073,7 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
                 Lookup::NegativeHit => out.push(None),
                 Lookup::Miss => {
                     out.push(None);
-                    missing.entry(id).or_default().push(i);
+                    missing.push(i);
                 }
             }
         }
@@ -1080,18 +1083,15 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
         let _span = tracing::debug_span!("diesel_l2.load_many", region = %region.config().name, misses = missing.len()).entered();
         // Ends every registered key's load even if loading panics.
         let mut batch = BatchLoad::new(region, missing.len());
-        for (id, slots) in &missing {
-            if let Err(Lookup::Hit(e)) = batch.begin(id, fill) {
-                slots.iter().for_each(|&i| out[i] = Some(Arc::clone(&e)));
-            }
+        for &i in &missing {
+            batch.begin(&ids[i], fill);
         }
-        let keys = batch.keys();
         let started = std::time::Instant::now();
-        let loaded = self.db.load_batch_through::<E>(region, &keys, fill);
+        let loaded = self.db.load_batch_through::<E>(region, batch.keys(), fill);
         region.counters.add_load(started.elapsed());
         tracing::debug!(
             region = %region.config().name,
-            ids = keys.len(),
+            ids = batch.keys().len(),
             found = loaded.as_ref().map_or(0, HashMap::len),
             took_us = started.elapsed().as_micros() as u64,
             "batch loaded from the database"
@@ -1099,11 +1099,8 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
         match loaded {
             Ok(found) => {
                 batch.finish(&found);
-                for id in &keys {
-                    let row = found.get(id);
-                    for &i in &missing[id] {
-                        out[i] = row.cloned();
-                    }
+                for i in missing {
+                    out[i] = found.get(&ids[i]).cloned();
                 }
                 Ok(out)
             }

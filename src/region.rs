@@ -597,9 +597,8 @@ impl<E: CachedEntity> Region<E> {
         loaded.map(|row| row.map(Arc::new))
     }
 
-    /// Registers one key of a batch load: `Err` carries the cache's answer if one landed
-    /// meanwhile. Batch loads do not join or lead single flights.
-    pub(crate) fn begin_load(&self, id: &E::Id, mode: FillMode) -> Result<LoadTicket, Lookup<E>> {
+    /// Registers one key of a batch load. Batch loads do not join or lead single flights.
+    pub(crate) fn begin_load(&self, id: &E::Id, mode: FillMode) -> LoadTicket {
         Counters::bump(&self.counters.misses);
         let generation = self.generation.load(Ordering::Acquire);
         // No second cache lookup here: a row filled since the caller's lookup is loaded
@@ -622,7 +621,7 @@ impl<E: CachedEntity> Region<E> {
         if st.idle() {
             keys.remove(id);
         }
-        Ok(ticket)
+        ticket
     }
 
     /// Ends a load registered by `begin_load` or `load_through`: fills with `row` (an
@@ -678,6 +677,12 @@ impl<E: CachedEntity> Region<E> {
             None if self.config.negative_ttl.is_some() => Slot::Absent,
             None => return,
         };
+        // Most fills find the slot empty; `contains_key` says so without cloning the slot
+        // or recording a read, and the shard lock makes it as atomic as the `get`.
+        if !self.cache.contains_key(id) {
+            self.cache.insert(id.clone(), slot);
+            return;
+        }
         let put = match (self.quiet_get(id), &slot) {
             (None | Some(Slot::Locked), _) => true,
             (Some(Slot::Present(old)), Slot::Present(new)) if old.version() < new.version() => true,
@@ -1056,43 +1061,55 @@ impl<E: CachedEntity> Drop for LoadGuard<'_, E> {
 /// or panicked), it ends every key's load without filling, so no key state outlives it.
 pub(crate) struct BatchLoad<'a, E: CachedEntity> {
     region: &'a Region<E>,
-    tickets: Vec<(E::Id, LoadTicket)>,
+    /// The registered keys, in order, and their tickets at the same positions.
+    keys: Vec<E::Id>,
+    tickets: Vec<LoadTicket>,
 }
 
 impl<'a, E: CachedEntity> BatchLoad<'a, E> {
     pub(crate) fn new(region: &'a Region<E>, capacity: usize) -> Self {
         BatchLoad {
             region,
+            keys: Vec::with_capacity(capacity),
             tickets: Vec::with_capacity(capacity),
         }
     }
 
-    /// Registers `id`; `Err` carries the cache's answer if one landed meanwhile.
-    pub(crate) fn begin(&mut self, id: &E::Id, mode: FillMode) -> Result<(), Lookup<E>> {
-        let ticket = self.region.begin_load(id, mode)?;
-        self.tickets.push((id.clone(), ticket));
-        Ok(())
+    /// Registers `id`.
+    pub(crate) fn begin(&mut self, id: &E::Id, mode: FillMode) {
+        let ticket = self.region.begin_load(id, mode);
+        self.keys.push(id.clone());
+        self.tickets.push(ticket);
     }
 
     /// The registered keys, to load.
-    pub(crate) fn keys(&self) -> Vec<E::Id> {
-        self.tickets.iter().map(|(id, _)| id.clone()).collect()
+    pub(crate) fn keys(&self) -> &[E::Id] {
+        &self.keys
     }
 
     /// The load returned `found`: fills every registered key (absent ones negatively),
     /// where the fence allows.
     pub(crate) fn finish(mut self, found: &HashMap<E::Id, Arc<E>>) {
-        for (id, ticket) in std::mem::take(&mut self.tickets) {
-            let row = found.get(&id).cloned();
-            self.region.finish_load(&id, &ticket, Some(&row), None);
+        let (keys, tickets) = self.take();
+        for (id, ticket) in keys.iter().zip(&tickets) {
+            let row = found.get(id).cloned();
+            self.region.finish_load(id, ticket, Some(&row), None);
         }
+    }
+
+    fn take(&mut self) -> (Vec<E::Id>, Vec<LoadTicket>) {
+        (
+            std::mem::take(&mut self.keys),
+            std::mem::take(&mut self.tickets),
+        )
     }
 }
 
 impl<E: CachedEntity> Drop for BatchLoad<'_, E> {
     fn drop(&mut self) {
-        for (id, ticket) in std::mem::take(&mut self.tickets) {
-            self.region.finish_load(&id, &ticket, None, None);
+        let (keys, tickets) = self.take();
+        for (id, ticket) in keys.iter().zip(&tickets) {
+            self.region.finish_load(id, ticket, None, None);
         }
     }
 }

@@ -102,7 +102,7 @@ fn absent_row_is_negatively_cached_and_can_be_turned_off() {
 #[test]
 fn fill_that_raced_with_a_commit_is_rejected() {
     let r = region();
-    let ticket = r.begin_load(&1, FillMode::Fill).ok().unwrap();
+    let ticket = r.begin_load(&1, FillMode::Fill);
     // A transaction locks, commits v2 and applies it while the load is in flight.
     let (lock, _) = r.lock(&1);
     r.commit(&1, &lock, FinalWrite::Put(Arc::new(row(1, 2))));
@@ -116,7 +116,7 @@ fn fill_that_raced_with_a_commit_is_rejected() {
 #[test]
 fn late_fill_is_rejected_after_the_newer_entry_was_evicted() {
     let r = region();
-    let ticket = r.begin_load(&1, FillMode::Fill).ok().unwrap();
+    let ticket = r.begin_load(&1, FillMode::Fill);
     let (lock, _) = r.lock(&1);
     r.commit(&1, &lock, FinalWrite::Put(Arc::new(row(1, 2))));
     // Size pressure evicts v2 (moka-level removal, no epoch change).
@@ -222,7 +222,7 @@ fn sequential_writers_put() {
 #[test]
 fn clear_fences_loads_in_flight() {
     let r = region();
-    let ticket = r.begin_load(&1, FillMode::Fill).ok().unwrap();
+    let ticket = r.begin_load(&1, FillMode::Fill);
     r.clear();
     r.finish_load(&1, &ticket, Some(&Some(Arc::new(row(1, 1)))), None);
     assert_eq!(r.cached_version(&1), None);
@@ -460,7 +460,7 @@ fn panicking_batch_loader_leaves_no_state_behind() {
     let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut batch = BatchLoad::new(&r, 3);
         for id in [1, 2, 3] {
-            assert!(batch.begin(&id, FillMode::Fill).is_ok());
+            batch.begin(&id, FillMode::Fill);
         }
         let _keys = batch.keys();
         panic!("loader bug");
@@ -468,7 +468,7 @@ fn panicking_batch_loader_leaves_no_state_behind() {
     assert!(caught.is_err());
     assert_eq!(r.tracked_keys(), 0, "the panicked batch leaked key state");
     let mut batch = BatchLoad::new(&r, 1);
-    assert!(batch.begin(&1, FillMode::Fill).is_ok());
+    batch.begin(&1, FillMode::Fill);
     let found = HashMap::from([(1, Arc::new(row(1, 1)))]);
     batch.finish(&found);
     assert_eq!(r.cached_version(&1), Some(1));
