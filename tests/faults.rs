@@ -441,11 +441,17 @@ mod shared_tier_faults {
             let tier = db.stats().shared.unwrap();
             assert_eq!(tier.breaker, BreakerState::Open, "{tier:?}");
             assert!(tier.breaker_opened >= 1 && tier.errors >= 2, "{tier:?}");
-            // While open, a miss makes no call: it does not wait for the timeout.
+            // While open, a miss makes no call: it does not wait for the timeout, and it is
+            // counted as a breaker skip, not as an error.
+            let region = || db.region_stats::<User>().unwrap().shared.unwrap();
+            let before = region();
+            assert!(before.errors >= 2, "{before:?}");
             db.evict::<User>(1).unwrap();
             let started = Instant::now();
             db.find::<User>(1).unwrap();
             assert!(started.elapsed() < Duration::from_millis(100), "an open breaker skips Redis");
+            let after = region();
+            assert_eq!((after.errors, after.breaker_skips), (before.errors, before.breaker_skips + 1), "{after:?}");
             let v2 = db.transaction(|tx| tx.update(&renamed(&v1, "v2"))).unwrap();
             assert!(db.stats().shared.unwrap().untrusted, "the settle could not reach Redis");
             let before = db.stats().shared.unwrap().generations_started;

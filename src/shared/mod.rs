@@ -282,9 +282,12 @@ pub struct SharedRegionStats {
     pub lease_waits: u64,
     /// Entries the change feed deleted in Redis.
     pub repairs: u64,
-    /// Reads, fills, fences, settles and repairs of this region that did not reach
-    /// Redis (failed, timed out, or skipped by the open breaker).
+    /// Reads, fills and repairs of this region that failed or timed out in Redis.
     pub errors: u64,
+    /// Reads, fills and repairs of this region not sent to Redis because the circuit
+    /// breaker was open (reads went to the database; a skipped repair leaves the tier
+    /// untrusted until a new generation is set). Not counted in `errors`.
+    pub breaker_skips: u64,
 }
 
 #[derive(Default)]
@@ -298,6 +301,7 @@ struct RegionCounters {
     /// Shared with the tier's repair thread.
     repairs: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
+    breaker_skips: Arc<AtomicU64>,
 }
 
 /// The notified version of a key: Redis values below it are stale.
@@ -359,8 +363,16 @@ impl<E: CachedEntity> SharedRegion<E> {
         format!("{}:{id:?}", self.name)
     }
 
+    /// Counts a call that did not reach Redis: a failure, or a skip by the open breaker.
+    fn count(&self, skip: Skip) {
+        Counters::bump(match skip {
+            Skip::Open => &self.counters.breaker_skips,
+            Skip::Failed => &self.counters.errors,
+        });
+    }
+
     fn skipped(&self, skip: Skip) -> Result<()> {
-        Counters::bump(&self.counters.errors);
+        self.count(skip);
         match self.tier.config.on_failure {
             SharedFailure::Degrade => Ok(()),
             SharedFailure::Fail => Err(skip.error()),
@@ -536,7 +548,7 @@ impl<E: CachedEntity> SharedRegion<E> {
                 Counters::add(&self.counters.rejected_fills, int(reply.get(1)) as u64);
             }
             // A lost fill is harmless: the lease is voided by time or by the next writer.
-            Err(_) => Counters::bump(&self.counters.errors),
+            Err(skip) => self.count(skip),
         }
     }
 
@@ -584,6 +596,7 @@ impl<E: CachedEntity> SharedRegion<E> {
             insert: op == ChangeOp::Insert,
             done: Arc::clone(&self.counters.repairs),
             failed: Arc::clone(&self.counters.errors),
+            skipped: Arc::clone(&self.counters.breaker_skips),
         });
     }
 
@@ -604,8 +617,8 @@ impl<E: CachedEntity> SharedRegion<E> {
             &[header.as_bytes(), flag],
         ) {
             Ok(reply) => Counters::add(&self.counters.repairs, int(reply.first()) as u64),
-            Err(_) => {
-                Counters::bump(&self.counters.errors);
+            Err(skip) => {
+                self.count(skip);
                 self.tier.mark_unsafe("a refresh could not reach Redis");
             }
         }
@@ -629,6 +642,7 @@ impl<E: CachedEntity> SharedRegion<E> {
             lease_waits: get(&c.lease_waits),
             repairs: get(&c.repairs),
             errors: get(&c.errors),
+            breaker_skips: get(&c.breaker_skips),
         }
     }
 }

@@ -128,9 +128,10 @@ pub(crate) struct Repair {
     /// The notified version as a `V<version>` header.
     pub header: String,
     pub insert: bool,
-    /// The region's counters of repairs made and failed.
+    /// The region's counters of repairs made, failed, and skipped by the open breaker.
     pub done: Arc<AtomicU64>,
     pub failed: Arc<AtomicU64>,
+    pub skipped: Arc<AtomicU64>,
 }
 
 /// Repairs are made by a thread of the tier's own, so that a slow or paused Redis never
@@ -284,9 +285,12 @@ impl Tier {
                     }
                 }
             }
-            Err(_) => {
+            Err(skip) => {
                 for r in batch {
-                    Counters::bump(&r.failed);
+                    Counters::bump(match skip {
+                        Skip::Open => &r.skipped,
+                        Skip::Failed => &r.failed,
+                    });
                 }
                 self.mark_unsafe("a change-feed repair did not reach Redis");
             }
