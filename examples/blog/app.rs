@@ -240,14 +240,14 @@ pub type PublishedPostsOf =
 /// `comments::post_id.eq(id)`: a post's comments.
 pub type CommentsOf = dsl::Eq<comments::post_id, i64>;
 
-/// A connection type the blog runs on (SQLite, PostgreSQL, MariaDB/MySQL; implemented
-/// below for each backend this build has). The handlers are generic over it, so the
-/// example can pick its database at run time; an app on one backend writes its
-/// connection type instead and needs none of this.
 /// The future of [`Backend::newest_posts`].
 pub type NewestPosts =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<List<Post>, Error>> + Send>>;
 
+/// A connection type the blog runs on (SQLite, PostgreSQL, MariaDB/MySQL; implemented
+/// below for each backend this build has). The handlers are generic over it, so the
+/// example can pick its database at run time; an app on one backend writes its
+/// connection type instead and needs none of this.
 pub trait Backend: OperationLog + ChangeFeed {
     /// A `Db` over `pool` caching the blog's three models, listening for changes made by
     /// other processes when `listen` is given (C7).
