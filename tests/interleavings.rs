@@ -923,14 +923,10 @@ mod shared_tier {
             s.wait("writer", "after_commit");
             t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'again@x', 'again')");
             wait_until("the delete's and the re-insert's notifications", || listening.stats().listener.unwrap().changes >= 3);
-            // The repairs run on the tier's own thread: wait until the delete's marked the
-            // fence (v2), and give the insert's a moment (its `i`, which only the fixed
-            // scripts write).
-            wait_until("the feed marked the fence with the delete", || fence_mark(&cfg, 1).is_some_and(|v| v >= 2));
-            let start = std::time::Instant::now();
-            while !entry(&cfg, "users", "1").is_some_and(|e| e.ends_with(b"i")) && start.elapsed() < Duration::from_secs(2) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            // The repairs run on the tier's own thread: wait until both have run, then the
+            // delete's has marked the fence (v2) and the insert's has added its `i`.
+            wait_until("the repairs", || listening.stats().shared.unwrap().repairs_pending == 0);
+            assert!(fence_mark(&cfg, 1).is_some_and(|v| v >= 2), "the feed marked the fence with the delete");
             s.release("writer", "after_commit");
             w.join().unwrap();
             assert_ne!(redis_version(&cfg, 1).map(|(kind, _)| kind), Some('T'), "C9: the delete's settle stored its tombstone over the re-inserted row");
@@ -954,6 +950,9 @@ mod shared_tier {
             t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'b@x', 'second life')");
             t.exec("UPDATE users SET version = 2, name = 'second life, v2' WHERE id = 1");
             wait_until("the four notifications of user 1", || listening.stats().listener.unwrap().changes >= 5);
+            // And their repairs: the first one also starts the tier's generation, which
+            // `set_entry` writes under (CI once read no generation here).
+            wait_until("the repairs", || listening.stats().shared.unwrap().repairs_pending == 0);
             // Repairs run in order on one thread: once the sentinel's v1 entry is repaired
             // away by its v2 notification, user 1's repairs have run too.
             let stale = format!("V{:016x}{:016x}", 1u64 ^ (1 << 63), 0);

@@ -323,9 +323,9 @@ impl Shared {
         );
     }
 
-    /// One changed row.
+    /// One changed row. Counted once applied, so that a change counted in
+    /// `ListenerStats::changes` has reached the regions and queued its shared-tier repair.
     pub(crate) fn on_change(&self, table: &str, op: ChangeOp, id: &str, version: i64, ext: &str) {
-        self.counters.changes.fetch_add(1, Relaxed);
         if let Some(q) = &self.queries {
             q.table_changed(table);
         }
@@ -340,6 +340,7 @@ impl Shared {
                 self.counters.ignored.fetch_add(1, Relaxed);
             }
         }
+        self.counters.changes.fetch_add(1, Relaxed);
     }
 
     /// One payload of the change feed; an unreadable one clears every region.
@@ -482,7 +483,8 @@ pub(crate) fn check_feed(
 pub struct ListenerStats {
     /// Whether the listener's connection is up (regions are trusted).
     pub connected: bool,
-    /// Changed rows received.
+    /// Changed rows received and applied: a counted change has reached the regions (and
+    /// queued its shared-tier repair, see `SharedTierStats::repairs_pending`).
     pub changes: u64,
     /// Region clears received or decided (many-row statements, gaps).
     pub flushes: u64,
