@@ -1179,7 +1179,9 @@ mod shared_tier {
             a.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
             assert_eq!(redis_version(&cfg, "users", "1"), Some(('V', 1)));
             cache_in(&b, 1);
-            let seen = |db: &Db<Conn>| db.region_stats::<User>().unwrap().remote_invalidations;
+            // Changes are counted once applied, each listener's own ones included.
+            let seen = |db: &Db<Conn>| db.stats().listener.unwrap().changes;
+            wait_for("both listeners to take the insert", || seen(&a) >= 1 && seen(&b) >= 1);
             let before = (seen(&a), seen(&b));
             t.exec("UPDATE users SET name = 'plain' WHERE id = 1");
             // Once both listeners counted the change and neither has a repair pending, Redis
@@ -1214,13 +1216,19 @@ mod shared_tier {
             a.transaction(|tx| tx.insert(&User::new(1, "v1"))).unwrap();
             let old = entry(&cfg, "users", "1").unwrap();
             assert_eq!(entry_version(&old), Some(('V', 1)));
-            let seen = b.stats().listener.unwrap().changes;
+            // b's listener takes the insert first, so that the change counted next is the
+            // update (CI once counted the insert there, and b, still behind, read v1).
+            let changes = || b.stats().listener.unwrap().changes;
+            wait_for("b's listener to take the insert", || changes() >= 1);
+            let seen = changes();
             t.exec("UPDATE users SET name = 'plain' WHERE id = 1");
-            wait_for("b's listener", || b.stats().listener.unwrap().changes > seen);
-            wait_for("the repair", || redis_version(&cfg, "users", "1") != Some(('V', 1)));
-            // Both listeners repair the key on their own threads, so a late repair may
-            // delete the row put back before b reads it; put it back until b has read and
-            // refused it. Every read on the way must be the new row.
+            wait_for("b's listener", || changes() > seen);
+            let pending = |db: &Db<Conn>| db.stats().shared.unwrap().repairs_pending;
+            wait_for("both repairs", || pending(&a) == 0 && pending(&b) == 0);
+            assert_ne!(redis_version(&cfg, "users", "1"), Some(('V', 1)), "repaired");
+            // a's listener may still be behind, and its repair would delete the row put
+            // back before b reads it; put it back until b has read and refused it. Every
+            // read on the way must be the new row.
             let rejected = || b.region_stats::<User>().unwrap().shared.unwrap().rejected_values;
             wait_for("b to refuse the old row", || {
                 set_entry(&cfg, "users", "1", &old);
