@@ -256,10 +256,10 @@ pub struct SharedTierStats {
     /// tier is not read.
     pub untrusted: bool,
     /// Change-feed repairs queued for the repair thread and not yet answered by Redis.
-    /// The listener hands each change to that thread, so a repair lands shortly after
-    /// the change is counted in [`RegionStats::remote_invalidations`](crate::RegionStats::remote_invalidations);
-    /// 0 means every change delivered so far has reached Redis (or failed and made the
-    /// tier unsafe).
+    /// The listener queues a change's repair before counting the change in
+    /// [`ListenerStats::changes`](crate::ListenerStats::changes), so once a change is
+    /// counted, 0 here means its repair has reached Redis (or failed and made the tier
+    /// unsafe).
     pub repairs_pending: u64,
 }
 
@@ -365,10 +365,7 @@ impl<E: CachedEntity> SharedRegion<E> {
 
     /// Counts a call that did not reach Redis: a failure, or a skip by the open breaker.
     fn count(&self, skip: Skip) {
-        Counters::bump(match skip {
-            Skip::Open => &self.counters.breaker_skips,
-            Skip::Failed => &self.counters.errors,
-        });
+        Counters::bump(skip.counter(&self.counters.errors, &self.counters.breaker_skips));
     }
 
     fn skipped(&self, skip: Skip) -> Result<()> {

@@ -22,6 +22,18 @@ pub(crate) enum Skip {
 }
 
 impl Skip {
+    /// Of a region's two counters, the one this skip is counted in.
+    pub(crate) fn counter<'a>(
+        self,
+        failed: &'a AtomicU64,
+        skipped: &'a AtomicU64,
+    ) -> &'a AtomicU64 {
+        match self {
+            Skip::Open => skipped,
+            Skip::Failed => failed,
+        }
+    }
+
     pub(crate) fn error(self) -> Error {
         Error::SharedTierUnavailable {
             reason: match self {
@@ -287,10 +299,7 @@ impl Tier {
             }
             Err(skip) => {
                 for r in batch {
-                    Counters::bump(match skip {
-                        Skip::Open => &r.skipped,
-                        Skip::Failed => &r.failed,
-                    });
+                    Counters::bump(skip.counter(&r.failed, &r.skipped));
                 }
                 self.mark_unsafe("a change-feed repair did not reach Redis");
             }
