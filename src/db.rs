@@ -1018,7 +1018,7 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
         Counters::bump(&region.counters.list_misses);
         let _span = tracing::debug_span!("diesel_l2.load_all_by", region = %region.config().name, key = K::NAME).entered();
         // Both fences are taken before the query: the list's and the rows'.
-        let ticket = collection.begin_load();
+        let ticket = collection.begin_load(&key);
         let seq = region.write_seq();
         hooks::reach(&self.db.inner.hook, || Point::BeforeLoad {
             region: region.config().name.clone(),
@@ -1039,7 +1039,7 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
                 region.fill_if_unchanged(row, seq);
             }
             if exact {
-                collection.fill(key, Arc::clone(&list), &ticket);
+                collection.fill(Arc::clone(&list), ticket);
             }
         }
         Ok(list)

@@ -16,9 +16,13 @@
 //!   lists concerned. When the old content of an updated row is unknown (not cached, and
 //!   not seen by the transaction), the index is cleared instead: a fallback, counted in
 //!   [`RegionStats::list_fallback_clears`](crate::RegionStats::list_fallback_clears).
-//! - List fills are fenced like negative unique-key entries: refused while any
-//!   transaction holds a write on the entity type, and refused when any write, remote
-//!   change or clear touched the index since the load started (C3, C4 for lists).
+//! - List fills are fenced per key, like rows (C3, C4 for lists): a load registers its
+//!   key before the query, and its fill is refused when a write, a remote change or a
+//!   clear touched that key's list since, or while a transaction holds a write that
+//!   touches it (its old or new key value). Writes to other keys' lists do not stop it.
+//!   While a transaction writes rows whose key values are unknown (plain SQL through
+//!   `Tx::conn`, writes by predicate, an update of content neither cached nor read),
+//!   no list of the index fills.
 //! - A change reported by the change feed (another process, plain SQL) drops the lists
 //!   of the row's old and new key values, which the notification carries when the
 //!   table's triggers were generated with the index key (`migration::change_feed` with
@@ -26,19 +30,17 @@
 //!   be read, every list of the index is dropped (a counted fallback).
 //! - While the change listener is disconnected, lists are neither served nor filled (C7).
 //!
-//! Limits, plainly: the list fence is per index, not per key, so while any transaction
-//! writes a row of the entity type, list misses of every key load without filling (a
-//! write-heavy table caches few lists); concurrent misses of one list each run their
-//! query (no single flight for lists yet); on MariaDB/MySQL a list whose rows the
-//! collation matched loosely (`'ADA'` for `'ada'`) is served but not cached.
+//! Limits, plainly: concurrent misses of one list each run their query (no single flight
+//! for lists yet); on MariaDB/MySQL a list whose rows the collation matched loosely
+//! (`'ADA'` for `'ada'`) is served but not cached.
 //!
 //! [`Db::find_all_by`]: crate::Db::find_all_by
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use diesel::{Connection, QueryResult};
 use moka::sync::Cache;
@@ -94,20 +96,74 @@ const LIST_ENTRY_BYTES: usize = 64;
 /// The cached lists of one index key.
 pub(crate) struct Collection<K: IndexKey> {
     lists: Cache<K, List<K::Entity>>,
-    /// Bumped by every write, remote change and clear; a fill needs it unchanged.
-    seq: AtomicU64,
-    /// Transactions holding writes on the entity type; fills wait for zero.
-    pending: AtomicU64,
-    /// Serializes the fence check of a fill with invalidations.
-    fence: Mutex<()>,
+    /// The per-key fences; every change to a list and every fill check holds it.
+    fences: Mutex<Fences<K>>,
     counters: Arc<Counters>,
     /// This key's number among the entity's index keys: its values ride in change
     /// notifications as key `INDEX_KEY_BASE + number`.
     number: usize,
 }
 
-/// A list load in progress: the index sequence at its start.
-pub(crate) struct ListTicket(u64);
+/// What fences list fills: per key, and for changes whose keys are unknown.
+struct Fences<K> {
+    /// Keys with a load registered or a write pending; an entry lives only that long.
+    keys: HashMap<K, KeyFence>,
+    /// Transactions writing rows whose key values are unknown: no list fills meanwhile.
+    blind: u64,
+    /// Bumped by every change whose keys are unknown (a clear, a fallback): a fill needs
+    /// it unchanged since its load began.
+    generation: u64,
+}
+
+/// The fence of one list key.
+#[derive(Default)]
+struct KeyFence {
+    /// Writes of pending transactions that touch this key (old or new key values): the
+    /// list is neither filled nor served until they end (C4 for lists).
+    pending: u32,
+    /// Loads in flight.
+    loads: u32,
+    /// Bumped by every write and remote change touching the key: a fill needs it unchanged
+    /// since its load began (C3 for lists).
+    epoch: u64,
+}
+
+impl KeyFence {
+    fn idle(&self) -> bool {
+        self.pending == 0 && self.loads == 0
+    }
+}
+
+impl<K: Eq + Hash> Fences<K> {
+    /// Bumps `key`'s epoch if a load or write has it registered (a key with neither has
+    /// no load to fence).
+    fn bump(&mut self, key: &K) {
+        if let Some(f) = self.keys.get_mut(key) {
+            f.epoch += 1;
+        }
+    }
+}
+
+/// A list load in progress: its key's epoch and the index generation at its start. Ends
+/// the load's registration when dropped unfilled (the query failed).
+pub(crate) struct ListTicket<'a, K: IndexKey> {
+    collection: &'a Collection<K>,
+    key: K,
+    epoch: u64,
+    generation: u64,
+}
+
+impl<K: IndexKey> Drop for ListTicket<'_, K> {
+    fn drop(&mut self) {
+        let mut f = self.collection.fences();
+        if let Some(st) = f.keys.get_mut(&self.key) {
+            st.loads = st.loads.saturating_sub(1);
+            if st.idle() {
+                f.keys.remove(&self.key);
+            }
+        }
+    }
+}
 
 impl<K: IndexKey> Collection<K> {
     /// A collection bounded like its region: by `max_entries` lists, or by `bytes` (its
@@ -144,9 +200,11 @@ impl<K: IndexKey> Collection<K> {
         };
         Collection {
             lists: builder.build(),
-            seq: AtomicU64::new(0),
-            pending: AtomicU64::new(0),
-            fence: Mutex::new(()),
+            fences: Mutex::new(Fences {
+                keys: HashMap::new(),
+                blind: 0,
+                generation: 0,
+            }),
             counters,
             number,
         }
@@ -158,27 +216,48 @@ impl<K: IndexKey> Collection<K> {
         self.lists.get(key)
     }
 
-    pub(crate) fn begin_load(&self) -> ListTicket {
-        ListTicket(self.seq.load(Ordering::Acquire))
+    fn fences(&self) -> MutexGuard<'_, Fences<K>> {
+        // Every mutation completes before anything can panic: a poisoned lock is whole.
+        self.fences.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Caches `list` for `key` if no write could have changed it since `ticket` was taken
-    /// and none is pending. Returns false when the fence refused the fill.
-    pub(crate) fn fill(&self, key: K, list: List<K::Entity>, ticket: &ListTicket) -> bool {
-        let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.pending.load(Ordering::Acquire) == 0 && self.seq.load(Ordering::Acquire) == ticket.0
-        {
-            self.lists.insert(key, list);
-            true
-        } else {
-            Counters::bump(&self.counters.rejected_stale_fills);
-            false
+    /// Registers a load of `key`'s list, before its query runs.
+    pub(crate) fn begin_load(&self, key: &K) -> ListTicket<'_, K> {
+        let mut f = self.fences();
+        let generation = f.generation;
+        let st = f.keys.entry(key.clone()).or_default();
+        st.loads += 1;
+        ListTicket {
+            collection: self,
+            key: key.clone(),
+            epoch: st.epoch,
+            generation,
         }
     }
 
-    /// Drops every list, under the fence (the caller holds it).
-    fn drop_all(&self) {
-        self.seq.fetch_add(1, Ordering::AcqRel);
+    /// Caches `list` for the ticket's key if no write, remote change or clear touched that
+    /// key since the load began and no transaction holds a write touching it. Returns
+    /// false when the fence refused the fill.
+    pub(crate) fn fill(&self, list: List<K::Entity>, ticket: ListTicket<'_, K>) -> bool {
+        let f = self.fences();
+        let current = f.blind == 0
+            && f.generation == ticket.generation
+            && f.keys
+                .get(&ticket.key)
+                .is_some_and(|st| st.pending == 0 && st.epoch == ticket.epoch);
+        if current {
+            self.lists.insert(ticket.key.clone(), list);
+        } else {
+            Counters::bump(&self.counters.rejected_stale_fills);
+        }
+        // The ticket's drop ends the registration, under the fence again.
+        drop(f);
+        current
+    }
+
+    /// Drops every list and fences every load in flight (the caller holds the fence).
+    fn drop_all(&self, f: &mut Fences<K>) {
+        f.generation += 1;
         self.lists.invalidate_all();
     }
 
@@ -194,41 +273,47 @@ impl<K: IndexKey> AnyIndex<K::Entity> for Collection<K> {
         self
     }
 
-    fn begin_write(&self) {
-        let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        self.seq.fetch_add(1, Ordering::AcqRel);
-    }
+    // Collections fence per key: `touch` registers the keys a transaction writes.
+    fn begin_write(&self) {}
 
     fn touch(&self, row: &K::Entity) {
-        let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
-        self.seq.fetch_add(1, Ordering::AcqRel);
-        self.drop_list(&K::of(row));
+        let key = K::of(row);
+        let mut f = self.fences();
+        let st = f.keys.entry(key.clone()).or_default();
+        st.pending += 1;
+        st.epoch += 1;
+        self.drop_list(&key);
     }
 
-    fn end_write(&self, rows: &[&K::Entity], unknown: bool) {
-        let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
-        self.seq.fetch_add(1, Ordering::AcqRel);
-        if unknown {
-            Counters::bump(&self.counters.list_fallback_clears);
-            self.drop_all();
-        } else {
-            for row in rows {
-                self.drop_list(&K::of(row));
+    fn end_write(&self, rows: &[&K::Entity], unknown: bool, blind: bool) {
+        let mut f = self.fences();
+        for row in rows {
+            let key = K::of(row);
+            if let Some(st) = f.keys.get_mut(&key) {
+                // Saturating: never wraps even if a release were ever doubled.
+                st.pending = st.pending.saturating_sub(1);
+                st.epoch += 1;
+                if st.idle() {
+                    f.keys.remove(&key);
+                }
             }
+            self.drop_list(&key);
         }
-        // Saturating: never wraps even if a release were ever doubled.
-        let _ = self
-            .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                Some(p.saturating_sub(1))
-            });
+        // A write with plain SQL (`unknown`) went blind when it was announced: every list
+        // was dropped then, and none filled since.
+        let _ = unknown;
+        if blind {
+            f.blind = f.blind.saturating_sub(1);
+            // Loads that began while the writer was blind are refused.
+            f.generation += 1;
+        }
     }
 
-    fn old_content_unknown(&self) {
-        let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
+    fn begin_blind(&self) {
+        let mut f = self.fences();
+        f.blind += 1;
         Counters::bump(&self.counters.list_fallback_clears);
-        self.drop_all();
+        self.drop_all(&mut f);
     }
 
     fn remote_change(&self, op: ChangeOp, ext: &str) {
@@ -250,15 +335,15 @@ impl<K: IndexKey> AnyIndex<K::Entity> for Collection<K> {
             ChangeOp::Update => (Some(key('o')), Some(key('n'))),
             ChangeOp::Delete => (Some(key('o')), None),
         };
-        let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut f = self.fences();
         if matches!(old, Some(None)) || matches!(new, Some(None)) {
             Counters::bump(&self.counters.list_fallback_clears);
-            self.drop_all();
+            self.drop_all(&mut f);
             return;
         }
-        // Fences list loads in flight, whatever key they load.
-        self.seq.fetch_add(1, Ordering::AcqRel);
+        // Fences the loads in flight of exactly these keys.
         for key in [old, new].into_iter().flatten().flatten() {
+            f.bump(&key);
             self.drop_list(&key);
         }
     }
@@ -269,8 +354,8 @@ impl<K: IndexKey> AnyIndex<K::Entity> for Collection<K> {
     }
 
     fn clear(&self) {
-        let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
-        self.drop_all();
+        let mut f = self.fences();
+        self.drop_all(&mut f);
     }
 
     fn is_collection(&self) -> bool {

@@ -729,11 +729,12 @@ impl<E: CachedEntity> Region<E> {
         self.indexes.iter().any(|i| i.is_collection())
     }
 
-    /// A transaction writes a row whose previous content it does not know: collections
-    /// drop every list (a counted fallback).
-    pub(crate) fn old_content_unknown(&self) {
+    /// A transaction writes a row whose key values it does not know (its previous content
+    /// was neither cached nor read, or it writes with plain SQL): collections drop every
+    /// list (a counted fallback) and fill none until `end_key_writes` with `blind`.
+    pub(crate) fn begin_blind(&self) {
         for index in &self.indexes {
-            index.old_content_unknown();
+            index.begin_blind();
         }
     }
 
@@ -756,9 +757,9 @@ impl<E: CachedEntity> Region<E> {
     }
 
     /// A transaction that touched `rows` ended (committed or not).
-    pub(crate) fn end_key_writes(&self, rows: &[&E], unknown: bool) {
+    pub(crate) fn end_key_writes(&self, rows: &[&E], unknown: bool, blind: bool) {
         for index in &self.indexes {
-            index.end_write(rows, unknown);
+            index.end_write(rows, unknown, blind);
         }
     }
 

@@ -410,6 +410,9 @@ struct Held<E: CachedEntity> {
     touched: Vec<Arc<E>>,
     /// Written with plain SQL (`Tx::invalidate`): its unique-key values are unknown.
     unknown: bool,
+    /// The region's collections were told this transaction writes the key blind (its key
+    /// values unknown): they fill no list until it ends.
+    blind: bool,
     /// The table's query-cache clock: bumped when the key was locked and again when the
     /// transaction ends, counting it as a writer in between (C10).
     clock: Option<Arc<crate::query::TableClock>>,
@@ -425,9 +428,18 @@ impl<E: CachedEntity> Held<E> {
 }
 
 impl<E: CachedEntity> Held<E> {
+    /// Tells the region's collections, once, that this key's key values are unknown.
+    fn go_blind(&mut self) {
+        if !self.blind {
+            self.blind = true;
+            self.region().begin_blind();
+        }
+    }
+
     fn end_key_writes(&self) {
         let rows: Vec<&E> = self.touched.iter().map(|r| &**r).collect();
-        self.region().end_key_writes(&rows, self.unknown);
+        self.region()
+            .end_key_writes(&rows, self.unknown, self.blind);
     }
 }
 
@@ -536,6 +548,7 @@ impl TxState {
             lock,
             touched: previous.into_iter().collect(),
             unknown: false,
+            blind: false,
             clock,
         }));
         index.insert(id.clone(), i);
@@ -567,13 +580,17 @@ impl TxState {
     pub(crate) fn replaces<E: CachedEntity>(&mut self, slot: usize, version: i64) {
         let held = self.held_mut::<E>(slot);
         if held.region().has_collections() && !held.touched.iter().any(|r| r.version() == version) {
-            held.region().old_content_unknown();
+            held.go_blind();
         }
     }
 
     /// Marks the held key `slot` as written with plain SQL.
     pub(crate) fn touch_unknown<E: CachedEntity>(&mut self, slot: usize) {
-        self.held_mut::<E>(slot).unknown = true;
+        let held = self.held_mut::<E>(slot);
+        held.unknown = true;
+        if held.region().has_collections() {
+            held.go_blind();
+        }
     }
 
     pub(crate) fn push<E: CachedEntity>(&mut self, slot: usize, write: PendingWrite<E>) {

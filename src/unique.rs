@@ -216,12 +216,15 @@ pub trait AnyIndex<E: CachedEntity>: Send + Sync {
     fn begin_write(&self);
     /// A transaction wrote or is about to write `row` (old or new content).
     fn touch(&self, row: &E);
-    /// A transaction ended: `rows` are every content it touched; `unknown` when it wrote
-    /// rows with plain SQL (their keys are unknown: the whole index is dropped).
-    fn end_write(&self, rows: &[&E], unknown: bool);
-    /// A transaction is about to overwrite or delete a row whose content before the write
-    /// is unknown: a collection cannot tell which list held it and drops them all.
-    fn old_content_unknown(&self) {}
+    /// A transaction ended: `rows` are every content it touched (each passed to `touch`
+    /// once); `unknown` when it wrote rows with plain SQL (their keys are unknown: the
+    /// whole index is dropped); `blind` when it had called `begin_blind`.
+    fn end_write(&self, rows: &[&E], unknown: bool, blind: bool);
+    /// A transaction is about to write a row whose key values are unknown (plain SQL, or
+    /// an update or delete of content neither cached nor read): a collection cannot tell
+    /// which lists it changes, drops them all and fills none until the transaction ends.
+    /// Called once per transaction and key, ended by `end_write` with `blind`.
+    fn begin_blind(&self) {}
     /// Another process or SQL client committed `op` on a row; `ext` is the notification's
     /// extensions, which may carry the row's old and new key values. Unique indexes drop
     /// every entry (their negative entries must not outlive a new key value).
@@ -259,7 +262,7 @@ impl<K: UniqueKey> AnyIndex<K::Entity> for Index<K> {
         self.cache.invalidate(&K::of(row));
     }
 
-    fn end_write(&self, rows: &[&K::Entity], unknown: bool) {
+    fn end_write(&self, rows: &[&K::Entity], unknown: bool, _blind: bool) {
         let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
         self.seq.fetch_add(1, Ordering::AcqRel);
         if unknown {

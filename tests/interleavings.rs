@@ -727,6 +727,30 @@ mod lists {
             assert_eq!(titles(&db.find_all_by(PostByUserId(1)).unwrap()), ["one", "two", "three"]);
         }
 
+        /// list load of user 1's posts → commit of an insert into user 2's list → fill:
+        /// accepted. The fence is per key (C10): a write to another list does not void
+        /// the load, so a table with steady writes still caches its lists.
+        fn a_list_load_racing_a_write_to_another_list_fills(t) {
+            seed(t);
+            t.exec("INSERT INTO users (id, version, email, name) VALUES (2, 1, 'b@x.org', 'B')");
+            let s = Script::default();
+            let db = db_with(t, &s);
+            s.arm("reader", "after_load");
+            let r = {
+                let db = db.clone();
+                spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
+            };
+            s.wait("reader", "after_load");
+            let other = Post { user_id: 2, ..post(3, "three") };
+            db.transaction(|tx| tx.insert(&other)).unwrap();
+            s.release("reader", "after_load");
+            assert_eq!(titles(&r.join().unwrap()), ["one", "two"]);
+            let cached = db.peek_all_by(&PostByUserId(1)).unwrap();
+            assert_eq!(cached.as_deref().map(titles), Some(vec!["one".to_string(), "two".to_string()]), "C10: the load raced only another list's write; it fills");
+            assert_eq!(db.peek_all_by(&PostByUserId(2)).unwrap(), None);
+            assert_eq!(titles(&db.find_all_by(PostByUserId(2)).unwrap()), ["three"]);
+        }
+
         /// list load → commit of a delete of a member → refused.
         fn a_list_load_racing_a_delete_never_fills(t) {
             let (stale, db) = race(t, |db| {

@@ -453,6 +453,74 @@ mod lists {
             assert_eq!(ids(&db.find_all_by(PostByUserId(3)).unwrap()), [8]);
         }
 
+        /// C4 and C10: the list fence is per key. While a transaction holds an
+        /// uncommitted insert into user 3's list, user 1's list still fills (a write to
+        /// one list does not stop every list from caching), and user 3's does not.
+        fn a_pending_write_to_one_list_leaves_other_lists_filling(t) {
+            seed(t);
+            let db = common::cached_db(t);
+            let (started_tx, started_rx) = mpsc::channel::<()>();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let writer = {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    db.transaction(|tx| {
+                        tx.insert(&post(8, 3, "late"))?;
+                        started_tx.send(()).unwrap();
+                        go_rx.recv().unwrap();
+                        Ok(())
+                    })
+                })
+            };
+            started_rx.recv().unwrap();
+            assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3]);
+            assert!(db.peek_all_by(&PostByUserId(1)).unwrap().is_some(), "user 1's list is not written by the pending transaction: it fills");
+            assert!(db.find_all_by(PostByUserId(3)).unwrap().is_empty());
+            assert!(db.peek_all_by(&PostByUserId(3)).unwrap().is_none(), "user 3's list is: no fill while the insert is pending");
+            t.sql.reset();
+            assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3]);
+            assert_eq!(t.sql.count(), 0, "user 1's list is a hit while the other write is pending");
+            go_tx.send(()).unwrap();
+            writer.join().unwrap().unwrap();
+            assert_eq!(ids(&db.find_all_by(PostByUserId(3)).unwrap()), [8], "C4 for lists: read after the commit");
+            assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3]);
+        }
+
+        /// C4 and C10: a transaction moving a cached row from user 1's list to user 2's
+        /// holds both keys until it ends: neither list fills while the move is pending
+        /// (a reader sees the committed state, the row still in user 1's list), and both
+        /// reflect the move once it committed.
+        fn a_pending_move_keeps_both_lists_from_filling(t) {
+            seed(t);
+            let db = common::cached_db(t);
+            db.find::<Post>(2).unwrap();
+            let (started_tx, started_rx) = mpsc::channel::<()>();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let writer = {
+                let db = db.clone();
+                std::thread::spawn(move || {
+                    db.transaction(|tx| {
+                        let mut two = tx.get::<Post>(2)?;
+                        two.user_id = 2;
+                        tx.update(&two)?;
+                        started_tx.send(()).unwrap();
+                        go_rx.recv().unwrap();
+                        Ok(())
+                    })
+                })
+            };
+            started_rx.recv().unwrap();
+            assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3], "the move is not committed");
+            assert_eq!(ids(&db.find_all_by(PostByUserId(2)).unwrap()), [4]);
+            assert!(db.peek_all_by(&PostByUserId(1)).unwrap().is_none(), "the old key's list is held by the move: not filled");
+            assert!(db.peek_all_by(&PostByUserId(2)).unwrap().is_none(), "the new key's list is held by the move: not filled");
+            go_tx.send(()).unwrap();
+            writer.join().unwrap().unwrap();
+            assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 3]);
+            assert_eq!(ids(&db.find_all_by(PostByUserId(2)).unwrap()), [2, 4]);
+            assert_eq!(db.region_stats::<Post>().unwrap().list_fallback_clears, 0, "the old content was cached: every invalidation was precise");
+        }
+
         /// C7 for lists: while the listener is disconnected, lists are neither served nor
         /// filled, so a child another process inserts is seen at once.
         fn lists_are_neither_served_nor_filled_while_untrusted(t) {
