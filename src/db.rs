@@ -771,8 +771,8 @@ impl<C: R2D2Connection + 'static> Db<C> {
     /// N rows: `db.warm_up::<User>(|c| users::table.order(users::id.desc()).limit(1000)
     /// .select(User::as_select()).load(c))`.
     ///
-    /// Fills are fenced like any other (C3): if a write touched the region while the
-    /// query ran, the rows not yet filled are refused and the query is run again, up to
+    /// Fills are fenced like any other (C3): a row that a write touched while the query
+    /// ran is refused, and the query is run again while any row was refused, up to
     /// three times. Progress is reported through `tracing` (target `diesel_l2`).
     pub fn warm_up<E: CachedOps<C>>(
         &self,

@@ -176,9 +176,9 @@
 //!   nothing up per member, a miss runs one query that fills the list and the rows.
 //!   Every write through the library drops the lists of the row's old and new key values
 //!   when it starts and when it ends, so an insert, a delete, a key move or an edit of any
-//!   other column is seen by the next read, and the other lists stay cached; list fills
-//!   are refused while a write on the entity type is pending or when any write happened
-//!   since the load started (C10). Where the old key values are unknown (a row neither
+//!   other column is seen by the next read, and the other lists stay cached; a list fill
+//!   is refused while a write touching its key is pending or when one happened since the
+//!   load started, and a member row is filled unless a write touched that row (C10). Where the old key values are unknown (a row neither
 //!   cached nor read by the transaction, plain SQL announced with [`Tx::invalidate`],
 //!   writes by predicate, a change reported by a change feed whose triggers were
 //!   generated without the index key), every list of the index is dropped instead,

@@ -184,6 +184,11 @@ pub(crate) enum FinalWrite<E> {
 
 const SHARDS: usize = 64;
 
+/// Writes remembered by key in `Region::write_log`.
+const WRITE_LOG: usize = 1024;
+/// The `write_log` tag of a write that touched every key (a clear); key tags are odd.
+const ANY_KEY: u64 = 0;
+
 /// One shard of the per-key activity map.
 type KeyShard<E> = Mutex<HashMap<<E as CachedEntity>::Id, KeyState<E>>>;
 
@@ -197,8 +202,14 @@ pub(crate) struct Region<E: CachedEntity> {
     /// before, and a commit whose lock was taken before, never fill or put (C3, C7).
     generation: AtomicU64,
     /// Bumped (under the key's shard lock) by every lock, commit, release and
-    /// invalidation in the region, and by `clear`: warm-up fills check it per key.
+    /// invalidation in the region, and by `clear`: fills of rows read by a query
+    /// (warm-up, lists, unique keys) check it per key, with `write_log`.
     write_seq: AtomicU64,
+    /// Which key each of the last `WRITE_LOG` bumps of `write_seq` was for (a tag of its
+    /// hash; `ANY_KEY` for a clear), at `seq % WRITE_LOG`: a row read by a query that
+    /// began at sequence `s` is refused only when a write since `s` touched that row, or
+    /// when the log cannot tell (more than `WRITE_LOG` writes since).
+    write_log: Box<[AtomicU64]>,
     pub(crate) counters: Arc<Counters>,
     /// Test-only pause points (feature `test-hooks`); `None` otherwise.
     hook: Option<Hook>,
@@ -381,6 +392,7 @@ impl<E: CachedEntity> Region<E> {
             hasher: RandomState::new(),
             generation: AtomicU64::new(0),
             write_seq: AtomicU64::new(0),
+            write_log: (0..WRITE_LOG).map(|_| AtomicU64::new(ANY_KEY)).collect(),
             counters,
             config,
             hook,
@@ -671,17 +683,18 @@ impl<E: CachedEntity> Region<E> {
     /// shard lock, as does every other writer of the slot (locks, commits, releases,
     /// invalidations, and `clear`, which takes them all), so the check and the insert are
     /// atomic without moka's per-key compute.
-    fn fill(&self, id: &E::Id, row: &Option<Arc<E>>) {
+    /// Returns whether it put the row.
+    fn fill(&self, id: &E::Id, row: &Option<Arc<E>>) -> bool {
         let slot = match row {
             Some(e) => Slot::Present(Arc::clone(e)),
             None if self.config.negative_ttl.is_some() => Slot::Absent,
-            None => return,
+            None => return false,
         };
         // Most fills find the slot empty; `contains_key` says so without cloning the slot
         // or recording a read, and the shard lock makes it as atomic as the `get`.
         if !self.cache.contains_key(id) {
             self.cache.insert(id.clone(), slot);
-            return;
+            return true;
         }
         let put = match (self.quiet_get(id), &slot) {
             (None | Some(Slot::Locked), _) => true,
@@ -695,6 +708,7 @@ impl<E: CachedEntity> Region<E> {
         if put {
             self.cache.insert(id.clone(), slot);
         }
+        put
     }
 
     /// A refresh: the fence proved `row` is the latest committed state, so it replaces
@@ -763,21 +777,48 @@ impl<E: CachedEntity> Region<E> {
         }
     }
 
-    /// Fills one row read by a unique-key lookup that started at write sequence `seq`.
-    pub(crate) fn fill_if_unchanged(&self, row: &Arc<E>, seq: u64) -> bool {
+    /// Fills one row read by a query (a unique-key lookup, a list, a warm-up) that started
+    /// at write sequence `seq`, unless a write touched the row since or holds it now.
+    /// `None` when the fence refused it; otherwise whether the row was put (a slot holding
+    /// the same or a newer version keeps it).
+    pub(crate) fn fill_if_unchanged(&self, row: &Arc<E>, seq: u64) -> Option<bool> {
         let id = &row.id();
         let keys = self.shard(id);
         let locked = keys.get(id).is_some_and(|st| st.locks > 0);
-        if locked
-            || !self.trusted.load(Ordering::Acquire)
-            || self.write_seq.load(Ordering::Acquire) != seq
-        {
+        if locked || !self.trusted.load(Ordering::Acquire) || !self.unwritten_since(id, seq) {
             Counters::bump(&self.counters.rejected_stale_fills);
+            return None;
+        }
+        let put = self.fill(id, &Some(Arc::clone(row)));
+        drop(keys);
+        Some(put)
+    }
+
+    /// Bumps the write sequence for a write of `id` (`None`: of every key) and logs it.
+    /// Callers hold `id`'s shard lock (every shard lock for `None`).
+    fn note_write(&self, id: Option<&E::Id>) {
+        let n = self.write_seq.fetch_add(1, Ordering::AcqRel);
+        let tag = id.map_or(ANY_KEY, |id| self.hasher.hash_one(id) | 1);
+        self.write_log[(n % WRITE_LOG as u64) as usize].store(tag, Ordering::Release);
+    }
+
+    /// Whether no write touched `id` since the write sequence was `seq`. The caller holds
+    /// `id`'s shard lock, under which every write of `id` bumps the sequence and logs
+    /// itself, so none of them can be half done; a slot still holding an older write's
+    /// tag (another key's write in progress) can only refuse a fill, never admit one.
+    fn unwritten_since(&self, id: &E::Id, seq: u64) -> bool {
+        let now = self.write_seq.load(Ordering::Acquire);
+        if now == seq {
+            return true;
+        }
+        if now.saturating_sub(seq) > WRITE_LOG as u64 {
             return false;
         }
-        self.fill(id, &Some(Arc::clone(row)));
-        drop(keys);
-        true
+        let tag = self.hasher.hash_one(id) | 1;
+        (seq..now).all(|n| {
+            let logged = self.write_log[(n % WRITE_LOG as u64) as usize].load(Ordering::Acquire);
+            logged != tag && logged != ANY_KEY
+        })
     }
 
     /// The current write sequence, read before a warm-up query.
@@ -786,18 +827,22 @@ impl<E: CachedEntity> Region<E> {
     }
 
     /// Fills rows read by a warm-up query that started at write sequence `seq`. A row is
-    /// filled only if no write touched the region since (checked under the row's shard
-    /// lock, where every write bumps the sequence), so a warm-up that raced with a write
-    /// never lands a stale row (C3). Returns (filled, refused).
+    /// filled only if no write touched it since (checked under the row's shard lock,
+    /// where every write of it bumps the sequence and logs itself), so a warm-up that
+    /// raced with a write never lands a stale row (C3). Returns (filled, refused).
+    /// A row already cached at its version (an earlier attempt filled it) counts as
+    /// neither.
     pub(crate) fn warm(&self, rows: Vec<E>, seq: u64) -> (usize, usize) {
-        let total = rows.len();
-        // `clear` bumps the write sequence too, so one check covers it.
-        let filled = rows
-            .into_iter()
-            .map(Arc::new)
-            .filter(|row| self.fill_if_unchanged(row, seq))
-            .count();
-        (filled, total - filled)
+        // `clear` logs a write of every key, so one check covers it.
+        let (mut filled, mut refused) = (0, 0);
+        for row in rows {
+            match self.fill_if_unchanged(&Arc::new(row), seq) {
+                Some(true) => filled += 1,
+                Some(false) => {}
+                None => refused += 1,
+            }
+        }
+        (filled, refused)
     }
 
     /// Takes a transaction's soft lock on `id` (C4): bumps the epoch so loads in flight
@@ -820,7 +865,7 @@ impl<E: CachedEntity> Region<E> {
         let epoch = st.epoch;
         // Read under the shard lock, which every clear also takes.
         let generation = self.generation.load(Ordering::Acquire);
-        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        self.note_write(Some(id));
         self.cache.insert(id.clone(), Slot::Locked);
         drop(keys);
         for index in &self.indexes {
@@ -844,7 +889,7 @@ impl<E: CachedEntity> Region<E> {
     /// is invalidated and the next read loads the truth (C7).
     pub(crate) fn commit(&self, id: &E::Id, lock: &KeyLock, write: FinalWrite<E>) {
         let mut keys = self.shard(id);
-        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        self.note_write(Some(id));
         let written = match &write {
             FinalWrite::Put(e) => e.version(),
             FinalWrite::Delete { version } => *version,
@@ -883,7 +928,7 @@ impl<E: CachedEntity> Region<E> {
     /// the key is invalidated, never filled (C1).
     pub(crate) fn release(&self, id: &E::Id) {
         let mut keys = self.shard(id);
-        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        self.note_write(Some(id));
         if let Some(st) = keys.get_mut(id) {
             st.locks = st.locks.saturating_sub(1);
             st.epoch += 1;
@@ -898,7 +943,7 @@ impl<E: CachedEntity> Region<E> {
     /// Drops the cached entry for `id` and fences loads in flight.
     pub(crate) fn invalidate(&self, id: &E::Id) {
         let mut keys = self.shard(id);
-        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        self.note_write(Some(id));
         if let Some(st) = keys.get_mut(id) {
             st.epoch += 1;
         }
@@ -960,7 +1005,7 @@ impl<E: CachedEntity> Region<E> {
         if let Some(st) = keys.get_mut(id) {
             st.epoch += 1;
         }
-        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        self.note_write(Some(id));
         self.cache.invalidate(id);
         drop(keys);
         // The row's new key values are unknown: no negative key entry may outlive it, nor
@@ -1017,7 +1062,7 @@ impl<E: CachedEntity> Region<E> {
         // bump can insert after `invalidate_all`.
         let _all = self.lock_all_shards();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        self.note_write(None);
         self.cache.invalidate_all();
         self.clear_key_entries();
     }

@@ -747,8 +747,35 @@ mod lists {
             assert_eq!(titles(&r.join().unwrap()), ["one", "two"]);
             let cached = db.peek_all_by(&PostByUserId(1)).unwrap();
             assert_eq!(cached.as_deref().map(titles), Some(vec!["one".to_string(), "two".to_string()]), "C10: the load raced only another list's write; it fills");
+            assert!(db.peek::<Post>(1).unwrap().is_some() && db.peek::<Post>(2).unwrap().is_some(), "C3: no write touched the members: they fill the region too");
+            assert_eq!(db.region_stats::<Post>().unwrap().rejected_stale_fills, 0);
             assert_eq!(db.peek_all_by(&PostByUserId(2)).unwrap(), None);
             assert_eq!(titles(&db.find_all_by(PostByUserId(2)).unwrap()), ["three"]);
+        }
+
+        /// list load → another connection edits member 2 with plain SQL → its
+        /// notification drops the row → fill: the list and member 2 are refused (a write
+        /// touched them), member 1 fills the region (none touched it; C3 per row).
+        fn a_member_written_during_a_list_load_is_refused_alone(t) {
+            seed(t);
+            let s = Script::default();
+            let db = Db::builder(t.pool.clone()).cache::<Post>().listen(listen_to(t)).test_hook(s.hook()).build().unwrap();
+            let changes = || db.stats().listener.unwrap().changes;
+            let seen = changes();
+            s.arm("reader", "after_load");
+            let r = {
+                let db = db.clone();
+                spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
+            };
+            s.wait("reader", "after_load");
+            t.exec("UPDATE posts SET title = 'two, edited', version = 2 WHERE id = 2");
+            wait_until("the update's notification", || changes() > seen);
+            s.release("reader", "after_load");
+            assert_eq!(titles(&r.join().unwrap()), ["one", "two"], "the read began before the update");
+            assert!(db.peek_all_by(&PostByUserId(1)).unwrap().is_none(), "C3 for lists: the list raced its member's update");
+            assert!(db.peek::<Post>(2).unwrap().is_none(), "C3: the old member 2 was filled over the remote update");
+            assert_eq!(db.peek::<Post>(1).unwrap().map(|p| p.version), Some(1), "member 1 was not written: it fills");
+            assert_eq!(db.find::<Post>(2).unwrap().unwrap().title, "two, edited");
         }
 
         /// list load → commit of a delete of a member → refused.

@@ -508,3 +508,53 @@ fn peeks_and_internal_lookups_do_not_extend_time_to_idle() {
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A row read by a query (list, warm-up, unique key) is refused only when a write touched
+/// that row since the query began (C3 per row): writes to other rows leave it alone, a
+/// clear refuses it, and so does a gap longer than the write log can tell about.
+#[test]
+fn query_fills_are_fenced_per_row_by_the_write_log() {
+    let r = region();
+    let seq = r.write_seq();
+    for id in 2..=10 {
+        r.invalidate(&id);
+    }
+    assert_eq!(
+        r.fill_if_unchanged(&Arc::new(row(1, 1)), seq),
+        Some(true),
+        "other rows' writes"
+    );
+    let seq = r.write_seq();
+    r.invalidate(&1);
+    assert_eq!(
+        r.fill_if_unchanged(&Arc::new(row(1, 2)), seq),
+        None,
+        "its own write"
+    );
+    let seq = r.write_seq();
+    r.clear();
+    assert_eq!(
+        r.fill_if_unchanged(&Arc::new(row(1, 2)), seq),
+        None,
+        "a clear"
+    );
+    let seq = r.write_seq();
+    for id in 0..=WRITE_LOG as i64 {
+        r.invalidate(&(1_000 + id));
+    }
+    assert_eq!(
+        r.fill_if_unchanged(&Arc::new(row(1, 2)), seq),
+        None,
+        "more writes than the log holds"
+    );
+    let seq = r.write_seq();
+    for id in 0..WRITE_LOG as i64 - 1 {
+        r.invalidate(&(1_000 + id));
+    }
+    assert_eq!(
+        r.fill_if_unchanged(&Arc::new(row(1, 2)), seq),
+        Some(true),
+        "as many as it holds"
+    );
+    assert_eq!(r.cached_version(&1), Some(2));
+}
