@@ -41,6 +41,22 @@ pub struct Row {
     pub payload: String,
 }
 
+/// Ids per cached list: a user's `bio` names its group of ids, set by every writer (the
+/// library, plain diesel and the plain SQL adversaries) and never changed, so a list by
+/// `bio` holds exactly the existing users of one group. Writes to the users of other
+/// groups race the list loads of this one without touching it (per-key list fences, C10).
+pub const LIST_GROUP: i64 = 8;
+
+/// The `bio` of user `id`: its list's key.
+pub fn list_group(id: i64) -> String {
+    format!("g{}", id.div_euclid(LIST_GROUP))
+}
+
+/// The list keys covering ids `lo..=hi`.
+pub fn list_groups(lo: i64, hi: i64) -> impl Iterator<Item = String> {
+    (lo.div_euclid(LIST_GROUP)..=hi.div_euclid(LIST_GROUP)).map(|g| format!("g{g}"))
+}
+
 impl Row {
     pub fn to_user(&self) -> User {
         User {
@@ -49,7 +65,7 @@ impl Row {
             // Constant per id: `email` is UNIQUE, and content is told apart by `name`.
             email: format!("u{}@consistency.test", self.key.id),
             name: self.payload.clone(),
-            bio: None,
+            bio: Some(list_group(self.key.id)),
         }
     }
 
@@ -120,8 +136,9 @@ pub trait Store: Sync {
     /// The users with an id in `lo..=hi`, in id order, through the store's query cache
     /// (C10): the cached query read, checked key by key like `find_many`.
     fn query_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error>;
-    /// Every user without a bio (all of them: the workload never sets one), through the
-    /// store's cached list (C10), keeping those with an id in `lo..=hi`.
+    /// The users with an id in `lo..=hi`, read through the store's cached lists of users
+    /// by `bio` (C10), one list per group of [`LIST_GROUP`] ids that overlaps the range
+    /// (see [`list_group`]).
     fn list_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error>;
     /// One transaction running `body`; `retry` re-runs it on retryable errors.
     fn run(

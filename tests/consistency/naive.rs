@@ -25,9 +25,9 @@ pub struct Naive<C: R2D2Connection + 'static> {
     /// Cached user ranges (the query cache's baseline): filled on a miss, dropped after a
     /// commit that wrote a user inside them.
     ranges: Cache<(i64, i64), Arc<Vec<Row>>>,
-    /// The cached list of users without a bio (the collection cache's baseline): filled
-    /// on a miss, dropped after a commit that wrote a user.
-    list: Cache<(), Arc<Vec<Row>>>,
+    /// The cached lists of users by `bio` (the collection cache's baseline): filled on a
+    /// miss, dropped after a commit that wrote a user of the list.
+    list: Cache<String, Arc<Vec<Row>>>,
 }
 
 impl<C: R2D2Connection + 'static> Naive<C> {
@@ -47,7 +47,7 @@ impl<C: R2D2Connection + 'static> Naive<C> {
                 .max_capacity(tags_max)
                 .time_to_live(tags_ttl)
                 .build(),
-            list: Cache::builder().max_capacity(1).build(),
+            list: Cache::builder().max_capacity(10_000).build(),
             ranges: Cache::builder()
                 .max_capacity(10_000)
                 .support_invalidation_closures()
@@ -180,22 +180,26 @@ where
 
     fn list_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error> {
         use crate::common::models::UserByBio;
-        let rows = self
-            .list
-            .try_get_with((), || {
-                let mut conn = self.conn()?;
-                let users = <UserByBio as diesel_l2::IndexOps<C>>::load_all_by(
-                    &mut *conn,
-                    &UserByBio(None),
-                )?;
-                Ok::<_, Error>(Arc::new(users.iter().map(Row::from_user).collect()))
-            })
-            .map_err(|e: Arc<Error>| Error::Other(e.to_string().into()))?;
-        Ok(rows
-            .iter()
-            .filter(|r| (lo..=hi).contains(&r.key.id))
-            .cloned()
-            .collect())
+        let mut out = Vec::new();
+        for group in super::model::list_groups(lo, hi) {
+            let rows = self
+                .list
+                .try_get_with(group.clone(), || {
+                    let mut conn = self.conn()?;
+                    let users = <UserByBio as diesel_l2::IndexOps<C>>::load_all_by(
+                        &mut *conn,
+                        &UserByBio(Some(group)),
+                    )?;
+                    Ok::<_, Error>(Arc::new(users.iter().map(Row::from_user).collect()))
+                })
+                .map_err(|e: Arc<Error>| Error::Other(e.to_string().into()))?;
+            out.extend(
+                rows.iter()
+                    .filter(|r| (lo..=hi).contains(&r.key.id))
+                    .cloned(),
+            );
+        }
+        Ok(out)
     }
 
     fn query_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error> {
@@ -238,7 +242,7 @@ where
                     for k in touched {
                         self.cache(k.kind).invalidate(&k.id);
                         if k.kind == Kind::User {
-                            self.list.invalidate(&());
+                            self.list.invalidate(&super::model::list_group(k.id));
                             let id = k.id;
                             let _ = self
                                 .ranges

@@ -83,12 +83,16 @@ where
     }
 
     fn list_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error> {
-        let list = self.db.find_all_by(UserByBio(None))?;
-        Ok(list
-            .iter()
-            .filter(|u| (lo..=hi).contains(&u.id))
-            .map(|u| Row::from_user(u))
-            .collect())
+        let mut rows = Vec::new();
+        for group in super::model::list_groups(lo, hi) {
+            let list = self.db.find_all_by(UserByBio(Some(group)))?;
+            rows.extend(
+                list.iter()
+                    .filter(|u| (lo..=hi).contains(&u.id))
+                    .map(|u| Row::from_user(u)),
+            );
+        }
+        Ok(rows)
     }
 
     fn run(
@@ -184,6 +188,10 @@ where
             out.push((format!("{}.expired", r.region), r.expired));
             out.push((format!("{}.loads", r.region), r.loads));
             out.push((format!("{}.hits", r.region), r.hits));
+            if r.region == "users" {
+                out.push(("users.list_hits".into(), r.list_hits));
+                out.push(("users.list_misses".into(), r.list_misses));
+            }
         }
         out
     }

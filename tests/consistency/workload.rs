@@ -1203,8 +1203,8 @@ fn deletes_and_reinserts(
                 let next = inc.get(&k.id).copied().unwrap_or(0) + 1;
                 let p = format!("R{seed}.{seq}#i{next}");
                 let ok = plain.insert(&format!(
-                    "INSERT INTO users (id, version, email, name) VALUES ({}, 1, 'r{}@consistency.test', '{p}')",
-                    k.id, k.id
+                    "INSERT INTO users (id, version, email, name, bio) VALUES ({}, 1, 'r{}@consistency.test', '{p}', '{}')",
+                    k.id, k.id, super::model::list_group(k.id)
                 ));
                 let end = history.now();
                 if ok {
