@@ -946,7 +946,7 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
         }
         Counters::bump(&region.counters.key_misses);
         let _span = tracing::debug_span!("diesel_l2.load_by", region = %region.config().name, key = K::NAME).entered();
-        let ticket = index.begin_load();
+        let ticket = index.begin_load(&key);
         let seq = region.write_seq();
         let started = std::time::Instant::now();
         let row = {
@@ -970,7 +970,7 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
             }
             None => {
                 let negative = fill && negative_key_entries::<C, K>(region.config().key_compare);
-                if negative && !index.fill_absent(key, &ticket) {
+                if negative && !index.fill_absent(ticket) {
                     Counters::bump(&region.counters.rejected_stale_fills);
                 }
                 Ok(None)

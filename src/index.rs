@@ -37,16 +37,16 @@
 //! [`Db::find_all_by`]: crate::Db::find_all_by
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use diesel::{Connection, QueryResult};
 use moka::sync::Cache;
 
 use crate::config::RegionConfig;
 use crate::entity::{CachedEntity, CachedOps};
+use crate::fence::{FenceTicket, Fences, KeyFences};
 use crate::invalidation::feed::{Extensions, INDEX_KEY_BASE};
 use crate::invalidation::ChangeOp;
 use crate::stats::Counters;
@@ -96,74 +96,16 @@ const LIST_ENTRY_BYTES: usize = 64;
 /// The cached lists of one index key.
 pub(crate) struct Collection<K: IndexKey> {
     lists: Cache<K, List<K::Entity>>,
-    /// The per-key fences; every change to a list and every fill check holds it.
-    fences: Mutex<Fences<K>>,
+    /// The per-key fences; every change to a list and every fill check holds them.
+    fences: KeyFences<K>,
     counters: Arc<Counters>,
     /// This key's number among the entity's index keys: its values ride in change
     /// notifications as key `INDEX_KEY_BASE + number`.
     number: usize,
 }
 
-/// What fences list fills: per key, and for changes whose keys are unknown.
-struct Fences<K> {
-    /// Keys with a load registered or a write pending; an entry lives only that long.
-    keys: HashMap<K, KeyFence>,
-    /// Transactions writing rows whose key values are unknown: no list fills meanwhile.
-    blind: u64,
-    /// Bumped by every change whose keys are unknown (a clear, a fallback): a fill needs
-    /// it unchanged since its load began.
-    generation: u64,
-}
-
-/// The fence of one list key.
-#[derive(Default)]
-struct KeyFence {
-    /// Writes of pending transactions that touch this key (old or new key values): the
-    /// list is neither filled nor served until they end (C4 for lists).
-    pending: u32,
-    /// Loads in flight.
-    loads: u32,
-    /// Bumped by every write and remote change touching the key: a fill needs it unchanged
-    /// since its load began (C3 for lists).
-    epoch: u64,
-}
-
-impl KeyFence {
-    fn idle(&self) -> bool {
-        self.pending == 0 && self.loads == 0
-    }
-}
-
-impl<K: Eq + Hash> Fences<K> {
-    /// Bumps `key`'s epoch if a load or write has it registered (a key with neither has
-    /// no load to fence).
-    fn bump(&mut self, key: &K) {
-        if let Some(f) = self.keys.get_mut(key) {
-            f.epoch += 1;
-        }
-    }
-}
-
-/// A list load in progress: its key's epoch and the index generation at its start. Ends
-/// the load's registration when dropped unfilled (the query failed).
-pub(crate) struct ListTicket<'a, K: IndexKey> {
-    collection: &'a Collection<K>,
-    key: K,
-    epoch: u64,
-    generation: u64,
-}
-
-impl<K: IndexKey> Drop for ListTicket<'_, K> {
-    fn drop(&mut self) {
-        let mut f = self.collection.fences();
-        if let Some(st) = f.keys.get_mut(&self.key) {
-            st.loads = st.loads.saturating_sub(1);
-            if st.idle() {
-                f.keys.remove(&self.key);
-            }
-        }
-    }
-}
+/// A list load in progress (see [`KeyFences`]).
+pub(crate) type ListTicket<'a, K> = FenceTicket<'a, K>;
 
 impl<K: IndexKey> Collection<K> {
     /// A collection bounded like its region: by `max_entries` lists, or by `bytes` (its
@@ -200,11 +142,7 @@ impl<K: IndexKey> Collection<K> {
         };
         Collection {
             lists: builder.build(),
-            fences: Mutex::new(Fences {
-                keys: HashMap::new(),
-                blind: 0,
-                generation: 0,
-            }),
+            fences: KeyFences::new(),
             counters,
             number,
         }
@@ -216,48 +154,30 @@ impl<K: IndexKey> Collection<K> {
         self.lists.get(key)
     }
 
-    fn fences(&self) -> MutexGuard<'_, Fences<K>> {
-        // Every mutation completes before anything can panic: a poisoned lock is whole.
-        self.fences.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Registers a load of `key`'s list, before its query runs.
     pub(crate) fn begin_load(&self, key: &K) -> ListTicket<'_, K> {
-        let mut f = self.fences();
-        let generation = f.generation;
-        let st = f.keys.entry(key.clone()).or_default();
-        st.loads += 1;
-        ListTicket {
-            collection: self,
-            key: key.clone(),
-            epoch: st.epoch,
-            generation,
-        }
+        self.fences.begin_load(key)
     }
 
     /// Caches `list` for the ticket's key if no write, remote change or clear touched that
     /// key since the load began and no transaction holds a write touching it. Returns
     /// false when the fence refused the fill.
     pub(crate) fn fill(&self, list: List<K::Entity>, ticket: ListTicket<'_, K>) -> bool {
-        let f = self.fences();
-        let current = f.blind == 0
-            && f.generation == ticket.generation
-            && f.keys
-                .get(&ticket.key)
-                .is_some_and(|st| st.pending == 0 && st.epoch == ticket.epoch);
-        if current {
-            self.lists.insert(ticket.key.clone(), list);
+        let f = self.fences.lock();
+        let admitted = f.admits(&ticket);
+        if admitted {
+            self.lists.insert(ticket.key().clone(), list);
         } else {
             Counters::bump(&self.counters.rejected_stale_fills);
         }
-        // The ticket's drop ends the registration, under the fence again.
         drop(f);
-        current
+        // The ticket's drop ends the registration.
+        admitted
     }
 
-    /// Drops every list and fences every load in flight (the caller holds the fence).
+    /// Drops every list and fences every load in flight (the caller holds the fences).
     fn drop_all(&self, f: &mut Fences<K>) {
-        f.generation += 1;
+        f.touch_all();
         self.lists.invalidate_all();
     }
 
@@ -273,47 +193,33 @@ impl<K: IndexKey> AnyIndex<K::Entity> for Collection<K> {
         self
     }
 
-    // Collections fence per key: `touch` registers the keys a transaction writes.
-    fn begin_write(&self) {}
-
     fn touch(&self, row: &K::Entity) {
         let key = K::of(row);
-        let mut f = self.fences();
-        let st = f.keys.entry(key.clone()).or_default();
-        st.pending += 1;
-        st.epoch += 1;
+        let mut f = self.fences.lock();
+        f.begin_write(&key);
         self.drop_list(&key);
     }
 
     fn end_write(&self, rows: &[&K::Entity], unknown: bool, blind: bool) {
-        let mut f = self.fences();
+        let mut f = self.fences.lock();
         for row in rows {
             let key = K::of(row);
-            if let Some(st) = f.keys.get_mut(&key) {
-                // Saturating: never wraps even if a release were ever doubled.
-                st.pending = st.pending.saturating_sub(1);
-                st.epoch += 1;
-                if st.idle() {
-                    f.keys.remove(&key);
-                }
-            }
+            f.end_write(&key);
             self.drop_list(&key);
         }
         // A write with plain SQL (`unknown`) went blind when it was announced: every list
         // was dropped then, and none filled since.
         let _ = unknown;
         if blind {
-            f.blind = f.blind.saturating_sub(1);
-            // Loads that began while the writer was blind are refused.
-            f.generation += 1;
+            f.end_blind();
         }
     }
 
     fn begin_blind(&self) {
-        let mut f = self.fences();
-        f.blind += 1;
+        let mut f = self.fences.lock();
+        f.begin_blind();
         Counters::bump(&self.counters.list_fallback_clears);
-        self.drop_all(&mut f);
+        self.lists.invalidate_all();
     }
 
     fn remote_change(&self, op: ChangeOp, ext: &str) {
@@ -335,7 +241,7 @@ impl<K: IndexKey> AnyIndex<K::Entity> for Collection<K> {
             ChangeOp::Update => (Some(key('o')), Some(key('n'))),
             ChangeOp::Delete => (Some(key('o')), None),
         };
-        let mut f = self.fences();
+        let mut f = self.fences.lock();
         if matches!(old, Some(None)) || matches!(new, Some(None)) {
             Counters::bump(&self.counters.list_fallback_clears);
             self.drop_all(&mut f);
@@ -343,7 +249,7 @@ impl<K: IndexKey> AnyIndex<K::Entity> for Collection<K> {
         }
         // Fences the loads in flight of exactly these keys.
         for key in [old, new].into_iter().flatten().flatten() {
-            f.bump(&key);
+            f.touch(&key);
             self.drop_list(&key);
         }
     }
@@ -354,7 +260,7 @@ impl<K: IndexKey> AnyIndex<K::Entity> for Collection<K> {
     }
 
     fn clear(&self) {
-        let mut f = self.fences();
+        let mut f = self.fences.lock();
         self.drop_all(&mut f);
     }
 

@@ -78,6 +78,8 @@
 //!   the transaction's own commit, so a redelivered request runs once (C6).
 //! - [`batch`] — [`Batcher`]: many writers' operations in one transaction and one COMMIT,
 //!   each in its own savepoint, each caller answered after the COMMIT (C11).
+//! - `fence` — per-key fill fences for the indexes below: a list or a "no row has this
+//!   key" entry fills only if no write touched its key while it loaded (C3, C4, C10).
 //! - `unique` — [`UniqueKey`]: `#[cache(unique)]` keys and the fenced key → id index behind
 //!   [`Db::find_by`].
 //! - `query` — the query cache: [`Db::query`] and [`Db::query_keyed`] keep any query's
@@ -265,6 +267,7 @@ mod config;
 mod db;
 mod entity;
 mod error;
+mod fence;
 mod hooks;
 pub mod inbox;
 mod index;

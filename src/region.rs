@@ -868,9 +868,8 @@ impl<E: CachedEntity> Region<E> {
         self.note_write(Some(id));
         self.cache.insert(id.clone(), Slot::Locked);
         drop(keys);
-        for index in &self.indexes {
-            index.begin_write();
-            if let Some(old) = &previous {
+        if let Some(old) = &previous {
+            for index in &self.indexes {
                 index.touch(old);
             }
         }

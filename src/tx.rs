@@ -588,7 +588,7 @@ impl TxState {
     pub(crate) fn touch_unknown<E: CachedEntity>(&mut self, slot: usize) {
         let held = self.held_mut::<E>(slot);
         held.unknown = true;
-        if held.region().has_collections() {
+        if held.region().has_indexes() {
             held.go_blind();
         }
     }

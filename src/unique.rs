@@ -4,16 +4,16 @@
 //! (read through the entity cache, which is itself fenced) still carries that key, so a
 //! stale positive mapping can cost a query but never return a wrong row. The dangerous
 //! entry is the negative one ("no row has this key"): it must never survive an insert
-//! or update that gives a row the key. So negative fills are fenced: refused while any
-//! transaction holds a write on the entity type, and refused when any write touched the
-//! index since the load started. Every write invalidates the old and new key values when
-//! it starts and again when it ends (commit or rollback).
+//! or update that gives a row the key. So negative fills are fenced per key (`fence`):
+//! refused while a transaction holds a write giving a row that key value (or writing rows
+//! whose key values are unknown, with plain SQL), and refused when a write touched the key
+//! since the load started. Every write invalidates the old and new key values when it
+//! starts and again when it ends (commit or rollback).
 
 use std::any::Any;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::{Connection, QueryResult};
@@ -21,6 +21,7 @@ use moka::sync::Cache;
 
 use crate::config::RegionConfig;
 use crate::entity::{CachedEntity, CachedOps};
+use crate::fence::{FenceTicket, KeyFences};
 use crate::index::{Collection, IndexKey};
 use crate::invalidation::ChangeOp;
 use crate::stats::Counters;
@@ -106,12 +107,8 @@ pub(crate) enum IndexSlot<Id> {
 pub(crate) struct Index<K: UniqueKey> {
     cache: Cache<K, IndexSlot<<K::Entity as CachedEntity>::Id>>,
     negative: bool,
-    /// Bumped by every write that touches the index; a negative fill needs it unchanged.
-    seq: AtomicU64,
-    /// Transactions holding writes on the entity type; negative fills wait for zero.
-    pending: AtomicU64,
-    /// Serializes the fence check of a negative fill with invalidations.
-    fence: Mutex<()>,
+    /// The per-key fences of negative fills; every invalidation holds them too.
+    fences: KeyFences<K>,
 }
 
 /// Mappings live as long as rows (`ttl`/`tti`), negative entries `negative_ttl`.
@@ -139,8 +136,8 @@ impl<K, Id> moka::Expiry<K, IndexSlot<Id>> for IndexExpiry {
     }
 }
 
-/// A load by key in progress: the index sequence at its start.
-pub(crate) struct KeyTicket(u64);
+/// A load by key in progress (see [`KeyFences`]).
+pub(crate) type KeyTicket<'a, K> = FenceTicket<'a, K>;
 
 impl<K: UniqueKey> Index<K> {
     /// An index bounded like its region: by `max_entries`, or by `bytes` (its share of the
@@ -172,9 +169,7 @@ impl<K: UniqueKey> Index<K> {
         Index {
             cache: builder.build(),
             negative: config.negative_ttl.is_some(),
-            seq: AtomicU64::new(0),
-            pending: AtomicU64::new(0),
-            fence: Mutex::new(()),
+            fences: KeyFences::new(),
         }
     }
 
@@ -182,8 +177,9 @@ impl<K: UniqueKey> Index<K> {
         self.cache.get(key)
     }
 
-    pub(crate) fn begin_load(&self) -> KeyTicket {
-        KeyTicket(self.seq.load(Ordering::Acquire))
+    /// Registers a load of `key`, before its query runs.
+    pub(crate) fn begin_load(&self, key: &K) -> KeyTicket<'_, K> {
+        self.fences.begin_load(key)
     }
 
     /// Maps `key` to `id` (safe at any time: positive mappings are verified on use).
@@ -191,20 +187,19 @@ impl<K: UniqueKey> Index<K> {
         self.cache.insert(key, IndexSlot::Id(id));
     }
 
-    /// Remembers that no row has `key`, if no write could have given one the key since
-    /// `ticket` was taken. Returns false only when the fence refused the fill.
-    pub(crate) fn fill_absent(&self, key: K, ticket: &KeyTicket) -> bool {
+    /// Remembers that no row has the ticket's key, if no write could have given one that
+    /// key since the ticket was taken. Returns false only when the fence refused the fill.
+    pub(crate) fn fill_absent(&self, ticket: KeyTicket<'_, K>) -> bool {
         if !self.negative {
             return true;
         }
-        let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.pending.load(Ordering::Acquire) == 0 && self.seq.load(Ordering::Acquire) == ticket.0
-        {
-            self.cache.insert(key, IndexSlot::Absent);
-            true
-        } else {
-            false
+        let f = self.fences.lock();
+        let admitted = f.admits(&ticket);
+        if admitted {
+            self.cache.insert(ticket.key().clone(), IndexSlot::Absent);
         }
+        drop(f);
+        admitted
     }
 }
 
@@ -212,8 +207,6 @@ impl<K: UniqueKey> Index<K> {
 #[doc(hidden)]
 pub trait AnyIndex<E: CachedEntity>: Send + Sync {
     fn as_any(&self) -> &dyn Any;
-    /// A transaction took a write lock on a row of `E`.
-    fn begin_write(&self);
     /// A transaction wrote or is about to write `row` (old or new content).
     fn touch(&self, row: &E);
     /// A transaction ended: `rows` are every content it touched (each passed to `touch`
@@ -250,39 +243,37 @@ impl<K: UniqueKey> AnyIndex<K::Entity> for Index<K> {
         self
     }
 
-    fn begin_write(&self) {
-        let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
-        self.pending.fetch_add(1, Ordering::AcqRel);
-        self.seq.fetch_add(1, Ordering::AcqRel);
-    }
-
     fn touch(&self, row: &K::Entity) {
-        let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
-        self.seq.fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate(&K::of(row));
+        let key = K::of(row);
+        let mut f = self.fences.lock();
+        f.begin_write(&key);
+        self.cache.invalidate(&key);
     }
 
-    fn end_write(&self, rows: &[&K::Entity], unknown: bool, _blind: bool) {
-        let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
-        self.seq.fetch_add(1, Ordering::AcqRel);
-        if unknown {
-            self.cache.invalidate_all();
-        } else {
-            for row in rows {
-                self.cache.invalidate(&K::of(row));
-            }
+    fn end_write(&self, rows: &[&K::Entity], unknown: bool, blind: bool) {
+        let mut f = self.fences.lock();
+        for row in rows {
+            let key = K::of(row);
+            f.end_write(&key);
+            self.cache.invalidate(&key);
         }
-        // Saturating: never wraps even if a release were ever doubled.
-        let _ = self
-            .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                Some(p.saturating_sub(1))
-            });
+        if unknown {
+            // Rows written with plain SQL may now have any key value.
+            f.touch_all();
+            self.cache.invalidate_all();
+        }
+        if blind {
+            f.end_blind();
+        }
+    }
+
+    fn begin_blind(&self) {
+        self.fences.lock().begin_blind();
     }
 
     fn clear(&self) {
-        let _fence = self.fence.lock().unwrap_or_else(PoisonError::into_inner);
-        self.seq.fetch_add(1, Ordering::AcqRel);
+        let mut f = self.fences.lock();
+        f.touch_all();
         self.cache.invalidate_all();
     }
 }

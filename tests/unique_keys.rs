@@ -164,6 +164,40 @@ backend_tests! {
         assert_eq!(db.find_by(by_email("late@x.org")).unwrap().map(|u| u.id), Some(5));
     }
 
+    /// C4 per key: while a transaction holds an uncommitted insert giving a row the key
+    /// `late@x.org`, "no row has `nobody@x.org`" is still cached (a pending write of one
+    /// key value does not stop the others' negative entries), and `late@x.org`'s is not.
+    fn a_pending_write_of_one_key_leaves_other_keys_negatively_cached(t) {
+        // Declared exact so that MariaDB caches "not found" too.
+        let db = Db::builder(t.pool.clone()).cache_with::<User>(|c| c.key_compare(KeyCompare::Exact)).build().unwrap();
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let writer = {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                db.transaction(|tx| {
+                    let mut u = User::new(5, "Late");
+                    u.email = "late@x.org".into();
+                    tx.insert(&u)?;
+                    started_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                    Ok(())
+                })
+            })
+        };
+        started_rx.recv().unwrap();
+        assert!(db.find_by(by_email("nobody@x.org")).unwrap().is_none());
+        assert!(db.find_by(by_email("late@x.org")).unwrap().is_none(), "not committed yet");
+        t.sql.reset();
+        assert!(db.find_by(by_email("nobody@x.org")).unwrap().is_none());
+        assert_eq!(t.sql.count(), 0, "the other key's negative entry was cached while the insert was pending");
+        assert!(db.find_by(by_email("late@x.org")).unwrap().is_none());
+        assert_eq!(t.sql.selects(), 1, "the pending key's negative entry was not cached");
+        go_tx.send(()).unwrap();
+        writer.join().unwrap().unwrap();
+        assert_eq!(db.find_by(by_email("late@x.org")).unwrap().map(|u| u.id), Some(5), "C4: read after the commit");
+    }
+
     fn composite_unique_keys(t) {
         // Declared exact so that MariaDB caches "not found" too (the keys here are lower case).
         let db = Db::builder(t.pool.clone()).cache_with::<Account>(|c| c.key_compare(KeyCompare::Exact)).build().unwrap();

@@ -1,0 +1,184 @@
+//! Per-key fill fences for the indexes: cached lists by a non-unique key (`index`) and
+//! the negative entries of unique keys (`unique`).
+//!
+//! A load registers its key before its query and takes a ticket; its fill is admitted
+//! only if, since then, no write or remote change touched that key, no change whose keys
+//! are unknown happened (a clear, a fallback), and no transaction holds a write touching
+//! the key now (C3, C4 for lists and key entries). A key's state lives only while a load
+//! or a write has it registered, like the rows' fences in `region`.
+//!
+//! Writes whose key values are unknown (plain SQL, an update of content neither cached
+//! nor read) go *blind*: while one is pending, no fill of the index is admitted, and its
+//! end voids every load that began before it.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// The fences of one index.
+pub(crate) struct KeyFences<K> {
+    inner: Mutex<Fences<K>>,
+}
+
+/// What fences the fills of one index; held through [`KeyFences::lock`].
+pub(crate) struct Fences<K> {
+    /// Keys with a load registered or a write pending.
+    keys: HashMap<K, KeyFence>,
+    /// Blind writes pending.
+    blind: u64,
+    /// Bumped by every change whose keys are unknown: a fill needs it unchanged.
+    generation: u64,
+}
+
+/// The fence of one key.
+#[derive(Default)]
+struct KeyFence {
+    /// Writes of pending transactions touching the key (old or new values).
+    pending: u32,
+    /// Loads in flight.
+    loads: u32,
+    /// Bumped by every write and remote change touching the key.
+    epoch: u64,
+}
+
+impl KeyFence {
+    fn idle(&self) -> bool {
+        self.pending == 0 && self.loads == 0
+    }
+}
+
+/// A load in progress: its key's epoch and the index's generation at its start. Dropped,
+/// it ends the load's registration (fill admitted or not, or the query failed).
+pub(crate) struct FenceTicket<'a, K: Eq + Hash> {
+    fences: &'a KeyFences<K>,
+    key: K,
+    epoch: u64,
+    generation: u64,
+}
+
+impl<K: Eq + Hash> FenceTicket<'_, K> {
+    /// The key the load reads.
+    pub(crate) fn key(&self) -> &K {
+        &self.key
+    }
+}
+
+impl<K: Eq + Hash> Drop for FenceTicket<'_, K> {
+    fn drop(&mut self) {
+        let mut f = self.fences.lock();
+        if let Some(st) = f.keys.get_mut(&self.key) {
+            st.loads = st.loads.saturating_sub(1);
+            if st.idle() {
+                f.keys.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The locked fences: every fence check and every change of the index's cache happens
+/// while this is held, so a check and the insert it admits are atomic.
+pub(crate) struct Locked<'a, K>(MutexGuard<'a, Fences<K>>);
+
+impl<K> Deref for Locked<'_, K> {
+    type Target = Fences<K>;
+    fn deref(&self) -> &Fences<K> {
+        &self.0
+    }
+}
+
+impl<K> DerefMut for Locked<'_, K> {
+    fn deref_mut(&mut self) -> &mut Fences<K> {
+        &mut self.0
+    }
+}
+
+impl<K> KeyFences<K> {
+    pub(crate) fn lock(&self) -> Locked<'_, K> {
+        // Every mutation completes before anything can panic: a poisoned lock is whole.
+        Locked(self.inner.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl<K: Eq + Hash + Clone> KeyFences<K> {
+    pub(crate) fn new() -> Self {
+        KeyFences {
+            inner: Mutex::new(Fences {
+                keys: HashMap::new(),
+                blind: 0,
+                generation: 0,
+            }),
+        }
+    }
+
+    /// Registers a load of `key`, before its query runs.
+    pub(crate) fn begin_load(&self, key: &K) -> FenceTicket<'_, K> {
+        let mut f = self.lock();
+        let generation = f.generation;
+        let st = f.keys.entry(key.clone()).or_default();
+        st.loads += 1;
+        FenceTicket {
+            fences: self,
+            key: key.clone(),
+            epoch: st.epoch,
+            generation,
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone> Fences<K> {
+    /// Whether the load of `ticket` may fill now.
+    pub(crate) fn admits(&self, ticket: &FenceTicket<'_, K>) -> bool {
+        self.blind == 0
+            && self.generation == ticket.generation
+            && self
+                .keys
+                .get(&ticket.key)
+                .is_some_and(|st| st.pending == 0 && st.epoch == ticket.epoch)
+    }
+
+    /// A transaction writes (or will write) a row with key value `key`: held until
+    /// [`end_write`](Fences::end_write) of the same key.
+    pub(crate) fn begin_write(&mut self, key: &K) {
+        let st = self.keys.entry(key.clone()).or_default();
+        st.pending += 1;
+        st.epoch += 1;
+    }
+
+    /// The transaction that called `begin_write(key)` ended (committed or not).
+    pub(crate) fn end_write(&mut self, key: &K) {
+        if let Some(st) = self.keys.get_mut(key) {
+            // Saturating: never wraps even if a release were ever doubled.
+            st.pending = st.pending.saturating_sub(1);
+            st.epoch += 1;
+            if st.idle() {
+                self.keys.remove(key);
+            }
+        }
+    }
+
+    /// A change that is not a pending write (another process's commit, a dropped entry)
+    /// touched `key`: voids the loads of it in flight.
+    pub(crate) fn touch(&mut self, key: &K) {
+        if let Some(st) = self.keys.get_mut(key) {
+            st.epoch += 1;
+        }
+    }
+
+    /// A change whose keys are unknown: voids every load in flight.
+    pub(crate) fn touch_all(&mut self) {
+        self.generation += 1;
+    }
+
+    /// A transaction starts writing rows whose key values are unknown.
+    pub(crate) fn begin_blind(&mut self) {
+        self.blind += 1;
+        self.generation += 1;
+    }
+
+    /// The transaction that called `begin_blind` ended.
+    pub(crate) fn end_blind(&mut self) {
+        self.blind = self.blind.saturating_sub(1);
+        self.generation += 1;
+    }
+}
