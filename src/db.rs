@@ -948,12 +948,20 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
         let _span = tracing::debug_span!("diesel_l2.load_by", region = %region.config().name, key = K::NAME).entered();
         let ticket = index.begin_load(&key);
         let seq = region.write_seq();
+        hooks::reach(&self.db.inner.hook, || Point::BeforeLoad {
+            region: region.config().name.clone(),
+            id: format!("{key:?}"),
+        });
         let started = std::time::Instant::now();
         let row = {
             let mut conn = self.db.inner.checkout()?;
             K::load_by(&mut conn, &key)?
         };
         region.counters.add_load(started.elapsed());
+        hooks::reach(&self.db.inner.hook, || Point::AfterLoad {
+            region: region.config().name.clone(),
+            id: format!("{key:?}"),
+        });
         let fill = self.mode != CacheMode::NoFill && trusted;
         match row {
             Some(row) => {

@@ -149,6 +149,7 @@ where
     User: CachedOps<C>,
     Tag: CachedOps<C>,
     common::models::UserByBio: diesel_l2::IndexOps<C>,
+    common::models::UserByEmail: diesel_l2::UniqueOps<C>,
 {
     let db = Db::builder(t.pool.clone())
         .cache_with::<User>(|c| c.max_entries(USERS_MAX))
@@ -185,6 +186,7 @@ where
     User: CachedOps<C>,
     Tag: CachedOps<C>,
     common::models::UserByBio: diesel_l2::IndexOps<C>,
+    common::models::UserByEmail: diesel_l2::UniqueOps<C>,
 {
     let mut listen =
         diesel_l2::ListenConfig::new(t.url.clone()).poll_interval(Duration::from_millis(1));
@@ -287,6 +289,7 @@ where
     User: CachedOps<C>,
     Tag: CachedOps<C>,
     common::models::UserByBio: diesel_l2::IndexOps<C>,
+    common::models::UserByEmail: diesel_l2::UniqueOps<C>,
 {
     let f = prepare(t);
     println!("[{}] seed {}", t.backend, ours_cfg.seed);
@@ -334,6 +337,7 @@ where
     User: CachedOps<C>,
     Tag: CachedOps<C>,
     common::models::UserByBio: diesel_l2::IndexOps<C>,
+    common::models::UserByEmail: diesel_l2::UniqueOps<C>,
     Plain<C>: workload::PlainSql,
 {
     let f = prepare(t);

@@ -790,6 +790,36 @@ mod lists {
     }
 }
 
+/// C3 and C4 for unique-key entries: a "no row has this key" load that raced an insert of
+/// the key never fills.
+mod key_entries {
+    use super::*;
+
+    backend_tests! {
+        /// `find_by` reads "no row has late@x.org" → an insert giving a row that email
+        /// commits → fill attempt: refused, so the next lookup finds the row (C3, C4).
+        fn a_negative_key_load_racing_an_insert_never_fills(t) {
+            let s = Script::default();
+            // Declared exact so that MariaDB caches "not found" too.
+            let db = Db::builder(t.pool.clone()).cache_with::<User>(|c| c.key_compare(KeyCompare::Exact)).test_hook(s.hook()).build().unwrap();
+            let key = || UserByEmail("late@x.org".into());
+            s.arm("reader", "after_load");
+            let r = {
+                let db = db.clone();
+                spawn("reader", move || db.find_by(key()).unwrap())
+            };
+            s.wait("reader", "after_load");
+            let mut late = User::new(5, "Late");
+            late.email = "late@x.org".into();
+            db.transaction(|tx| tx.insert(&late)).unwrap();
+            s.release("reader", "after_load");
+            assert!(r.join().unwrap().is_none(), "the read began before the insert");
+            assert_eq!(db.find_by(key()).unwrap().map(|u| u.id), Some(5), "C3 for key entries: the raced \"absent\" was cached");
+            assert!(db.region_stats::<User>().unwrap().rejected_stale_fills >= 1);
+        }
+    }
+}
+
 /// C9: the races the shared tier's leases and fences close, between instances (separate
 /// `Db`s, pools and local caches) sharing one Redis, without listeners, so that nothing
 /// but the shared tier's own protocol keeps Redis right. Each test checks what Redis holds

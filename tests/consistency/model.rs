@@ -47,6 +47,11 @@ pub struct Row {
 /// groups race the list loads of this one without touching it (per-key list fences, C10).
 pub const LIST_GROUP: i64 = 8;
 
+/// The email of user `id`, whoever writes it (its unique key).
+pub fn user_email(id: i64) -> String {
+    format!("u{id}@consistency.test")
+}
+
 /// The `bio` of user `id`: its list's key.
 pub fn list_group(id: i64) -> String {
     format!("g{}", id.div_euclid(LIST_GROUP))
@@ -63,7 +68,7 @@ impl Row {
             id: self.key.id,
             version: self.version,
             // Constant per id: `email` is UNIQUE, and content is told apart by `name`.
-            email: format!("u{}@consistency.test", self.key.id),
+            email: user_email(self.key.id),
             name: self.payload.clone(),
             bio: Some(list_group(self.key.id)),
         }
@@ -133,6 +138,10 @@ pub trait Store: Sync {
     fn find(&self, key: Key) -> Result<Option<Row>, Error>;
     /// Keys of one kind.
     fn find_many(&self, keys: &[Key]) -> Result<Vec<Option<Row>>, Error>;
+    /// User `key` read by its unique email (`u<id>@consistency.test`, which every writer
+    /// gives it), through the store's unique-key cache: a "no row has this key" entry must
+    /// not outlive an insert of the key, by this process or another (C3, C4, C7).
+    fn find_by_email(&self, key: Key) -> Result<Option<Row>, Error>;
     /// The users with an id in `lo..=hi`, in id order, through the store's query cache
     /// (C10): the cached query read, checked key by key like `find_many`.
     fn query_users(&self, lo: i64, hi: i64) -> Result<Vec<Row>, Error>;

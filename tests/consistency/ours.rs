@@ -4,7 +4,7 @@ use diesel::r2d2::R2D2Connection;
 use diesel_l2::{CachedOps, Db, Error, QueryKey, RetryPolicy};
 
 use super::model::{tag_id, Key, Kind, Row, Store, TxOps};
-use crate::common::models::{Tag, User, UserByBio};
+use crate::common::models::{Tag, User, UserByBio, UserByEmail};
 
 pub struct Ours<C: R2D2Connection + 'static> {
     pub db: Db<C>,
@@ -26,9 +26,18 @@ where
     User: CachedOps<C>,
     Tag: CachedOps<C>,
     UserByBio: diesel_l2::IndexOps<C>,
+    UserByEmail: diesel_l2::UniqueOps<C>,
 {
     fn name(&self) -> &'static str {
         "diesel-l2"
+    }
+
+    fn find_by_email(&self, key: Key) -> Result<Option<Row>, Error> {
+        let email = super::model::user_email(key.id);
+        Ok(self
+            .db
+            .find_by(UserByEmail(email))?
+            .map(|u| Row::from_user(&u)))
     }
 
     fn find(&self, key: Key) -> Result<Option<Row>, Error> {

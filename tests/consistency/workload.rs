@@ -93,6 +93,7 @@ impl CommitFailure {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Op {
     Find,
+    FindBy,
     FindMany,
     Query,
     List,
@@ -370,7 +371,8 @@ impl Worker<'_> {
     fn op(&mut self, store: &dyn Store) {
         let r = self.rng.u8(0..100);
         let op = match r {
-            0..=21 => Op::Find,
+            0..=17 => Op::Find,
+            18..=21 => Op::FindBy,
             22..=23 => Op::List,
             24..=27 => Op::Query,
             28..=37 => Op::FindMany,
@@ -393,6 +395,23 @@ impl Worker<'_> {
                 let k = self.any_key();
                 let start = self.history.now();
                 let r = store.find(k);
+                let end = self.history.now();
+                match r {
+                    Ok(seen) => self.events.push(Event::Read {
+                        thread: self.thread,
+                        start,
+                        end,
+                        key: k,
+                        seen,
+                    }),
+                    Err(_) => self.op_errors += 1,
+                }
+            }
+            // A user by its unique email (the key → id index and its negative entries).
+            Op::FindBy => {
+                let k = self.keys.pick(&mut self.rng, Kind::User);
+                let start = self.history.now();
+                let r = store.find_by_email(k);
                 let end = self.history.now();
                 match r {
                     Ok(seen) => self.events.push(Event::Read {
@@ -893,6 +912,13 @@ pub fn checkpoint(store: &dyn Store, keys: &[Key], checker: &mut Checker) {
         let in_db = store.db_row(key).expect("checkpoint read of the database");
         let through = store.find(key).expect("checkpoint read through the cache");
         checker.check_entry(key, &through, &in_db);
+        if key.kind == Kind::User {
+            // The unique-key index must agree too: a stale "no row has this email".
+            let by_key = store
+                .find_by_email(key)
+                .expect("checkpoint read by unique key");
+            checker.check_entry(key, &by_key, &in_db);
+        }
     }
 }
 
@@ -1203,8 +1229,10 @@ fn deletes_and_reinserts(
                 let next = inc.get(&k.id).copied().unwrap_or(0) + 1;
                 let p = format!("R{seed}.{seq}#i{next}");
                 let ok = plain.insert(&format!(
-                    "INSERT INTO users (id, version, email, name, bio) VALUES ({}, 1, 'r{}@consistency.test', '{p}', '{}')",
-                    k.id, k.id, super::model::list_group(k.id)
+                    "INSERT INTO users (id, version, email, name, bio) VALUES ({}, 1, '{}', '{p}', '{}')",
+                    k.id,
+                    super::model::user_email(k.id),
+                    super::model::list_group(k.id)
                 ));
                 let end = history.now();
                 if ok {
@@ -1324,6 +1352,13 @@ pub fn checkpoint_translated(store: &dyn Store, keys: &[Key], checker: &mut Chec
             .expect("checkpoint read through the cache")
             .map(translate);
         checker.check_entry(key, &through, &in_db);
+        if key.kind == Kind::User {
+            let by_key = store
+                .find_by_email(key)
+                .expect("checkpoint read by unique key")
+                .map(translate);
+            checker.check_entry(key, &by_key, &in_db);
+        }
     }
 }
 
