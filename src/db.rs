@@ -15,7 +15,7 @@ use crate::entity::{CachedEntity, CachedOps, IdArg};
 use crate::error::{Error, Result};
 use crate::hooks::{self, Hook, Point};
 use crate::inbox::Inbox;
-use crate::index::{IndexKey, IndexOps, List};
+use crate::index::{IndexKey, IndexOps, List, ListBegin};
 use crate::invalidation::{ChangeFeed, ListenConfig, Listener};
 use crate::query::{QueryCache, QueryCacheConfig};
 use crate::region::{AnyRegion, BatchLoad, FillMode, Lookup, Region};
@@ -1023,15 +1023,31 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
                 return Ok(list);
             }
         }
-        Counters::bump(&region.counters.list_misses);
         let _span = tracing::debug_span!("diesel_l2.load_all_by", region = %region.config().name, key = K::NAME).entered();
-        // Both fences are taken before the query: the list's and the rows'.
-        let ticket = collection.begin_load(&key);
+        // Both fences are taken before the query: the list's and the rows'. A miss of a
+        // list already being loaded waits for that load (single flight) when no write
+        // touched the list since it began (C4).
+        let (ticket, leading) = match (self.mode, trusted) {
+            (CacheMode::Normal, true) => match collection.begin_or_join(&key) {
+                ListBegin::Lead(ticket, leading) => (ticket, Some(leading)),
+                ListBegin::Join(flight) => {
+                    if let Some(list) = flight.wait() {
+                        Counters::bump(&region.counters.list_flight_joins);
+                        return Ok(list);
+                    }
+                    // The leader's load failed: this caller loads for itself.
+                    (collection.begin_load(&key), None)
+                }
+            },
+            _ => (collection.begin_load(&key), None),
+        };
+        Counters::bump(&region.counters.list_misses);
         let seq = region.write_seq();
         hooks::reach(&self.db.inner.hook, || Point::BeforeLoad {
             region: region.config().name.clone(),
             id: format!("{key:?}"),
         });
+        // On an error, `leading`'s drop tells the waiters to load for themselves.
         let rows = load(self.db)?;
         hooks::reach(&self.db.inner.hook, || Point::AfterLoad {
             region: region.config().name.clone(),
@@ -1049,6 +1065,9 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
             if exact {
                 collection.fill(Arc::clone(&list), ticket);
             }
+        }
+        if let Some(leading) = leading {
+            leading.complete(&list);
         }
         Ok(list)
     }

@@ -10,11 +10,16 @@
 //! Writes whose key values are unknown (plain SQL, an update of content neither cached
 //! nor read) go *blind*: while one is pending, no fill of the index is admitted, and its
 //! end voids every load that began before it.
+//!
+//! A load may also lead a *flight* that concurrent misses of the same key wait for
+//! instead of running the same query (lists), as long as no write touched the key since
+//! the flight began.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// The fences of one index.
 pub(crate) struct KeyFences<K> {
@@ -40,6 +45,18 @@ struct KeyFence {
     loads: u32,
     /// Bumped by every write and remote change touching the key.
     epoch: u64,
+    /// A load others may wait for instead of running their own (single flight), with the
+    /// key's epoch and the generation when it began.
+    flight: Option<Shared>,
+}
+
+/// A single-flight load's shared state, as its owner (`index`) made it.
+type Flight = Arc<dyn Any + Send + Sync>;
+
+struct Shared {
+    flight: Flight,
+    epoch: u64,
+    generation: u64,
 }
 
 impl KeyFence {
@@ -55,6 +72,16 @@ pub(crate) struct FenceTicket<'a, K: Eq + Hash> {
     key: K,
     epoch: u64,
     generation: u64,
+    /// The flight this load leads, which its drop takes down.
+    leads: Option<Flight>,
+}
+
+/// What [`KeyFences::begin_or_join`] decided.
+pub(crate) enum Begin<'a, K: Eq + Hash> {
+    /// Run the query: this load leads the flight it registered.
+    Lead(FenceTicket<'a, K>),
+    /// Wait for the load in flight instead.
+    Join(Flight),
 }
 
 impl<K: Eq + Hash> FenceTicket<'_, K> {
@@ -69,6 +96,11 @@ impl<K: Eq + Hash> Drop for FenceTicket<'_, K> {
         let mut f = self.fences.lock();
         if let Some(st) = f.keys.get_mut(&self.key) {
             st.loads = st.loads.saturating_sub(1);
+            if let (Some(mine), Some(theirs)) = (&self.leads, &st.flight) {
+                if Arc::ptr_eq(mine, &theirs.flight) {
+                    st.flight = None;
+                }
+            }
             if st.idle() {
                 f.keys.remove(&self.key);
             }
@@ -122,7 +154,41 @@ impl<K: Eq + Hash + Clone> KeyFences<K> {
             key: key.clone(),
             epoch: st.epoch,
             generation,
+            leads: None,
         }
+    }
+
+    /// Joins `key`'s load in flight when no write touched the key since it began and none
+    /// is pending: its result is then as fresh as a query of this caller's own would be
+    /// (C4). Otherwise registers a load like [`begin_load`](KeyFences::begin_load) that
+    /// leads a new flight, made by `make`, which its ticket's drop takes down.
+    pub(crate) fn begin_or_join(&self, key: &K, make: impl FnOnce() -> Flight) -> Begin<'_, K> {
+        let mut f = self.lock();
+        let (generation, blind) = (f.generation, f.blind);
+        let st = f.keys.entry(key.clone()).or_default();
+        if let Some(shared) = &st.flight {
+            if blind == 0
+                && st.pending == 0
+                && shared.epoch == st.epoch
+                && shared.generation == generation
+            {
+                return Begin::Join(Arc::clone(&shared.flight));
+            }
+        }
+        st.loads += 1;
+        let flight = make();
+        st.flight = Some(Shared {
+            flight: Arc::clone(&flight),
+            epoch: st.epoch,
+            generation,
+        });
+        Begin::Lead(FenceTicket {
+            fences: self,
+            key: key.clone(),
+            epoch: st.epoch,
+            generation,
+            leads: Some(flight),
+        })
     }
 }
 

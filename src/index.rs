@@ -20,9 +20,9 @@
 //!   key before the query, and its fill is refused when a write, a remote change or a
 //!   clear touched that key's list since, or while a transaction holds a write that
 //!   touches it (its old or new key value). Writes to other keys' lists do not stop it.
-//!   While a transaction writes rows whose key values are unknown (plain SQL through
-//!   `Tx::conn`, writes by predicate, an update of content neither cached nor read),
-//!   no list of the index fills.
+//!   While a transaction writes rows whose key values are unknown (plain SQL announced
+//!   with `Tx::invalidate`, writes by predicate, an update of content neither cached nor
+//!   read), no list of the index fills.
 //! - A change reported by the change feed (another process, plain SQL) drops the lists
 //!   of the row's old and new key values, which the notification carries when the
 //!   table's triggers were generated with the index key (`migration::change_feed` with
@@ -30,8 +30,11 @@
 //!   be read, every list of the index is dropped (a counted fallback).
 //! - While the change listener is disconnected, lists are neither served nor filled (C7).
 //!
-//! Limits, plainly: concurrent misses of one list each run their query (no single flight
-//! for lists yet); on MariaDB/MySQL a list whose rows the collation matched loosely
+//! - Concurrent misses of one list run one query: a miss of a list being loaded waits for
+//!   that load (single flight, counted in `list_flight_joins`) when no write touched the
+//!   list since it began; otherwise it runs its own.
+//!
+//! Limits, plainly: on MariaDB/MySQL a list whose rows the collation matched loosely
 //! (`'ADA'` for `'ada'`) is served but not cached.
 //!
 //! [`Db::find_all_by`]: crate::Db::find_all_by
@@ -39,14 +42,14 @@
 use std::any::Any;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use diesel::{Connection, QueryResult};
 use moka::sync::Cache;
 
 use crate::config::RegionConfig;
 use crate::entity::{CachedEntity, CachedOps};
-use crate::fence::{FenceTicket, Fences, KeyFences};
+use crate::fence::{Begin, FenceTicket, Fences, KeyFences};
 use crate::invalidation::feed::{Extensions, INDEX_KEY_BASE};
 use crate::invalidation::ChangeOp;
 use crate::stats::Counters;
@@ -107,6 +110,69 @@ pub(crate) struct Collection<K: IndexKey> {
 /// A list load in progress (see [`KeyFences`]).
 pub(crate) type ListTicket<'a, K> = FenceTicket<'a, K>;
 
+/// A list load that concurrent misses of the same key wait for (single flight).
+pub(crate) struct ListFlight<E> {
+    /// `Some(Some(list))` once loaded, `Some(None)` if the load failed.
+    done: Mutex<Option<Option<List<E>>>>,
+    ready: Condvar,
+}
+
+impl<E> ListFlight<E> {
+    fn finish(&self, list: Option<List<E>>) {
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(list);
+        self.ready.notify_all();
+    }
+
+    /// The leader's list, or `None` when its load failed (the waiter loads for itself).
+    pub(crate) fn wait(&self) -> Option<List<E>> {
+        let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(result) = done.as_ref() {
+                return result.clone();
+            }
+            done = self
+                .ready
+                .wait(done)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// The leader's side of a flight: [`complete`](Leading::complete) hands its list to the
+/// waiters; dropped without it (the query failed or panicked), it tells them to load for
+/// themselves.
+pub(crate) struct Leading<E> {
+    flight: Arc<ListFlight<E>>,
+    completed: bool,
+}
+
+impl<E> Leading<E> {
+    pub(crate) fn complete(mut self, list: &List<E>) {
+        self.completed = true;
+        self.flight.finish(Some(Arc::clone(list)));
+    }
+
+    /// Drops a flight nobody waits for, without finishing it.
+    fn abandon(mut self) {
+        self.completed = true;
+    }
+}
+
+impl<E> Drop for Leading<E> {
+    fn drop(&mut self) {
+        if !self.completed {
+            self.flight.finish(None);
+        }
+    }
+}
+
+/// What a list miss does: lead a load (its ticket, and the flight to complete), or wait
+/// for the one in flight.
+pub(crate) enum ListBegin<'a, K: IndexKey> {
+    Lead(ListTicket<'a, K>, Leading<K::Entity>),
+    Join(Arc<ListFlight<K::Entity>>),
+}
+
 impl<K: IndexKey> Collection<K> {
     /// A collection bounded like its region: by `max_entries` lists, or by `bytes` (its
     /// share of the region's byte budget, weighing each list's key and member pointers;
@@ -157,6 +223,32 @@ impl<K: IndexKey> Collection<K> {
     /// Registers a load of `key`'s list, before its query runs.
     pub(crate) fn begin_load(&self, key: &K) -> ListTicket<'_, K> {
         self.fences.begin_load(key)
+    }
+
+    /// Like [`begin_load`](Collection::begin_load), but a miss of a key whose list is
+    /// being loaded waits for that load when no write touched the key since it began
+    /// (C4), so concurrent misses of one list run one query.
+    pub(crate) fn begin_or_join(&self, key: &K) -> ListBegin<'_, K> {
+        let flight = Arc::new(ListFlight {
+            done: Mutex::new(None),
+            ready: Condvar::new(),
+        });
+        let leading = Leading {
+            flight: Arc::clone(&flight),
+            completed: false,
+        };
+        match self.fences.begin_or_join(key, || flight) {
+            Begin::Lead(ticket) => ListBegin::Lead(ticket, leading),
+            Begin::Join(other) => match other.downcast::<ListFlight<K::Entity>>() {
+                Ok(other) => {
+                    // Nobody waits for the flight this caller made and did not lead.
+                    leading.abandon();
+                    ListBegin::Join(other)
+                }
+                // Only this collection makes the flights of its fences: never taken.
+                Err(_) => ListBegin::Lead(self.fences.begin_load(key), leading),
+            },
+        }
     }
 
     /// Caches `list` for the ticket's key if no write, remote change or clear touched that

@@ -69,6 +69,7 @@ pub(crate) struct Counters {
     pub(crate) key_misses: AtomicU64,
     pub(crate) list_hits: Striped,
     pub(crate) list_misses: AtomicU64,
+    pub(crate) list_flight_joins: AtomicU64,
     pub(crate) list_invalidations: AtomicU64,
     pub(crate) list_fallback_clears: AtomicU64,
     pub(crate) untrusted_reads: AtomicU64,
@@ -146,6 +147,9 @@ pub struct RegionStats {
     pub list_hits: u64,
     /// `find_all_by` reads that queried the database.
     pub list_misses: u64,
+    /// `find_all_by` misses that waited for another reader's load of the same list instead
+    /// of running the query again (single flight; counted in neither of the above).
+    pub list_flight_joins: u64,
     /// Cached lists dropped because a write of this process touched one of their members
     /// or a row joining them.
     pub list_invalidations: u64,
@@ -198,6 +202,7 @@ impl RegionStats {
             key_misses: c.key_misses.load(Relaxed),
             list_hits: c.list_hits.load(),
             list_misses: c.list_misses.load(Relaxed),
+            list_flight_joins: c.list_flight_joins.load(Relaxed),
             list_invalidations: c.list_invalidations.load(Relaxed),
             list_fallback_clears: c.list_fallback_clears.load(Relaxed),
             untrusted_reads: c.untrusted_reads.load(Relaxed),

@@ -778,6 +778,67 @@ mod lists {
             assert_eq!(db.find::<Post>(2).unwrap().unwrap().title, "two, edited");
         }
 
+        /// Single flight for lists: while one reader's list query is parked, three more
+        /// misses of the same list wait for it instead of querying, and all four get it.
+        fn concurrent_misses_of_one_list_run_one_query(t) {
+            seed(t);
+            let s = Script::default();
+            let db = db_with(t, &s);
+            s.arm("reader", "after_load");
+            let leader = {
+                let db = db.clone();
+                spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
+            };
+            s.wait("reader", "after_load");
+            t.sql.reset();
+            let others: Vec<_> = (0..3)
+                .map(|i| {
+                    let db = db.clone();
+                    spawn(&format!("other{i}"), move || db.find_all_by(PostByUserId(1)).unwrap())
+                })
+                .collect();
+            // Without single flight they would run their queries now: give them the time.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            s.release("reader", "after_load");
+            assert_eq!(titles(&leader.join().unwrap()), ["one", "two"]);
+            for other in others {
+                assert_eq!(titles(&other.join().unwrap()), ["one", "two"]);
+            }
+            assert_eq!(t.sql.selects(), 0, "the waiting misses ran no query of their own");
+            let st = db.region_stats::<Post>().unwrap();
+            assert_eq!((st.list_misses, st.list_flight_joins), (1, 3));
+        }
+
+        /// list load parked → commit of an insert joining the list → a new miss: it does
+        /// not wait for the older load (which cannot have seen the insert) but runs its own
+        /// query, and sees the insert (C4 for lists).
+        fn a_miss_after_a_commit_does_not_wait_for_an_older_load(t) {
+            seed(t);
+            let s = Script::default();
+            let db = db_with(t, &s);
+            s.arm("reader", "after_load");
+            let leader = {
+                let db = db.clone();
+                spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
+            };
+            s.wait("reader", "after_load");
+            db.transaction(|tx| tx.insert(&post(3, "three"))).unwrap();
+            let late = {
+                let db = db.clone();
+                spawn("late", move || db.find_all_by(PostByUserId(1)).unwrap())
+            };
+            let waited = std::time::Instant::now();
+            while !late.is_finished() && waited.elapsed() < std::time::Duration::from_secs(5) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let finished = late.is_finished();
+            s.release("reader", "after_load");
+            assert!(finished, "the miss after the commit waited for the load that began before it");
+            assert_eq!(titles(&late.join().unwrap()), ["one", "two", "three"], "C4 for lists");
+            assert_eq!(titles(&leader.join().unwrap()), ["one", "two"]);
+            assert_eq!(db.region_stats::<Post>().unwrap().list_flight_joins, 0);
+        }
+
         /// list load → commit of a delete of a member → refused.
         fn a_list_load_racing_a_delete_never_fills(t) {
             let (stale, db) = race(t, |db| {

@@ -200,6 +200,7 @@ where
             if r.region == "users" {
                 out.push(("users.list_hits".into(), r.list_hits));
                 out.push(("users.list_misses".into(), r.list_misses));
+                out.push(("users.list_flight_joins".into(), r.list_flight_joins));
             }
         }
         out
