@@ -15,21 +15,21 @@
 //! instead of running the same query (lists), as long as no write touched the key since
 //! the flight began.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-/// The fences of one index.
-pub(crate) struct KeyFences<K> {
-    inner: Mutex<Fences<K>>,
+/// The fences of one index; `F` is what a single-flight load shares with its waiters
+/// (`()` for an index without single flight).
+pub(crate) struct KeyFences<K, F = ()> {
+    inner: Mutex<Fences<K, F>>,
 }
 
 /// What fences the fills of one index; held through [`KeyFences::lock`].
-pub(crate) struct Fences<K> {
+pub(crate) struct Fences<K, F = ()> {
     /// Keys with a load registered or a write pending.
-    keys: HashMap<K, KeyFence>,
+    keys: HashMap<K, KeyFence<F>>,
     /// Blind writes pending.
     blind: u64,
     /// Bumped by every change whose keys are unknown: a fill needs it unchanged.
@@ -37,8 +37,7 @@ pub(crate) struct Fences<K> {
 }
 
 /// The fence of one key.
-#[derive(Default)]
-struct KeyFence {
+struct KeyFence<F> {
     /// Writes of pending transactions touching the key (old or new values).
     pending: u32,
     /// Loads in flight.
@@ -47,19 +46,28 @@ struct KeyFence {
     epoch: u64,
     /// A load others may wait for instead of running their own (single flight), with the
     /// key's epoch and the generation when it began.
-    flight: Option<Shared>,
+    flight: Option<Shared<F>>,
 }
 
-/// A single-flight load's shared state, as its owner (`index`) made it.
-type Flight = Arc<dyn Any + Send + Sync>;
-
-struct Shared {
-    flight: Flight,
+/// A single-flight load: what it shares with its waiters, and when it began.
+struct Shared<F> {
+    flight: Arc<F>,
     epoch: u64,
     generation: u64,
 }
 
-impl KeyFence {
+impl<F> Default for KeyFence<F> {
+    fn default() -> Self {
+        KeyFence {
+            pending: 0,
+            loads: 0,
+            epoch: 0,
+            flight: None,
+        }
+    }
+}
+
+impl<F> KeyFence<F> {
     fn idle(&self) -> bool {
         self.pending == 0 && self.loads == 0
     }
@@ -67,31 +75,31 @@ impl KeyFence {
 
 /// A load in progress: its key's epoch and the index's generation at its start. Dropped,
 /// it ends the load's registration (fill admitted or not, or the query failed).
-pub(crate) struct FenceTicket<'a, K: Eq + Hash> {
-    fences: &'a KeyFences<K>,
+pub(crate) struct FenceTicket<'a, K: Eq + Hash, F = ()> {
+    fences: &'a KeyFences<K, F>,
     key: K,
     epoch: u64,
     generation: u64,
     /// The flight this load leads, which its drop takes down.
-    leads: Option<Flight>,
+    leads: Option<Arc<F>>,
 }
 
 /// What [`KeyFences::begin_or_join`] decided.
-pub(crate) enum Begin<'a, K: Eq + Hash> {
-    /// Run the query: this load leads the flight it registered.
-    Lead(FenceTicket<'a, K>),
+pub(crate) enum Begin<'a, K: Eq + Hash, F> {
+    /// Run the query, leading the flight it registered (its shared part).
+    Lead(FenceTicket<'a, K, F>, Arc<F>),
     /// Wait for the load in flight instead.
-    Join(Flight),
+    Join(Arc<F>),
 }
 
-impl<K: Eq + Hash> FenceTicket<'_, K> {
+impl<K: Eq + Hash, F> FenceTicket<'_, K, F> {
     /// The key the load reads.
     pub(crate) fn key(&self) -> &K {
         &self.key
     }
 }
 
-impl<K: Eq + Hash> Drop for FenceTicket<'_, K> {
+impl<K: Eq + Hash, F> Drop for FenceTicket<'_, K, F> {
     fn drop(&mut self) {
         let mut f = self.fences.lock();
         if let Some(st) = f.keys.get_mut(&self.key) {
@@ -110,29 +118,29 @@ impl<K: Eq + Hash> Drop for FenceTicket<'_, K> {
 
 /// The locked fences: every fence check and every change of the index's cache happens
 /// while this is held, so a check and the insert it admits are atomic.
-pub(crate) struct Locked<'a, K>(MutexGuard<'a, Fences<K>>);
+pub(crate) struct Locked<'a, K, F>(MutexGuard<'a, Fences<K, F>>);
 
-impl<K> Deref for Locked<'_, K> {
-    type Target = Fences<K>;
-    fn deref(&self) -> &Fences<K> {
+impl<K, F> Deref for Locked<'_, K, F> {
+    type Target = Fences<K, F>;
+    fn deref(&self) -> &Fences<K, F> {
         &self.0
     }
 }
 
-impl<K> DerefMut for Locked<'_, K> {
-    fn deref_mut(&mut self) -> &mut Fences<K> {
+impl<K, F> DerefMut for Locked<'_, K, F> {
+    fn deref_mut(&mut self) -> &mut Fences<K, F> {
         &mut self.0
     }
 }
 
-impl<K> KeyFences<K> {
-    pub(crate) fn lock(&self) -> Locked<'_, K> {
+impl<K, F> KeyFences<K, F> {
+    pub(crate) fn lock(&self) -> Locked<'_, K, F> {
         // Every mutation completes before anything can panic: a poisoned lock is whole.
         Locked(self.inner.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
-impl<K: Eq + Hash + Clone> KeyFences<K> {
+impl<K: Eq + Hash + Clone, F> KeyFences<K, F> {
     pub(crate) fn new() -> Self {
         KeyFences {
             inner: Mutex::new(Fences {
@@ -144,7 +152,7 @@ impl<K: Eq + Hash + Clone> KeyFences<K> {
     }
 
     /// Registers a load of `key`, before its query runs.
-    pub(crate) fn begin_load(&self, key: &K) -> FenceTicket<'_, K> {
+    pub(crate) fn begin_load(&self, key: &K) -> FenceTicket<'_, K, F> {
         let mut f = self.lock();
         let generation = f.generation;
         let st = f.keys.entry(key.clone()).or_default();
@@ -161,8 +169,8 @@ impl<K: Eq + Hash + Clone> KeyFences<K> {
     /// Joins `key`'s load in flight when no write touched the key since it began and none
     /// is pending: its result is then as fresh as a query of this caller's own would be
     /// (C4). Otherwise registers a load like [`begin_load`](KeyFences::begin_load) that
-    /// leads a new flight, made by `make`, which its ticket's drop takes down.
-    pub(crate) fn begin_or_join(&self, key: &K, make: impl FnOnce() -> Flight) -> Begin<'_, K> {
+    /// leads a new flight, sharing what `make` makes, which its ticket's drop takes down.
+    pub(crate) fn begin_or_join(&self, key: &K, make: impl FnOnce() -> F) -> Begin<'_, K, F> {
         let mut f = self.lock();
         let (generation, blind) = (f.generation, f.blind);
         let st = f.keys.entry(key.clone()).or_default();
@@ -176,25 +184,64 @@ impl<K: Eq + Hash + Clone> KeyFences<K> {
             }
         }
         st.loads += 1;
-        let flight = make();
+        let flight = Arc::new(make());
         st.flight = Some(Shared {
             flight: Arc::clone(&flight),
             epoch: st.epoch,
             generation,
         });
-        Begin::Lead(FenceTicket {
+        let ticket = FenceTicket {
             fences: self,
             key: key.clone(),
             epoch: st.epoch,
             generation,
-            leads: Some(flight),
-        })
+            leads: Some(Arc::clone(&flight)),
+        };
+        Begin::Lead(ticket, flight)
     }
 }
 
-impl<K: Eq + Hash + Clone> Fences<K> {
+/// A value one thread hands to the others waiting for it: the result of a single-flight
+/// load (rows in `region`, lists in `index`).
+pub(crate) struct Handoff<T> {
+    done: Mutex<Option<T>>,
+    ready: Condvar,
+}
+
+impl<T> Handoff<T> {
+    pub(crate) fn new() -> Self {
+        Handoff {
+            done: Mutex::new(None),
+            ready: Condvar::new(),
+        }
+    }
+
+    /// Hands `value` over and wakes every waiter.
+    pub(crate) fn finish(&self, value: T) {
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
+        self.ready.notify_all();
+    }
+}
+
+impl<T: Clone> Handoff<T> {
+    /// The value, once handed over.
+    pub(crate) fn wait(&self) -> T {
+        let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(value) = done.as_ref() {
+                return value.clone();
+            }
+            done = self
+                .ready
+                .wait(done)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, F> Fences<K, F> {
     /// Whether the load of `ticket` may fill now.
-    pub(crate) fn admits(&self, ticket: &FenceTicket<'_, K>) -> bool {
+    pub(crate) fn admits(&self, ticket: &FenceTicket<'_, K, F>) -> bool {
         self.blind == 0
             && self.generation == ticket.generation
             && self

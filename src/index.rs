@@ -42,14 +42,14 @@
 use std::any::Any;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::Arc;
 
 use diesel::{Connection, QueryResult};
 use moka::sync::Cache;
 
 use crate::config::RegionConfig;
 use crate::entity::{CachedEntity, CachedOps};
-use crate::fence::{Begin, FenceTicket, Fences, KeyFences};
+use crate::fence::{Begin, FenceTicket, Fences, Handoff, KeyFences};
 use crate::invalidation::feed::{Extensions, INDEX_KEY_BASE};
 use crate::invalidation::ChangeOp;
 use crate::stats::Counters;
@@ -100,7 +100,7 @@ const LIST_ENTRY_BYTES: usize = 64;
 pub(crate) struct Collection<K: IndexKey> {
     lists: Cache<K, List<K::Entity>>,
     /// The per-key fences; every change to a list and every fill check holds them.
-    fences: KeyFences<K>,
+    fences: KeyFences<K, ListFlight<K::Entity>>,
     counters: Arc<Counters>,
     /// This key's number among the entity's index keys: its values ride in change
     /// notifications as key `INDEX_KEY_BASE + number`.
@@ -108,35 +108,11 @@ pub(crate) struct Collection<K: IndexKey> {
 }
 
 /// A list load in progress (see [`KeyFences`]).
-pub(crate) type ListTicket<'a, K> = FenceTicket<'a, K>;
+pub(crate) type ListTicket<'a, K> = FenceTicket<'a, K, ListFlight<<K as IndexKey>::Entity>>;
 
-/// A list load that concurrent misses of the same key wait for (single flight).
-pub(crate) struct ListFlight<E> {
-    /// `Some(Some(list))` once loaded, `Some(None)` if the load failed.
-    done: Mutex<Option<Option<List<E>>>>,
-    ready: Condvar,
-}
-
-impl<E> ListFlight<E> {
-    fn finish(&self, list: Option<List<E>>) {
-        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(list);
-        self.ready.notify_all();
-    }
-
-    /// The leader's list, or `None` when its load failed (the waiter loads for itself).
-    pub(crate) fn wait(&self) -> Option<List<E>> {
-        let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(result) = done.as_ref() {
-                return result.clone();
-            }
-            done = self
-                .ready
-                .wait(done)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-}
+/// A list load that concurrent misses of the same key wait for (single flight): the
+/// leader's list, or `None` when its load failed (each waiter then loads for itself).
+pub(crate) type ListFlight<E> = Handoff<Option<List<E>>>;
 
 /// The leader's side of a flight: [`complete`](Leading::complete) hands its list to the
 /// waiters; dropped without it (the query failed or panicked), it tells them to load for
@@ -150,11 +126,6 @@ impl<E> Leading<E> {
     pub(crate) fn complete(mut self, list: &List<E>) {
         self.completed = true;
         self.flight.finish(Some(Arc::clone(list)));
-    }
-
-    /// Drops a flight nobody waits for, without finishing it.
-    fn abandon(mut self) {
-        self.completed = true;
     }
 }
 
@@ -229,25 +200,15 @@ impl<K: IndexKey> Collection<K> {
     /// being loaded waits for that load when no write touched the key since it began
     /// (C4), so concurrent misses of one list run one query.
     pub(crate) fn begin_or_join(&self, key: &K) -> ListBegin<'_, K> {
-        let flight = Arc::new(ListFlight {
-            done: Mutex::new(None),
-            ready: Condvar::new(),
-        });
-        let leading = Leading {
-            flight: Arc::clone(&flight),
-            completed: false,
-        };
-        match self.fences.begin_or_join(key, || flight) {
-            Begin::Lead(ticket) => ListBegin::Lead(ticket, leading),
-            Begin::Join(other) => match other.downcast::<ListFlight<K::Entity>>() {
-                Ok(other) => {
-                    // Nobody waits for the flight this caller made and did not lead.
-                    leading.abandon();
-                    ListBegin::Join(other)
-                }
-                // Only this collection makes the flights of its fences: never taken.
-                Err(_) => ListBegin::Lead(self.fences.begin_load(key), leading),
-            },
+        match self.fences.begin_or_join(key, Handoff::new) {
+            Begin::Lead(ticket, flight) => ListBegin::Lead(
+                ticket,
+                Leading {
+                    flight,
+                    completed: false,
+                },
+            ),
+            Begin::Join(flight) => ListBegin::Join(flight),
         }
     }
 
@@ -268,7 +229,7 @@ impl<K: IndexKey> Collection<K> {
     }
 
     /// Drops every list and fences every load in flight (the caller holds the fences).
-    fn drop_all(&self, f: &mut Fences<K>) {
+    fn drop_all(&self, f: &mut Fences<K, ListFlight<K::Entity>>) {
         f.touch_all();
         self.lists.invalidate_all();
     }
@@ -292,16 +253,15 @@ impl<K: IndexKey> AnyIndex<K::Entity> for Collection<K> {
         self.drop_list(&key);
     }
 
-    fn end_write(&self, rows: &[&K::Entity], unknown: bool, blind: bool) {
+    // A write with plain SQL (`unknown`) went blind when it was announced: every list was
+    // dropped then, and none filled since; `blind` ends that.
+    fn end_write(&self, rows: &[&K::Entity], _unknown: bool, blind: bool) {
         let mut f = self.fences.lock();
         for row in rows {
             let key = K::of(row);
             f.end_write(&key);
             self.drop_list(&key);
         }
-        // A write with plain SQL (`unknown`) went blind when it was announced: every list
-        // was dropped then, and none filled since.
-        let _ = unknown;
         if blind {
             f.end_blind();
         }

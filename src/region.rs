@@ -18,7 +18,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
@@ -26,6 +26,7 @@ use moka::sync::Cache;
 
 use crate::config::RegionConfig;
 use crate::entity::CachedEntity;
+use crate::fence::Handoff;
 use crate::hooks::{self, Hook, Point};
 use crate::index::{Collection, IndexKey};
 use crate::invalidation::ChangeOp;
@@ -111,37 +112,31 @@ impl<E> KeyState<E> {
 pub(crate) struct Flight<E> {
     epoch: u64,
     generation: u64,
-    done: Mutex<Option<FlightResult<E>>>,
-    ready: Condvar,
+    result: Handoff<FlightResult<E>>,
 }
 
-#[derive(Clone)]
 enum FlightResult<E> {
     Loaded(Option<Arc<E>>),
     /// The leader's load failed: each waiter loads for itself.
     Failed,
 }
 
+impl<E> Clone for FlightResult<E> {
+    fn clone(&self) -> Self {
+        match self {
+            FlightResult::Loaded(row) => FlightResult::Loaded(row.clone()),
+            FlightResult::Failed => FlightResult::Failed,
+        }
+    }
+}
+
 impl<E> Flight<E> {
     fn finish(&self, result: FlightResult<E>) {
-        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
-        self.ready.notify_all();
+        self.result.finish(result);
     }
 
-    fn wait(&self) -> FlightResult<E>
-    where
-        E: Clone,
-    {
-        let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(r) = done.as_ref() {
-                return r.clone();
-            }
-            done = self
-                .ready
-                .wait(done)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+    fn wait(&self) -> FlightResult<E> {
+        self.result.wait()
     }
 }
 
@@ -533,8 +528,7 @@ impl<E: CachedEntity> Region<E> {
                 let f = Arc::new(Flight {
                     epoch: st.epoch,
                     generation,
-                    done: Mutex::new(None),
-                    ready: Condvar::new(),
+                    result: Handoff::new(),
                 });
                 st.flight = Some(Arc::clone(&f));
                 st.loads += 1;

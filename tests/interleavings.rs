@@ -654,6 +654,23 @@ mod lists {
         list.iter().map(|p| p.title.clone()).collect()
     }
 
+    /// Starts a reader of user 1's posts named "reader" and parks it right after its
+    /// list query, until `s.release("reader", "after_load")`.
+    fn parked_reader<C>(db: &Db<C>, s: &Script) -> JoinHandle<diesel_l2::List<Post>>
+    where
+        C: diesel::r2d2::R2D2Connection + 'static,
+        Post: CachedOps<C>,
+        PostByUserId: diesel_l2::IndexOps<C>,
+    {
+        s.arm("reader", "after_load");
+        let r = {
+            let db = db.clone();
+            spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
+        };
+        s.wait("reader", "after_load");
+        r
+    }
+
     /// Parks a reader after its list query, runs `write` (which commits), releases it:
     /// the reader's list is the old one, and it did not land.
     fn race<C>(t: &common::TestDb<C>, write: impl FnOnce(&Db<C>)) -> (Vec<String>, Db<C>)
@@ -668,12 +685,7 @@ mod lists {
         seed(t);
         let s = Script::default();
         let db = db_with(t, &s);
-        s.arm("reader", "after_load");
-        let r = {
-            let db = db.clone();
-            spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
-        };
-        s.wait("reader", "after_load");
+        let r = parked_reader(&db, &s);
         write(&db);
         s.release("reader", "after_load");
         let stale = titles(&r.join().unwrap());
@@ -713,12 +725,7 @@ mod lists {
             // The seed was committed before the listener started: none of it is reported.
             let changes = || db.stats().listener.unwrap().changes;
             let seen = changes();
-            s.arm("reader", "after_load");
-            let r = {
-                let db = db.clone();
-                spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
-            };
-            s.wait("reader", "after_load");
+            let r = parked_reader(&db, &s);
             t.exec("INSERT INTO posts (id, version, user_id, title) VALUES (3, 1, 1, 'three')");
             wait_until("the insert's notification", || changes() > seen);
             s.release("reader", "after_load");
@@ -735,12 +742,7 @@ mod lists {
             t.exec("INSERT INTO users (id, version, email, name) VALUES (2, 1, 'b@x.org', 'B')");
             let s = Script::default();
             let db = db_with(t, &s);
-            s.arm("reader", "after_load");
-            let r = {
-                let db = db.clone();
-                spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
-            };
-            s.wait("reader", "after_load");
+            let r = parked_reader(&db, &s);
             let other = Post { user_id: 2, ..post(3, "three") };
             db.transaction(|tx| tx.insert(&other)).unwrap();
             s.release("reader", "after_load");
@@ -762,12 +764,7 @@ mod lists {
             let db = Db::builder(t.pool.clone()).cache::<Post>().listen(listen_to(t)).test_hook(s.hook()).build().unwrap();
             let changes = || db.stats().listener.unwrap().changes;
             let seen = changes();
-            s.arm("reader", "after_load");
-            let r = {
-                let db = db.clone();
-                spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
-            };
-            s.wait("reader", "after_load");
+            let r = parked_reader(&db, &s);
             t.exec("UPDATE posts SET title = 'two, edited', version = 2 WHERE id = 2");
             wait_until("the update's notification", || changes() > seen);
             s.release("reader", "after_load");
@@ -784,12 +781,7 @@ mod lists {
             seed(t);
             let s = Script::default();
             let db = db_with(t, &s);
-            s.arm("reader", "after_load");
-            let leader = {
-                let db = db.clone();
-                spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
-            };
-            s.wait("reader", "after_load");
+            let leader = parked_reader(&db, &s);
             t.sql.reset();
             let others: Vec<_> = (0..3)
                 .map(|i| {
@@ -816,12 +808,7 @@ mod lists {
             seed(t);
             let s = Script::default();
             let db = db_with(t, &s);
-            s.arm("reader", "after_load");
-            let leader = {
-                let db = db.clone();
-                spawn("reader", move || db.find_all_by(PostByUserId(1)).unwrap())
-            };
-            s.wait("reader", "after_load");
+            let leader = parked_reader(&db, &s);
             db.transaction(|tx| tx.insert(&post(3, "three"))).unwrap();
             let late = {
                 let db = db.clone();

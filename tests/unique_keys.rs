@@ -26,6 +26,45 @@ fn unreachable_listener(backend: common::Backend) -> ListenConfig {
     config
 }
 
+/// A transaction on another thread that has run its writes and stays open, uncommitted,
+/// until [`Pending::commit`].
+struct Pending {
+    go: mpsc::Sender<()>,
+    writer: std::thread::JoinHandle<diesel_l2::Result<()>>,
+}
+
+impl Pending {
+    /// Lets the transaction commit, and waits for it.
+    fn commit(self) {
+        self.go.send(()).unwrap();
+        self.writer.join().unwrap().unwrap();
+    }
+}
+
+/// Runs `write` in a transaction on another thread; returns once it has run, with the
+/// transaction still open.
+fn pending<C>(
+    db: &Db<C>,
+    write: impl FnOnce(&mut diesel_l2::Tx<'_, C>) -> diesel_l2::Result<()> + Send + 'static,
+) -> Pending
+where
+    C: diesel::r2d2::R2D2Connection + 'static,
+{
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (go, go_rx) = mpsc::channel::<()>();
+    let db = db.clone();
+    let writer = std::thread::spawn(move || {
+        db.transaction(|tx| {
+            write(tx)?;
+            started_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            Ok(())
+        })
+    });
+    started_rx.recv().unwrap();
+    Pending { go, writer }
+}
+
 backend_tests! {
     fn find_by_hits_run_no_sql(t) {
         let db = common::cached_db(t);
@@ -141,26 +180,15 @@ backend_tests! {
 
     fn no_negative_fill_while_a_transaction_may_insert_the_key(t) {
         let db = common::cached_db(t);
-        let (started_tx, started_rx) = mpsc::channel::<()>();
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        let writer = {
-            let db = db.clone();
-            std::thread::spawn(move || {
-                db.transaction(|tx| {
-                    let mut u = User::new(5, "Late");
-                    u.email = "late@x.org".into();
-                    tx.insert(&u)?;
-                    started_tx.send(()).unwrap();
-                    go_rx.recv().unwrap();
-                    Ok(())
-                })
-            })
-        };
-        started_rx.recv().unwrap();
+        let writer = pending(&db, |tx| {
+            let mut u = User::new(5, "Late");
+            u.email = "late@x.org".into();
+            tx.insert(&u)?;
+            Ok(())
+        });
         // Not committed yet: the reader sees no row, and must not cache "absent".
         assert!(db.find_by(by_email("late@x.org")).unwrap().is_none());
-        go_tx.send(()).unwrap();
-        writer.join().unwrap().unwrap();
+        writer.commit();
         assert_eq!(db.find_by(by_email("late@x.org")).unwrap().map(|u| u.id), Some(5));
     }
 
@@ -170,22 +198,12 @@ backend_tests! {
     fn a_pending_write_of_one_key_leaves_other_keys_negatively_cached(t) {
         // Declared exact so that MariaDB caches "not found" too.
         let db = Db::builder(t.pool.clone()).cache_with::<User>(|c| c.key_compare(KeyCompare::Exact)).build().unwrap();
-        let (started_tx, started_rx) = mpsc::channel::<()>();
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        let writer = {
-            let db = db.clone();
-            std::thread::spawn(move || {
-                db.transaction(|tx| {
-                    let mut u = User::new(5, "Late");
-                    u.email = "late@x.org".into();
-                    tx.insert(&u)?;
-                    started_tx.send(()).unwrap();
-                    go_rx.recv().unwrap();
-                    Ok(())
-                })
-            })
-        };
-        started_rx.recv().unwrap();
+        let writer = pending(&db, |tx| {
+            let mut u = User::new(5, "Late");
+            u.email = "late@x.org".into();
+            tx.insert(&u)?;
+            Ok(())
+        });
         assert!(db.find_by(by_email("nobody@x.org")).unwrap().is_none());
         assert!(db.find_by(by_email("late@x.org")).unwrap().is_none(), "not committed yet");
         t.sql.reset();
@@ -193,8 +211,7 @@ backend_tests! {
         assert_eq!(t.sql.count(), 0, "the other key's negative entry was cached while the insert was pending");
         assert!(db.find_by(by_email("late@x.org")).unwrap().is_none());
         assert_eq!(t.sql.selects(), 1, "the pending key's negative entry was not cached");
-        go_tx.send(()).unwrap();
-        writer.join().unwrap().unwrap();
+        writer.commit();
         assert_eq!(db.find_by(by_email("late@x.org")).unwrap().map(|u| u.id), Some(5), "C4: read after the commit");
     }
 
@@ -466,24 +483,13 @@ mod lists {
         fn no_list_fill_while_a_transaction_may_add_a_member(t) {
             seed(t);
             let db = common::cached_db(t);
-            let (started_tx, started_rx) = mpsc::channel::<()>();
-            let (go_tx, go_rx) = mpsc::channel::<()>();
-            let writer = {
-                let db = db.clone();
-                std::thread::spawn(move || {
-                    db.transaction(|tx| {
-                        tx.insert(&post(8, 3, "late"))?;
-                        started_tx.send(()).unwrap();
-                        go_rx.recv().unwrap();
-                        Ok(())
-                    })
-                })
-            };
-            started_rx.recv().unwrap();
+            let writer = pending(&db, |tx| {
+                tx.insert(&post(8, 3, "late"))?;
+                Ok(())
+            });
             assert!(db.find_all_by(PostByUserId(3)).unwrap().is_empty());
             assert!(db.peek_all_by(&PostByUserId(3)).unwrap().is_none(), "no fill while a write is pending");
-            go_tx.send(()).unwrap();
-            writer.join().unwrap().unwrap();
+            writer.commit();
             assert_eq!(ids(&db.find_all_by(PostByUserId(3)).unwrap()), [8]);
         }
 
@@ -493,20 +499,10 @@ mod lists {
         fn a_pending_write_to_one_list_leaves_other_lists_filling(t) {
             seed(t);
             let db = common::cached_db(t);
-            let (started_tx, started_rx) = mpsc::channel::<()>();
-            let (go_tx, go_rx) = mpsc::channel::<()>();
-            let writer = {
-                let db = db.clone();
-                std::thread::spawn(move || {
-                    db.transaction(|tx| {
-                        tx.insert(&post(8, 3, "late"))?;
-                        started_tx.send(()).unwrap();
-                        go_rx.recv().unwrap();
-                        Ok(())
-                    })
-                })
-            };
-            started_rx.recv().unwrap();
+            let writer = pending(&db, |tx| {
+                tx.insert(&post(8, 3, "late"))?;
+                Ok(())
+            });
             assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3]);
             assert!(db.peek_all_by(&PostByUserId(1)).unwrap().is_some(), "user 1's list is not written by the pending transaction: it fills");
             assert!(db.find_all_by(PostByUserId(3)).unwrap().is_empty());
@@ -514,8 +510,7 @@ mod lists {
             t.sql.reset();
             assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3]);
             assert_eq!(t.sql.count(), 0, "user 1's list is a hit while the other write is pending");
-            go_tx.send(()).unwrap();
-            writer.join().unwrap().unwrap();
+            writer.commit();
             assert_eq!(ids(&db.find_all_by(PostByUserId(3)).unwrap()), [8], "C4 for lists: read after the commit");
             assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3]);
         }
@@ -528,28 +523,17 @@ mod lists {
             seed(t);
             let db = common::cached_db(t);
             db.find::<Post>(2).unwrap();
-            let (started_tx, started_rx) = mpsc::channel::<()>();
-            let (go_tx, go_rx) = mpsc::channel::<()>();
-            let writer = {
-                let db = db.clone();
-                std::thread::spawn(move || {
-                    db.transaction(|tx| {
-                        let mut two = tx.get::<Post>(2)?;
-                        two.user_id = 2;
-                        tx.update(&two)?;
-                        started_tx.send(()).unwrap();
-                        go_rx.recv().unwrap();
-                        Ok(())
-                    })
-                })
-            };
-            started_rx.recv().unwrap();
+            let writer = pending(&db, |tx| {
+                let mut two = tx.get::<Post>(2)?;
+                two.user_id = 2;
+                tx.update(&two)?;
+                Ok(())
+            });
             assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 2, 3], "the move is not committed");
             assert_eq!(ids(&db.find_all_by(PostByUserId(2)).unwrap()), [4]);
             assert!(db.peek_all_by(&PostByUserId(1)).unwrap().is_none(), "the old key's list is held by the move: not filled");
             assert!(db.peek_all_by(&PostByUserId(2)).unwrap().is_none(), "the new key's list is held by the move: not filled");
-            go_tx.send(()).unwrap();
-            writer.join().unwrap().unwrap();
+            writer.commit();
             assert_eq!(ids(&db.find_all_by(PostByUserId(1)).unwrap()), [1, 3]);
             assert_eq!(ids(&db.find_all_by(PostByUserId(2)).unwrap()), [2, 4]);
             assert_eq!(db.region_stats::<Post>().unwrap().list_fallback_clears, 0, "the old content was cached: every invalidation was precise");

@@ -391,27 +391,21 @@ impl Worker<'_> {
         };
         *self.per_op.entry(op).or_default() += 1;
         match op {
-            Op::Find => {
-                let k = self.any_key();
+            // A key by id, or a user by its unique email (the key → id index and its
+            // negative entries).
+            Op::Find | Op::FindBy => {
+                let by_email = op == Op::FindBy;
+                let k = if by_email {
+                    self.keys.pick(&mut self.rng, Kind::User)
+                } else {
+                    self.any_key()
+                };
                 let start = self.history.now();
-                let r = store.find(k);
-                let end = self.history.now();
-                match r {
-                    Ok(seen) => self.events.push(Event::Read {
-                        thread: self.thread,
-                        start,
-                        end,
-                        key: k,
-                        seen,
-                    }),
-                    Err(_) => self.op_errors += 1,
-                }
-            }
-            // A user by its unique email (the key → id index and its negative entries).
-            Op::FindBy => {
-                let k = self.keys.pick(&mut self.rng, Kind::User);
-                let start = self.history.now();
-                let r = store.find_by_email(k);
+                let r = if by_email {
+                    store.find_by_email(k)
+                } else {
+                    store.find(k)
+                };
                 let end = self.history.now();
                 match r {
                     Ok(seen) => self.events.push(Event::Read {
