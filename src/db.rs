@@ -972,7 +972,7 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
                     if K::of(&row) == key {
                         index.fill_id(key, row.id());
                     }
-                    region.fill_if_unchanged(&row, seq);
+                    region.fill_if_unchanged(&row, seq, false);
                 }
                 Ok(Some(row))
             }
@@ -1059,8 +1059,9 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
         let exact = rows.iter().all(|row| K::of(row) == key);
         let list: List<K::Entity> = rows.into();
         if self.mode != CacheMode::NoFill && trusted {
+            // Members go to the batch window: the list serves them, a read by id admits.
             for row in list.iter() {
-                region.fill_if_unchanged(row, seq);
+                region.fill_if_unchanged(row, seq, true);
             }
             if exact {
                 collection.fill(Arc::clone(&list), ticket);
@@ -1084,6 +1085,8 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
             CacheMode::NoFill => FillMode::NoFill,
             _ => FillMode::Fill,
         };
+        // The batch's fence comes before its lookups (see `BatchLoad::new`).
+        let mut batch = BatchLoad::new(region, fill);
         let mut out: Vec<Option<Arc<E>>> = Vec::with_capacity(ids.len());
         // The positions that missed. A repeated id is registered and loaded at each of
         // its positions (the database answers it once; the second fill is a no-op), which
@@ -1093,7 +1096,8 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
             let lookup = if fill == FillMode::Refresh {
                 Lookup::Miss
             } else {
-                region.lookup(id)
+                // The batch window is asked below, with the key's registration.
+                region.lookup_main(id)
             };
             match lookup {
                 Lookup::Hit(e) => out.push(Some(e)),
@@ -1108,14 +1112,29 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
             return Ok(out);
         }
         let _span = tracing::debug_span!("diesel_l2.load_many", region = %region.config().name, misses = missing.len()).entered();
-        // Ends every registered key's load even if loading panics.
-        let mut batch = BatchLoad::new(region, missing.len());
-        for &i in &missing {
-            batch.begin(&ids[i], fill);
+        // The batch window may hold some of them. A refreshing batch's keys are registered
+        // loads, which dropping the batch ends even if loading panics.
+        missing.retain(|&i| match batch.begin(&ids[i]) {
+            Some(row) => {
+                out[i] = Some(row);
+                false
+            }
+            None => true,
+        });
+        if missing.is_empty() {
+            return Ok(out);
         }
+        hooks::reach(&self.db.inner.hook, || Point::BeforeLoad {
+            region: region.config().name.clone(),
+            id: format!("{:?}", batch.keys()),
+        });
         let started = std::time::Instant::now();
         let loaded = self.db.load_batch_through::<E>(region, batch.keys(), fill);
         region.counters.add_load(started.elapsed());
+        hooks::reach(&self.db.inner.hook, || Point::AfterLoad {
+            region: region.config().name.clone(),
+            id: format!("{:?}", batch.keys()),
+        });
         tracing::debug!(
             region = %region.config().name,
             ids = batch.keys().len(),

@@ -60,6 +60,8 @@
 //! - `config` — [`RegionConfig`]: ttl, tti, capacity or byte budget, negative-cache ttl.
 //! - `region` — one moka cache per entity type, with the per-key fences, soft locks and
 //!   single-flight loads that make fills safe (C3, C4).
+//! - `window` — the batch window: rows read by `find_many` and lists wait in a small FIFO
+//!   under the fence shards' locks until a read by id moves them to the main cache.
 //! - `db` — [`Db`] and [`DbBuilder`]: the pool, the regions, `find` and `find_many`.
 //! - `asynch` — the async front: hits inline, misses and writes on the blocking pool.
 //!   [`Db::find_cached`] answers from the cache alone ([`CacheLookup`]); with the `tokio`
@@ -282,6 +284,7 @@ mod sqlite;
 mod stats;
 mod tx;
 mod unique;
+mod window;
 mod write;
 
 pub use asynch::CacheLookup;

@@ -2,23 +2,28 @@
 //!
 //! Two structures per region:
 //!
-//! - `cache`, a moka cache of [`Slot`]s. The hit path reads only this: one lock-free
-//!   lookup and an `Arc` clone.
-//! - `keys`, sharded maps of [`KeyState`] for keys with activity in flight: pending loads,
-//!   soft locks held by transactions, and the per-key epoch that fences fills. An entry
-//!   lives exactly as long as someone holds a lock or runs a load on the key, so it is
-//!   never evicted while it matters (C3: the fence survives the eviction of the value).
+//! - `cache`, the main moka cache of [`Slot`]s. The hit path reads only this: one
+//!   lock-free lookup and an `Arc` clone.
+//! - `keys`, 64 shards, each a mutex over the [`KeyState`] of keys with activity in
+//!   flight (pending loads, soft locks held by transactions, and the per-key epoch that
+//!   fences fills) and over its part of the batch window (`window.rs`). A key state lives
+//!   exactly as long as someone holds a lock or runs a load on the key, so it is never
+//!   evicted while it matters (C3: the fence survives the eviction of the value).
 //!
-//! Every change to a key's slot by a load or a commit happens with the key's shard locked,
-//! after checking the key's epoch, so a load that raced with a write cannot land (C3), and
-//! a key locked by a transaction is neither served nor filled (C4).
+//! Rows read by a batch (`find_many`, list members) go to the batch window, not the main
+//! cache; the first read of one by id moves it to the main cache under its shard's lock. A
+//! key is in the window or in the main cache, never both.
+//!
+//! Every change to a key's slot, in either store, by a load or a commit happens with the
+//! key's shard locked, after checking the key's epoch, so a load that raced with a write
+//! cannot land (C3), and a key locked by a transaction is neither served nor filled (C4).
 
 use std::any::Any;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
@@ -32,6 +37,7 @@ use crate::index::{Collection, IndexKey};
 use crate::invalidation::ChangeOp;
 use crate::stats::{Counters, RegionStats};
 use crate::unique::{AnyIndex, Index, UniqueKey, UniqueKeys};
+use crate::window::{Budget, Window};
 
 /// What the cache holds for one key.
 pub(crate) enum Slot<E> {
@@ -161,6 +167,13 @@ pub(crate) struct LoadTicket {
     force: bool,
 }
 
+/// Where a batch load began: the write sequence, and each shard's count of main-cache
+/// inserts (see `Region::main_puts`).
+pub(crate) struct BatchFence {
+    seq: u64,
+    puts: [u64; SHARDS],
+}
+
 /// A transaction's hold on one key, returned by [`Region::lock`].
 pub(crate) struct KeyLock {
     /// The key's epoch right after this lock was taken.
@@ -184,14 +197,41 @@ const WRITE_LOG: usize = 1024;
 /// The `write_log` tag of a write that touched every key (a clear); key tags are odd.
 const ANY_KEY: u64 = 0;
 
-/// One shard of the per-key activity map.
-type KeyShard<E> = Mutex<HashMap<<E as CachedEntity>::Id, KeyState<E>>>;
+/// One fence shard: the activity of its keys, and its part of the batch window.
+struct Shard<E: CachedEntity> {
+    /// Its position in `Region::keys` (and `Region::main_puts`).
+    index: usize,
+    states: HashMap<E::Id, KeyState<E>>,
+    window: Window<E::Id, Arc<E>>,
+}
+
+type KeyShard<E> = Mutex<Shard<E>>;
+
+/// The share of a bounded region's capacity given to its batch window: a tenth, as
+/// S3-FIFO's small queue.
+const WINDOW_SHARE: u64 = 10;
+/// A region whose window would hold fewer entries than this has none.
+const MIN_WINDOW_ENTRIES: u64 = 256;
+/// A byte-budgeted region whose window would hold fewer bytes than this has none.
+const MIN_WINDOW_BYTES: u64 = 256 * 1024;
+/// The window of a region bounded by neither entries nor bytes.
+const UNBOUNDED_WINDOW_ENTRIES: u64 = 10_000;
 
 /// The cache region of entity type `E`.
 pub(crate) struct Region<E: CachedEntity> {
     config: RegionConfig,
     cache: Cache<E::Id, Slot<E>>,
     keys: Box<[KeyShard<E>]>,
+    /// The batch window's shared budget; `None`: the region has no window (see
+    /// [`RegionConfig::batch_window`]).
+    window: Option<Budget>,
+    /// The window weighs rows in estimated bytes (a byte-budgeted region), not as 1 each.
+    window_bytes: bool,
+    /// Per shard, bumped after every insert into the main cache (under the shard lock): a
+    /// batch that read a shard's count before its main-cache lookups, and finds it
+    /// unchanged at a fill, knows the main cache holds nothing for that shard's key it
+    /// looked up and missed, and skips a second moka lookup.
+    main_puts: Box<[AtomicU64]>,
     hasher: RandomState,
     /// Bumped by `clear` and by loss of trust, under every shard lock: a load that started
     /// before, and a commit whose lock was taken before, never fill or put (C3, C7).
@@ -353,9 +393,25 @@ impl<E: CachedEntity> Region<E> {
             (Some(bytes), n) if n > 0 => Some((bytes / 4).max(1)),
             _ => None,
         };
+        // The batch window takes its share of the bound, so the two stores together stay
+        // within it. Regions with a ttl or tti have none: a row's lifetime would start
+        // again when it moves to the main cache.
+        let windowed = config.batch_window && config.ttl.is_none() && config.tti.is_none();
+        let window = match (config.max_bytes, config.max_entries) {
+            (Some(bytes), _) => {
+                let share = (bytes - key_share.unwrap_or(0)) / WINDOW_SHARE;
+                (windowed && share >= MIN_WINDOW_BYTES).then_some(share)
+            }
+            (None, Some(n)) => {
+                let share = n / WINDOW_SHARE;
+                (windowed && share >= MIN_WINDOW_ENTRIES).then_some(share)
+            }
+            (None, None) => windowed.then_some(UNBOUNDED_WINDOW_ENTRIES),
+        };
+        let main_share = window.unwrap_or(0);
         builder = match (config.max_bytes, config.max_entries) {
             (Some(bytes), _) => {
-                let rows = bytes - key_share.unwrap_or(0);
+                let rows = bytes - key_share.unwrap_or(0) - main_share;
                 builder
                     .max_capacity(rows.max(1))
                     .weigher(|id: &E::Id, slot: &Slot<E>| {
@@ -369,7 +425,7 @@ impl<E: CachedEntity> Region<E> {
                         u32::try_from(key + value).unwrap_or(u32::MAX)
                     })
             }
-            (None, Some(n)) => builder.max_capacity(n),
+            (None, Some(n)) => builder.max_capacity(n - main_share),
             (None, None) => builder,
         };
         let per_index = key_share.map(|b| (b / unique.makers.len() as u64).max(1));
@@ -383,7 +439,18 @@ impl<E: CachedEntity> Region<E> {
             trusted: AtomicBool::new(true),
             indexes,
             cache: builder.build(),
-            keys: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            keys: (0..SHARDS)
+                .map(|index| {
+                    Mutex::new(Shard {
+                        index,
+                        states: HashMap::new(),
+                        window: Window::new(index),
+                    })
+                })
+                .collect(),
+            window: window.map(|cap| Budget::new(cap, SHARDS)),
+            main_puts: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            window_bytes: config.max_bytes.is_some(),
             hasher: RandomState::new(),
             generation: AtomicU64::new(0),
             write_seq: AtomicU64::new(0),
@@ -424,23 +491,40 @@ impl<E: CachedEntity> Region<E> {
     }
 
     /// Every shard lock, in order: for region-wide changes (clear, loss of trust).
-    fn lock_all_shards(&self) -> Vec<MutexGuard<'_, HashMap<E::Id, KeyState<E>>>> {
+    fn lock_all_shards(&self) -> Vec<MutexGuard<'_, Shard<E>>> {
         self.keys
             .iter()
             .map(|k| k.lock().unwrap_or_else(PoisonError::into_inner))
             .collect()
     }
 
-    fn shard(&self, id: &E::Id) -> MutexGuard<'_, HashMap<E::Id, KeyState<E>>> {
+    fn shard(&self, id: &E::Id) -> MutexGuard<'_, Shard<E>> {
         let i = (self.hasher.hash_one(id) as usize) % SHARDS;
         // A poisoned shard only means a panic happened while it was held; the maps stay
         // consistent because every mutation completes before anything can panic.
         self.keys[i].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The hit path: one moka lookup, no lock, no allocation beyond the `Arc` clone.
+    /// The hit path: one moka lookup, no lock, no allocation beyond the `Arc` clone. A
+    /// main-cache miss asks the batch window, if it holds anything: a row found there is
+    /// moved to the main cache under its shard's lock (its first read after a batch).
     #[inline]
     pub(crate) fn lookup(&self, id: &E::Id) -> Lookup<E> {
+        match self.lookup_main(id) {
+            Lookup::Miss if self.trusted.load(Ordering::Acquire) => match self.admit(id) {
+                Some(e) => {
+                    self.counters.hits.bump();
+                    Lookup::Hit(e)
+                }
+                None => Lookup::Miss,
+            },
+            found => found,
+        }
+    }
+
+    /// The main cache alone (a batch asks the window when it registers its misses).
+    #[inline]
+    pub(crate) fn lookup_main(&self, id: &E::Id) -> Lookup<E> {
         if !self.trusted.load(Ordering::Acquire) {
             Counters::bump(&self.counters.untrusted_reads);
             return Lookup::Miss;
@@ -458,6 +542,51 @@ impl<E: CachedEntity> Region<E> {
         }
     }
 
+    /// Moves `id`'s row from the batch window to the main cache, if the window holds it.
+    fn admit(&self, id: &E::Id) -> Option<Arc<E>> {
+        if self.window.as_ref()?.len() == 0 {
+            return None;
+        }
+        let mut keys = self.shard(id);
+        self.admit_locked(&mut keys, id)
+    }
+
+    /// [`admit`](Region::admit) with `id`'s shard locked by the caller.
+    fn admit_locked(&self, keys: &mut Shard<E>, id: &E::Id) -> Option<Arc<E>> {
+        let budget = self.window.as_ref()?;
+        let row = keys.window.take(id, budget)?;
+        self.put_main(keys, id, Slot::Present(Arc::clone(&row)));
+        Counters::bump(&self.counters.window_admissions);
+        Some(row)
+    }
+
+    /// Drops `id` from the batch window (every write of the key does, under its shard
+    /// lock, before it changes the main cache).
+    #[inline]
+    fn forget(&self, keys: &mut Shard<E>, id: &E::Id) {
+        if let Some(budget) = &self.window {
+            keys.window.take(id, budget);
+        }
+    }
+
+    /// Puts `slot` in the main cache; the caller holds `id`'s shard, `keys`. Every insert
+    /// into the main cache goes through here.
+    #[inline]
+    fn put_main(&self, keys: &Shard<E>, id: &E::Id, slot: Slot<E>) {
+        self.cache.insert(id.clone(), slot);
+        // After the insert: a batch that read the count before it also sees the row.
+        self.main_puts[keys.index].fetch_add(1, Ordering::Release);
+    }
+
+    /// The slot for `id` in either store, read quietly, with `id`'s shard locked by the
+    /// caller.
+    fn current(&self, keys: &Shard<E>, id: &E::Id) -> Option<Slot<E>> {
+        if let Some(row) = keys.window.get(id) {
+            return Some(Slot::Present(Arc::clone(row)));
+        }
+        self.quiet_get(id)
+    }
+
     /// The cached row, if the cache would serve one now; counts nothing.
     pub(crate) fn peek(&self, id: &E::Id) -> Option<Arc<E>> {
         if !self.trusted.load(Ordering::Acquire) {
@@ -465,7 +594,11 @@ impl<E: CachedEntity> Region<E> {
         }
         match self.quiet_get(id) {
             Some(Slot::Present(e)) => Some(e),
-            _ => None,
+            Some(_) => None,
+            None if self.window.as_ref().is_some_and(|b| b.len() > 0) => {
+                self.shard(id).window.get(id).cloned()
+            }
+            None => None,
         }
     }
 
@@ -496,10 +629,15 @@ impl<E: CachedEntity> Region<E> {
                 match self.cache.get(id) {
                     Some(Slot::Present(e)) => return Ok(Some(e)),
                     Some(Slot::Absent | Slot::Tombstone(_)) => return Ok(None),
-                    Some(Slot::Locked) | None => {}
+                    Some(Slot::Locked) => {}
+                    None => {
+                        if let Some(e) = self.admit_locked(&mut keys, id) {
+                            return Ok(Some(e));
+                        }
+                    }
                 }
             }
-            let st = keys.entry(id.clone()).or_default();
+            let st = keys.states.entry(id.clone()).or_default();
             if st.locks > 0 {
                 Counters::bump(&self.counters.lock_bypasses);
                 (
@@ -603,14 +741,14 @@ impl<E: CachedEntity> Region<E> {
         loaded.map(|row| row.map(Arc::new))
     }
 
-    /// Registers one key of a batch load. Batch loads do not join or lead single flights.
+    /// Registers one key of a load with its own ticket: a refreshing batch (a refresh puts
+    /// without comparing versions, so it is fenced by the key's epoch, which every change
+    /// of the slot bumps). Batch loads do not join or lead single flights.
     pub(crate) fn begin_load(&self, id: &E::Id, mode: FillMode) -> LoadTicket {
         Counters::bump(&self.counters.misses);
         let generation = self.generation.load(Ordering::Acquire);
-        // No second cache lookup here: a row filled since the caller's lookup is loaded
-        // again, harmlessly (fills are version-checked).
         let mut keys = self.shard(id);
-        let st = keys.entry(id.clone()).or_default();
+        let st = keys.states.entry(id.clone()).or_default();
         let may_fill =
             st.locks == 0 && mode != FillMode::NoFill && self.trusted.load(Ordering::Acquire);
         if may_fill {
@@ -625,9 +763,59 @@ impl<E: CachedEntity> Region<E> {
             force: mode == FillMode::Refresh,
         };
         if st.idle() {
-            keys.remove(id);
+            keys.states.remove(id);
         }
         ticket
+    }
+
+    /// Starts the fence of a batch load (`find_many`): taken before the batch's main-cache
+    /// lookups, and before its query.
+    pub(crate) fn batch_fence(&self) -> BatchFence {
+        let seq = self.write_seq.load(Ordering::Acquire);
+        BatchFence {
+            seq,
+            puts: std::array::from_fn(|i| self.main_puts[i].load(Ordering::Acquire)),
+        }
+    }
+
+    /// One key of a batch load that missed the main cache, in [`FillMode::Fill`] or
+    /// [`FillMode::NoFill`]: returns its row when the batch window holds it (moved to the
+    /// main cache in `Fill`, its first read by id), `None` when it must be loaded. Nothing
+    /// is registered: the batch's fills are fenced by the write log (see
+    /// [`fill_batch`](Region::fill_batch)).
+    pub(crate) fn begin_batch_key(&self, id: &E::Id, mode: FillMode) -> Option<Arc<E>> {
+        let mut keys = self.shard(id);
+        if self.trusted.load(Ordering::Acquire) {
+            let windowed = match mode {
+                FillMode::Fill => self.admit_locked(&mut keys, id),
+                _ => keys.window.get(id).cloned(),
+            };
+            if windowed.is_some() {
+                self.counters.hits.bump();
+                return windowed;
+            }
+        }
+        Counters::bump(&self.counters.misses);
+        if keys.states.get(id).is_some_and(|st| st.locks > 0) {
+            Counters::bump(&self.counters.lock_bypasses);
+        }
+        None
+    }
+
+    /// Fills one key of a batch load that began at `fence` with `row` (`None`: no row),
+    /// unless a write touched the key since or a transaction holds it now (C3, C4): every
+    /// write of the key bumps the write sequence and logs itself under the key's shard
+    /// lock, which this holds. The row goes to the batch window.
+    pub(crate) fn fill_batch(&self, id: &E::Id, row: &Option<Arc<E>>, fence: &BatchFence) {
+        let mut keys = self.shard(id);
+        let locked = keys.states.get(id).is_some_and(|st| st.locks > 0);
+        if locked || !self.trusted.load(Ordering::Acquire) || !self.unwritten_since(id, fence.seq) {
+            Counters::bump(&self.counters.rejected_stale_fills);
+            tracing::debug!(region = %self.config.name, id = ?id, "rejected a stale fill (C3)");
+            return;
+        }
+        let missed = self.main_puts[keys.index].load(Ordering::Acquire) == fence.puts[keys.index];
+        self.fill(&mut keys, id, row, true, missed);
     }
 
     /// Ends a load registered by `begin_load` or `load_through`: fills with `row` (an
@@ -644,7 +832,7 @@ impl<E: CachedEntity> Region<E> {
             return;
         }
         let mut keys = self.shard(id);
-        let Some(st) = keys.get_mut(id) else {
+        let Some(st) = keys.states.get_mut(id) else {
             return;
         };
         st.loads = st.loads.saturating_sub(1);
@@ -653,22 +841,22 @@ impl<E: CachedEntity> Region<E> {
                 st.flight = None;
             }
         }
+        let current = st.epoch == ticket.epoch
+            && st.locks == 0
+            && self.trusted.load(Ordering::Acquire)
+            && self.generation.load(Ordering::Acquire) == ticket.generation;
+        if st.idle() {
+            keys.states.remove(id);
+        }
         if let Some(row) = row {
-            let current = st.epoch == ticket.epoch
-                && st.locks == 0
-                && self.trusted.load(Ordering::Acquire)
-                && self.generation.load(Ordering::Acquire) == ticket.generation;
             if current && ticket.force {
-                self.put_fresh(id, row);
+                self.put_fresh(&mut keys, id, row);
             } else if current {
-                self.fill(id, row);
+                self.fill(&mut keys, id, row, false, false);
             } else {
                 Counters::bump(&self.counters.rejected_stale_fills);
                 tracing::debug!(region = %self.config.name, id = ?id, "rejected a stale fill (C3)");
             }
-        }
-        if st.idle() {
-            keys.remove(id);
         }
     }
 
@@ -677,17 +865,56 @@ impl<E: CachedEntity> Region<E> {
     /// shard lock, as does every other writer of the slot (locks, commits, releases,
     /// invalidations, and `clear`, which takes them all), so the check and the insert are
     /// atomic without moka's per-key compute.
+    /// A row read by a batch (`batch`) goes to the batch window when the key is in neither
+    /// store, or replaces an older version there; a row of a single-key load goes to the
+    /// main cache (out of the window, if it was there).
+    /// `main_missed`: the caller knows the main cache holds nothing for `id` (a batch whose
+    /// lookup missed, with no insert into the shard since; see `main_puts`).
     /// Returns whether it put the row.
-    fn fill(&self, id: &E::Id, row: &Option<Arc<E>>) -> bool {
+    fn fill(
+        &self,
+        keys: &mut Shard<E>,
+        id: &E::Id,
+        row: &Option<Arc<E>>,
+        batch: bool,
+        main_missed: bool,
+    ) -> bool {
         let slot = match row {
             Some(e) => Slot::Present(Arc::clone(e)),
             None if self.config.negative_ttl.is_some() => Slot::Absent,
             None => return false,
         };
+        if let (Some(budget), Some(old)) = (&self.window, keys.window.get(id)) {
+            // The same checks as for the main cache below: only a newer row replaces it.
+            let Slot::Present(new) = &slot else {
+                return false;
+            };
+            if old.version() > new.version() {
+                Counters::bump(&self.counters.rejected_stale_fills);
+            }
+            if old.version() >= new.version() {
+                return false;
+            }
+            if batch {
+                let weight = self.window_weight(id, new);
+                keys.window.replace(id, Arc::clone(new), weight, budget);
+                return self.make_room(keys, id, budget);
+            } else {
+                keys.window.take(id, budget);
+                self.put_main(keys, id, slot);
+            }
+            return true;
+        }
         // Most fills find the slot empty; `contains_key` says so without cloning the slot
         // or recording a read, and the shard lock makes it as atomic as the `get`.
-        if !self.cache.contains_key(id) {
-            self.cache.insert(id.clone(), slot);
+        if main_missed || !self.cache.contains_key(id) {
+            if let (true, Some(budget), Slot::Present(new)) = (batch, &self.window, &slot) {
+                let weight = self.window_weight(id, new);
+                keys.window
+                    .insert(id.clone(), Arc::clone(new), weight, budget);
+                return self.make_room(keys, id, budget);
+            }
+            self.put_main(keys, id, slot);
             return true;
         }
         let put = match (self.quiet_get(id), &slot) {
@@ -700,19 +927,69 @@ impl<E: CachedEntity> Region<E> {
             _ => false,
         };
         if put {
-            self.cache.insert(id.clone(), slot);
+            self.put_main(keys, id, slot);
         }
         put
     }
 
-    /// A refresh: the fence proved `row` is the latest committed state, so it replaces
-    /// whatever the slot holds.
-    fn put_fresh(&self, id: &E::Id, row: &Option<Arc<E>>) {
-        match row {
-            Some(e) => self.cache.insert(id.clone(), Slot::Present(Arc::clone(e))),
-            None if self.config.negative_ttl.is_some() => {
-                self.cache.insert(id.clone(), Slot::Absent)
+    /// Pushes the oldest rows out of the batch window until it fits its budget again, after
+    /// `id` was put in the caller's shard `keys`. The oldest row may be another shard's,
+    /// which is only tried, never waited for (the caller holds its own lock): when that
+    /// shard is busy, the caller's shard gives its own oldest row instead. Rows pushed out
+    /// count as evictions. Returns whether `id` stayed.
+    fn make_room(&self, keys: &mut Shard<E>, id: &E::Id, budget: &Budget) -> bool {
+        let mut kept = true;
+        while budget.over() {
+            let other = budget
+                .oldest_shard()
+                .filter(|&i| i != keys.index)
+                .and_then(|i| match self.keys[i].try_lock() {
+                    Ok(shard) => Some(shard),
+                    Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                    Err(TryLockError::WouldBlock) => None,
+                });
+            let popped = match other {
+                Some(mut shard) => shard.window.pop_oldest(budget).is_some(),
+                None => match keys.window.pop_oldest(budget) {
+                    Some(k) => {
+                        kept &= k != *id;
+                        true
+                    }
+                    // Nothing of its own left, and the others are empty or busy.
+                    None => break,
+                },
+            };
+            if popped {
+                Counters::bump(&self.counters.evicted_size);
             }
+        }
+        kept
+    }
+
+    /// [`fill`](Region::fill) into the main cache, taking the shard lock (tests).
+    #[cfg(test)]
+    pub(crate) fn fill_main(&self, id: &E::Id, row: &Option<Arc<E>>) -> bool {
+        let mut keys = self.shard(id);
+        self.fill(&mut keys, id, row, false, false)
+    }
+
+    /// The weight of `row` in the batch window: its estimated bytes in a byte-budgeted
+    /// region (as the main cache weighs it), 1 otherwise.
+    fn window_weight(&self, id: &E::Id, row: &E) -> u64 {
+        if self.window_bytes {
+            (std::mem::size_of_val(id) + row.approx_bytes()) as u64
+        } else {
+            1
+        }
+    }
+
+    /// A refresh: the fence proved `row` is the latest committed state, so it replaces
+    /// whatever the slot holds (in the main cache).
+    fn put_fresh(&self, keys: &mut Shard<E>, id: &E::Id, row: &Option<Arc<E>>) {
+        self.forget(keys, id);
+        match row {
+            Some(e) => self.put_main(keys, id, Slot::Present(Arc::clone(e))),
+            None if self.config.negative_ttl.is_some() => self.put_main(keys, id, Slot::Absent),
             None => self.cache.invalidate(id),
         }
     }
@@ -774,16 +1051,17 @@ impl<E: CachedEntity> Region<E> {
     /// Fills one row read by a query (a unique-key lookup, a list, a warm-up) that started
     /// at write sequence `seq`, unless a write touched the row since or holds it now.
     /// `None` when the fence refused it; otherwise whether the row was put (a slot holding
-    /// the same or a newer version keeps it).
-    pub(crate) fn fill_if_unchanged(&self, row: &Arc<E>, seq: u64) -> Option<bool> {
+    /// the same or a newer version keeps it). `batch`: the row goes to the batch window
+    /// (list members), not the main cache (warm-up rows, a unique-key lookup's row).
+    pub(crate) fn fill_if_unchanged(&self, row: &Arc<E>, seq: u64, batch: bool) -> Option<bool> {
         let id = &row.id();
-        let keys = self.shard(id);
-        let locked = keys.get(id).is_some_and(|st| st.locks > 0);
+        let mut keys = self.shard(id);
+        let locked = keys.states.get(id).is_some_and(|st| st.locks > 0);
         if locked || !self.trusted.load(Ordering::Acquire) || !self.unwritten_since(id, seq) {
             Counters::bump(&self.counters.rejected_stale_fills);
             return None;
         }
-        let put = self.fill(id, &Some(Arc::clone(row)));
+        let put = self.fill(&mut keys, id, &Some(Arc::clone(row)), batch, false);
         drop(keys);
         Some(put)
     }
@@ -830,7 +1108,7 @@ impl<E: CachedEntity> Region<E> {
         // `clear` logs a write of every key, so one check covers it.
         let (mut filled, mut refused) = (0, 0);
         for row in rows {
-            match self.fill_if_unchanged(&Arc::new(row), seq) {
+            match self.fill_if_unchanged(&Arc::new(row), seq, false) {
                 Some(true) => filled += 1,
                 Some(false) => {}
                 None => refused += 1,
@@ -847,20 +1125,21 @@ impl<E: CachedEntity> Region<E> {
         let previous = if self.indexes.is_empty() {
             None
         } else {
-            match self.quiet_get(id) {
+            match self.current(&keys, id) {
                 Some(Slot::Present(e)) => Some(e),
                 _ => None,
             }
         };
         // `previous` is read under the shard lock, before the marker replaces it.
-        let st = keys.entry(id.clone()).or_default();
+        self.forget(&mut keys, id);
+        let st = keys.states.entry(id.clone()).or_default();
         st.locks += 1;
         st.epoch += 1;
         let epoch = st.epoch;
         // Read under the shard lock, which every clear also takes.
         let generation = self.generation.load(Ordering::Acquire);
         self.note_write(Some(id));
-        self.cache.insert(id.clone(), Slot::Locked);
+        self.put_main(&keys, id, Slot::Locked);
         drop(keys);
         if let Some(old) = &previous {
             for index in &self.indexes {
@@ -883,6 +1162,7 @@ impl<E: CachedEntity> Region<E> {
     pub(crate) fn commit(&self, id: &E::Id, lock: &KeyLock, write: FinalWrite<E>) {
         let mut keys = self.shard(id);
         self.note_write(Some(id));
+        self.forget(&mut keys, id);
         let written = match &write {
             FinalWrite::Put(e) => e.version(),
             FinalWrite::Delete { version } => *version,
@@ -891,7 +1171,7 @@ impl<E: CachedEntity> Region<E> {
         // A clear takes every shard lock, so this check cannot straddle one.
         let uncleared = self.generation.load(Ordering::Acquire) == lock.generation;
         let is_delete = matches!(write, FinalWrite::Delete { .. });
-        let sole = match keys.get_mut(id) {
+        let sole = match keys.states.get_mut(id) {
             Some(st) => {
                 let sole = st.locks == 1
                     && st.epoch == lock.epoch
@@ -901,16 +1181,16 @@ impl<E: CachedEntity> Region<E> {
                 st.locks = st.locks.saturating_sub(1);
                 st.epoch += 1;
                 if st.idle() {
-                    keys.remove(id);
+                    keys.states.remove(id);
                 }
                 sole
             }
             None => false,
         };
         match (sole, write) {
-            (true, FinalWrite::Put(e)) => self.cache.insert(id.clone(), Slot::Present(e)),
+            (true, FinalWrite::Put(e)) => self.put_main(&keys, id, Slot::Present(e)),
             (true, FinalWrite::Delete { version }) if self.config.negative_ttl.is_some() => {
-                self.cache.insert(id.clone(), Slot::Tombstone(version))
+                self.put_main(&keys, id, Slot::Tombstone(version))
             }
             _ => self.cache.invalidate(id),
         }
@@ -922,11 +1202,12 @@ impl<E: CachedEntity> Region<E> {
     pub(crate) fn release(&self, id: &E::Id) {
         let mut keys = self.shard(id);
         self.note_write(Some(id));
-        if let Some(st) = keys.get_mut(id) {
+        self.forget(&mut keys, id);
+        if let Some(st) = keys.states.get_mut(id) {
             st.locks = st.locks.saturating_sub(1);
             st.epoch += 1;
             if st.idle() {
-                keys.remove(id);
+                keys.states.remove(id);
             }
         }
         self.cache.invalidate(id);
@@ -937,7 +1218,8 @@ impl<E: CachedEntity> Region<E> {
     pub(crate) fn invalidate(&self, id: &E::Id) {
         let mut keys = self.shard(id);
         self.note_write(Some(id));
-        if let Some(st) = keys.get_mut(id) {
+        self.forget(&mut keys, id);
+        if let Some(st) = keys.states.get_mut(id) {
             st.epoch += 1;
         }
         self.cache.invalidate(id);
@@ -963,12 +1245,12 @@ impl<E: CachedEntity> Region<E> {
     ) -> bool {
         let mut keys = self.shard(id);
         // A quiet lookup: checking a notification is not a read (it must not extend tti).
-        let own = match (op, self.quiet_get(id)) {
+        let own = match (op, self.current(&keys, id)) {
             (ChangeOp::Insert | ChangeOp::Update, Some(Slot::Present(e))) => e.version() >= version,
             (ChangeOp::Delete, Some(Slot::Tombstone(v))) => v >= version,
             _ => false,
         };
-        if let Some(st) = keys.get_mut(id) {
+        if let Some(st) = keys.states.get_mut(id) {
             st.remote_floor = st.remote_floor.max(version);
             st.remote_insert |= op == ChangeOp::Insert;
             if st.locks > 0 {
@@ -983,7 +1265,7 @@ impl<E: CachedEntity> Region<E> {
         if own {
             // The slot is at this version or later, but a load in flight may have read an
             // older one: a refresh puts without comparing versions, so fence it (C3).
-            if let Some(st) = keys.get_mut(id) {
+            if let Some(st) = keys.states.get_mut(id) {
                 st.epoch += 1;
             }
             drop(keys);
@@ -995,10 +1277,11 @@ impl<E: CachedEntity> Region<E> {
             }
             return false;
         }
-        if let Some(st) = keys.get_mut(id) {
+        if let Some(st) = keys.states.get_mut(id) {
             st.epoch += 1;
         }
         self.note_write(Some(id));
+        self.forget(&mut keys, id);
         self.cache.invalidate(id);
         drop(keys);
         // The row's new key values are unknown: no negative key entry may outlive it, nor
@@ -1053,9 +1336,14 @@ impl<E: CachedEntity> Region<E> {
     pub(crate) fn clear(&self) {
         // Every shard lock, so no fill that passed its fence check before the generation
         // bump can insert after `invalidate_all`.
-        let _all = self.lock_all_shards();
+        let mut all = self.lock_all_shards();
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.note_write(None);
+        if let Some(budget) = &self.window {
+            for shard in &mut all {
+                shard.window.clear(budget);
+            }
+        }
         self.cache.invalidate_all();
         self.clear_key_entries();
     }
@@ -1068,6 +1356,7 @@ impl<E: CachedEntity> Region<E> {
             table,
             &self.counters,
             self.cache.entry_count(),
+            self.window.as_ref().map_or(0, Budget::len),
         );
         #[cfg(feature = "redis")]
         {
@@ -1095,30 +1384,42 @@ impl<E: CachedEntity> Drop for LoadGuard<'_, E> {
     }
 }
 
-/// A batch load in progress (`find_many`): the keys it registered with `begin_load`.
-/// [`finish`](BatchLoad::finish) fills them (fenced); dropped without it (the load failed
-/// or panicked), it ends every key's load without filling, so no key state outlives it.
+/// A batch load in progress (`find_many`): the keys that missed both stores.
+/// [`finish`](BatchLoad::finish) fills them (fenced). A refreshing batch registers each key
+/// with its own ticket; dropped without `finish` (the load failed or panicked), it ends
+/// those loads without filling, so no key state outlives it.
 pub(crate) struct BatchLoad<'a, E: CachedEntity> {
     region: &'a Region<E>,
-    /// The registered keys, in order, and their tickets at the same positions.
+    mode: FillMode,
+    fence: BatchFence,
+    /// The keys to load, in order.
     keys: Vec<E::Id>,
+    /// A refresh only: each key's ticket, at the same positions.
     tickets: Vec<LoadTicket>,
 }
 
 impl<'a, E: CachedEntity> BatchLoad<'a, E> {
-    pub(crate) fn new(region: &'a Region<E>, capacity: usize) -> Self {
+    /// Starts a batch; before its main-cache lookups, which the fence must precede.
+    pub(crate) fn new(region: &'a Region<E>, mode: FillMode) -> Self {
         BatchLoad {
             region,
-            keys: Vec::with_capacity(capacity),
-            tickets: Vec::with_capacity(capacity),
+            mode,
+            fence: region.batch_fence(),
+            keys: Vec::new(),
+            tickets: Vec::new(),
         }
     }
 
-    /// Registers `id`.
-    pub(crate) fn begin(&mut self, id: &E::Id, mode: FillMode) {
-        let ticket = self.region.begin_load(id, mode);
+    /// `id` missed the main cache: returns its row when the batch window holds it,
+    /// otherwise registers it to load.
+    pub(crate) fn begin(&mut self, id: &E::Id) -> Option<Arc<E>> {
+        if self.mode == FillMode::Refresh {
+            self.tickets.push(self.region.begin_load(id, self.mode));
+        } else if let Some(row) = self.region.begin_batch_key(id, self.mode) {
+            return Some(row);
+        }
         self.keys.push(id.clone());
-        self.tickets.push(ticket);
+        None
     }
 
     /// The registered keys, to load.
@@ -1130,9 +1431,20 @@ impl<'a, E: CachedEntity> BatchLoad<'a, E> {
     /// where the fence allows.
     pub(crate) fn finish(mut self, found: &HashMap<E::Id, Arc<E>>) {
         let (keys, tickets) = self.take();
-        for (id, ticket) in keys.iter().zip(&tickets) {
-            let row = found.get(id).cloned();
-            self.region.finish_load(id, ticket, Some(&row), None);
+        match self.mode {
+            FillMode::Fill => {
+                for id in &keys {
+                    self.region
+                        .fill_batch(id, &found.get(id).cloned(), &self.fence);
+                }
+            }
+            FillMode::Refresh => {
+                for (id, ticket) in keys.iter().zip(&tickets) {
+                    let row = found.get(id).cloned();
+                    self.region.finish_load(id, ticket, Some(&row), None);
+                }
+            }
+            FillMode::NoFill => {}
         }
     }
 

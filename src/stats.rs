@@ -75,6 +75,7 @@ pub(crate) struct Counters {
     pub(crate) untrusted_reads: AtomicU64,
     pub(crate) remote_invalidations: AtomicU64,
     pub(crate) remote_flushes: AtomicU64,
+    pub(crate) window_admissions: AtomicU64,
 }
 
 impl Counters {
@@ -84,7 +85,6 @@ impl Counters {
     }
 
     #[inline]
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
@@ -126,8 +126,9 @@ pub struct RegionStats {
     pub commits_applied: u64,
     /// Keys released without applying: rollbacks, errors, panics, failed commits (C1).
     pub writes_discarded: u64,
-    /// Entries evicted to stay within `max_entries` or `max_bytes` (moka cause `Size`).
-    /// This and the next two stay 0 when `RegionConfig::track_evictions` is off.
+    /// Entries evicted to stay within `max_entries` or `max_bytes` (moka cause `Size`),
+    /// and rows pushed out of the batch window unread. The main cache's evictions, and the
+    /// next two counts, stay 0 when `RegionConfig::track_evictions` is off.
     pub evicted_size: u64,
     /// Entries removed because their ttl or tti passed (moka cause `Expired`). An expired
     /// entry is never served; it is removed and counted by moka's timer wheel, about a
@@ -166,8 +167,16 @@ pub struct RegionStats {
     /// Region clears caused by a statement changing many rows, an unparsable id, or a
     /// change feed gap (C7).
     pub remote_flushes: u64,
-    /// Entries held now (rows, negative entries and tombstones).
+    /// Rows read by a batch (`find_many`, list members) that a later read moved from the
+    /// batch window to the main cache (see [`RegionConfig::batch_window`]).
+    ///
+    /// [`RegionConfig::batch_window`]: crate::RegionConfig::batch_window
+    pub window_admissions: u64,
+    /// Entries held now (rows, negative entries and tombstones), the batch window's rows
+    /// included.
     pub entries: u64,
+    /// Rows held now in the batch window (counted in `entries` too).
+    pub window_entries: u64,
     /// The shared tier's figures for this region, when it is shared (feature `redis`).
     #[cfg(feature = "redis")]
     pub shared: Option<crate::shared::SharedRegionStats>,
@@ -179,6 +188,7 @@ impl RegionStats {
         table: &'static str,
         c: &Counters,
         entries: u64,
+        window_entries: u64,
     ) -> Self {
         RegionStats {
             region: region.to_string(),
@@ -208,7 +218,9 @@ impl RegionStats {
             untrusted_reads: c.untrusted_reads.load(Relaxed),
             remote_invalidations: c.remote_invalidations.load(Relaxed),
             remote_flushes: c.remote_flushes.load(Relaxed),
-            entries,
+            window_admissions: c.window_admissions.load(Relaxed),
+            entries: entries + window_entries,
+            window_entries,
             #[cfg(feature = "redis")]
             shared: None,
         }

@@ -475,6 +475,34 @@ backend_tests! {
         assert_eq!(db.find::<User>(1).unwrap().map(|u| u.version), Some(2));
     }
 
+    /// C3 for `find_many`: a batch reads versions 1 of rows 1 and 2 (paused after its
+    /// query) → another client updates row 1 to version 2 with plain SQL, and its
+    /// notification arrives → the batch fills. Row 2 is cached (in the batch window); row
+    /// 1's version 1 is refused, so the next read loads version 2. The batch registers no
+    /// key: it is fenced by the region's write log, which the notification wrote.
+    fn a_batch_load_racing_a_plain_sql_write_never_fills_the_written_row(t) {
+        t.exec("INSERT INTO users (id, version, email, name) VALUES (1, 1, 'a@x.org', 'A'), (2, 1, 'b@x.org', 'B')");
+        let s = Script::default();
+        let db = Db::builder(t.pool.clone()).cache::<User>().listen(listen_to(t)).test_hook(s.hook()).build().unwrap();
+        let changes = || db.stats().listener.unwrap().changes;
+        let seen = changes();
+        s.arm("batch", "after_load");
+        let r = {
+            let db = db.clone();
+            spawn("batch", move || db.find_many::<User>(&[1, 2]).unwrap())
+        };
+        s.wait("batch", "after_load");
+        t.exec("UPDATE users SET name = 'A2', version = 2 WHERE id = 1");
+        wait_until("version 2's notification", || changes() > seen);
+        s.release("batch", "after_load");
+        let read: Vec<Option<i64>> = r.join().unwrap().iter().map(|u| u.as_ref().map(|u| u.version)).collect();
+        assert_eq!(read, vec![Some(1), Some(1)], "the batch returns what it read");
+        assert_eq!(db.peek::<User>(&1).unwrap().map(|u| u.version), None, "C3: the batch filled version 1 after version 2 committed");
+        assert_eq!(db.peek::<User>(&2).unwrap().map(|u| u.version), Some(1));
+        assert_eq!(db.find::<User>(1).unwrap().map(|u| u.version), Some(2));
+        assert_eq!(db.stats().region("users").unwrap().rejected_stale_fills, 1);
+    }
+
     // ---- Regressions: bugs the consistency work found, now fixed -------------------
 
     /// Was a bug (C1, PostgreSQL), fixed by the pre-COMMIT probe: a statement error swallowed inside the closure aborts the

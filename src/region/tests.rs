@@ -52,10 +52,16 @@ fn region() -> Region<Row> {
 
 impl<E: CachedEntity> Region<E> {
     fn tracked_keys(&self) -> usize {
-        self.keys.iter().map(|s| s.lock().unwrap().len()).sum()
+        self.keys
+            .iter()
+            .map(|s| s.lock().unwrap().states.len())
+            .sum()
     }
+    /// The version either store holds (the batch window or the main cache), read without
+    /// moving a window row.
     fn cached_version(&self, id: &E::Id) -> Option<i64> {
-        match self.cache.get(id) {
+        let slot = self.current(&self.shard(id), id);
+        match slot {
             Some(Slot::Present(e)) => Some(e.version()),
             Some(Slot::Tombstone(v)) => Some(-v),
             Some(Slot::Absent) => Some(0),
@@ -132,9 +138,9 @@ fn late_fill_is_rejected_after_the_newer_entry_was_evicted() {
 fn fill_never_replaces_a_newer_version() {
     let r = region();
     r.cache.insert(1, Slot::Present(Arc::new(row(1, 5))));
-    r.fill(&1, &Some(Arc::new(row(1, 4))));
+    r.fill_main(&1, &Some(Arc::new(row(1, 4))));
     assert_eq!(r.cached_version(&1), Some(5));
-    r.fill(&1, &Some(Arc::new(row(1, 6))));
+    r.fill_main(&1, &Some(Arc::new(row(1, 6))));
     assert_eq!(r.cached_version(&1), Some(6));
 }
 
@@ -145,7 +151,7 @@ fn delete_leaves_a_tombstone_that_blocks_older_fills() {
     let (lock, _) = r.lock(&1);
     r.commit(&1, &lock, FinalWrite::Delete { version: 4 });
     assert!(matches!(r.lookup(&1), Lookup::NegativeHit));
-    r.fill(&1, &Some(Arc::new(row(1, 3))));
+    r.fill_main(&1, &Some(Arc::new(row(1, 3))));
     assert_eq!(r.cached_version(&1), Some(-4));
 }
 
@@ -231,7 +237,8 @@ fn clear_fences_loads_in_flight() {
 
 fn flight_waiters(r: &Region<Row>, id: i64) -> usize {
     let keys = r.shard(&id);
-    keys.get(&id)
+    keys.states
+        .get(&id)
         .and_then(|st| st.flight.as_ref())
         .map_or(0, Arc::strong_count)
 }
@@ -411,7 +418,7 @@ fn clear_between_commit_and_apply(name: &str, clear: impl Fn(&Region<Row>)) {
         FinalWrite::Delete { version: 2 },
     ] {
         let r = region();
-        r.fill(&1, &Some(Arc::new(row(1, 1))));
+        r.fill_main(&1, &Some(Arc::new(row(1, 1))));
         let (lock, _) = r.lock(&1);
         clear(&r);
         r.commit(&1, &lock, write);
@@ -458,17 +465,17 @@ fn a_lock_taken_after_a_clear_puts() {
 fn panicking_batch_loader_leaves_no_state_behind() {
     let r = region();
     let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut batch = BatchLoad::new(&r, 3);
+        let mut batch = BatchLoad::new(&r, FillMode::Refresh);
         for id in [1, 2, 3] {
-            batch.begin(&id, FillMode::Fill);
+            batch.begin(&id);
         }
         let _keys = batch.keys();
         panic!("loader bug");
     }));
     assert!(caught.is_err());
     assert_eq!(r.tracked_keys(), 0, "the panicked batch leaked key state");
-    let mut batch = BatchLoad::new(&r, 1);
-    batch.begin(&1, FillMode::Fill);
+    let mut batch = BatchLoad::new(&r, FillMode::Fill);
+    batch.begin(&1);
     let found = HashMap::from([(1, Arc::new(row(1, 1)))]);
     batch.finish(&found);
     assert_eq!(r.cached_version(&1), Some(1));
@@ -482,7 +489,7 @@ fn panicking_batch_loader_leaves_no_state_behind() {
 fn peeks_and_internal_lookups_do_not_extend_time_to_idle() {
     let tti = Duration::from_millis(200);
     let r = Region::<Row>::new(RegionConfig::new("rows").tti(tti));
-    r.fill(&1, &Some(Arc::new(row(1, 2))));
+    r.fill_main(&1, &Some(Arc::new(row(1, 2))));
     let started = std::time::Instant::now();
     let mut expired = false;
     while started.elapsed() < tti * 2 {
@@ -492,7 +499,7 @@ fn peeks_and_internal_lookups_do_not_extend_time_to_idle() {
             expired = true;
             break;
         }
-        r.fill(&1, &Some(Arc::new(row(1, 1))));
+        r.fill_main(&1, &Some(Arc::new(row(1, 1))));
         r.remote_invalidate(&1, ChangeOp::Update, 1, "");
         thread::sleep(Duration::from_millis(10));
     }
@@ -501,7 +508,7 @@ fn peeks_and_internal_lookups_do_not_extend_time_to_idle() {
         "the entry was not read for twice its tti, yet is still served"
     );
     // A real read does extend it.
-    r.fill(&2, &Some(Arc::new(row(2, 1))));
+    r.fill_main(&2, &Some(Arc::new(row(2, 1))));
     let started = std::time::Instant::now();
     while started.elapsed() < tti * 2 {
         assert!(matches!(r.lookup(&2), Lookup::Hit(_)));
@@ -520,21 +527,21 @@ fn query_fills_are_fenced_per_row_by_the_write_log() {
         r.invalidate(&id);
     }
     assert_eq!(
-        r.fill_if_unchanged(&Arc::new(row(1, 1)), seq),
+        r.fill_if_unchanged(&Arc::new(row(1, 1)), seq, false),
         Some(true),
         "other rows' writes"
     );
     let seq = r.write_seq();
     r.invalidate(&1);
     assert_eq!(
-        r.fill_if_unchanged(&Arc::new(row(1, 2)), seq),
+        r.fill_if_unchanged(&Arc::new(row(1, 2)), seq, false),
         None,
         "its own write"
     );
     let seq = r.write_seq();
     r.clear();
     assert_eq!(
-        r.fill_if_unchanged(&Arc::new(row(1, 2)), seq),
+        r.fill_if_unchanged(&Arc::new(row(1, 2)), seq, false),
         None,
         "a clear"
     );
@@ -543,7 +550,7 @@ fn query_fills_are_fenced_per_row_by_the_write_log() {
         r.invalidate(&(1_000 + id));
     }
     assert_eq!(
-        r.fill_if_unchanged(&Arc::new(row(1, 2)), seq),
+        r.fill_if_unchanged(&Arc::new(row(1, 2)), seq, false),
         None,
         "more writes than the log holds"
     );
@@ -552,9 +559,203 @@ fn query_fills_are_fenced_per_row_by_the_write_log() {
         r.invalidate(&(1_000 + id));
     }
     assert_eq!(
-        r.fill_if_unchanged(&Arc::new(row(1, 2)), seq),
+        r.fill_if_unchanged(&Arc::new(row(1, 2)), seq, false),
         Some(true),
         "as many as it holds"
     );
     assert_eq!(r.cached_version(&1), Some(2));
+}
+
+/// Runs a batch load of `rows` (ids and versions) that finds them all, with nothing in
+/// between: what `find_many` does.
+fn batch_fill(r: &Region<Row>, rows: &[(i64, i64)]) {
+    let mut batch = BatchLoad::new(r, FillMode::Fill);
+    for (id, _) in rows {
+        assert!(batch.begin(id).is_none(), "{id} was cached");
+    }
+    let found = rows
+        .iter()
+        .map(|&(id, v)| (id, Arc::new(row(id, v))))
+        .collect();
+    batch.finish(&found);
+}
+
+fn in_window(r: &Region<Row>, id: i64) -> bool {
+    r.shard(&id).window.get(&id).is_some()
+}
+
+/// Rows of a batch land in the batch window, not the main cache; the first read by id
+/// serves the row and moves it to the main cache (once), so later hits are lock-free.
+#[test]
+fn batch_rows_wait_in_the_window_until_a_read_admits_them() {
+    let r = region();
+    batch_fill(&r, &[(1, 1), (2, 1)]);
+    assert!(in_window(&r, 1) && in_window(&r, 2));
+    assert!(
+        r.cache.get(&1).is_none(),
+        "a batch row went to the main cache"
+    );
+    assert!(matches!(r.lookup(&1), Lookup::Hit(e) if e.version == 1));
+    assert!(!in_window(&r, 1));
+    assert!(matches!(r.cache.get(&1), Some(Slot::Present(e)) if e.version == 1));
+    assert!(matches!(r.lookup(&1), Lookup::Hit(_)));
+    let stats = r.snapshot("rows");
+    assert_eq!((stats.window_admissions, stats.window_entries), (1, 1));
+    assert_eq!(stats.entries, 2);
+    // A later batch finds the admitted row in the main cache and the other in the window.
+    let mut batch = BatchLoad::new(&r, FillMode::Fill);
+    assert!(matches!(batch.begin(&2), Some(e) if e.version == 1));
+    assert!(batch.keys().is_empty());
+    assert!(!in_window(&r, 2));
+}
+
+/// Every write of a key drops its window row under the shard lock before anything else
+/// (C3, C4): a lock, a commit, a rollback, an eviction and a remote change.
+#[test]
+fn every_write_drops_the_window_row() {
+    let r = region();
+    batch_fill(&r, &[(1, 1), (2, 1), (3, 1), (4, 1)]);
+    // A transaction locks 1: the window row is not served while it holds the key (C4).
+    let (lock, previous) = r.lock(&1);
+    assert_eq!(
+        previous.map(|e| e.version),
+        None,
+        "no unique keys: nothing read"
+    );
+    assert!(!in_window(&r, 1));
+    assert!(matches!(r.lookup(&1), Lookup::Miss));
+    r.commit(&1, &lock, FinalWrite::Put(Arc::new(row(1, 2))));
+    assert_eq!(r.cached_version(&1), Some(2));
+    let (_lock, _) = r.lock(&2);
+    r.release(&2);
+    assert_eq!(r.cached_version(&2), None);
+    r.invalidate(&3);
+    assert_eq!(r.cached_version(&3), None);
+    // Another process committed version 2 of row 4 (C7).
+    assert!(r.remote_invalidate(&4, ChangeOp::Update, 2, ""));
+    assert_eq!(r.cached_version(&4), None);
+    assert_eq!(r.snapshot("rows").window_entries, 0);
+}
+
+/// A notification of a change the window row already holds keeps it, as for the main
+/// cache; one of a newer version drops it.
+#[test]
+fn a_remote_change_keeps_a_window_row_only_at_its_version() {
+    let r = region();
+    batch_fill(&r, &[(1, 3)]);
+    assert!(!r.remote_invalidate(&1, ChangeOp::Update, 3, ""));
+    assert_eq!(r.cached_version(&1), Some(3));
+    assert!(r.remote_invalidate(&1, ChangeOp::Update, 4, ""));
+    assert_eq!(r.cached_version(&1), None);
+}
+
+/// Fills compare versions across both stores: an older row never replaces a newer
+/// window row, a newer one does, and a single-key load moves the key to the main cache,
+/// so it is never in both.
+#[test]
+fn fills_compare_versions_with_the_window_row() {
+    let r = region();
+    batch_fill(&r, &[(1, 5)]);
+    assert!(!r.fill_main(&1, &Some(Arc::new(row(1, 4)))));
+    assert_eq!(r.cached_version(&1), Some(5));
+    assert_eq!(r.snapshot("rows").rejected_stale_fills, 1);
+    // A newer batch row replaces it in place.
+    let seq = r.write_seq();
+    assert_eq!(
+        r.fill_if_unchanged(&Arc::new(row(1, 6)), seq, true),
+        Some(true)
+    );
+    assert!(in_window(&r, 1));
+    assert_eq!(r.cached_version(&1), Some(6));
+    // A newer single-key row moves it.
+    assert!(r.fill_main(&1, &Some(Arc::new(row(1, 7)))));
+    assert!(!in_window(&r, 1));
+    assert!(matches!(r.cache.get(&1), Some(Slot::Present(e)) if e.version == 7));
+}
+
+/// A batch load that raced a write never lands in the window (C3), like any other fill.
+#[test]
+fn a_batch_load_racing_a_write_does_not_land_in_the_window() {
+    let r = region();
+    let mut batch = BatchLoad::new(&r, FillMode::Fill);
+    assert!(batch.begin(&1).is_none());
+    assert!(batch.begin(&2).is_none());
+    // A write of 1 commits while the batch query runs.
+    let (lock, _) = r.lock(&1);
+    r.commit(&1, &lock, FinalWrite::Put(Arc::new(row(1, 2))));
+    r.cache.invalidate(&1); // evicted: only the fence stands between the stale row and a fill
+    let found = [(1, Arc::new(row(1, 1))), (2, Arc::new(row(2, 1)))]
+        .into_iter()
+        .collect();
+    batch.finish(&found);
+    assert_eq!(r.cached_version(&1), None, "the stale row landed");
+    assert_eq!(r.cached_version(&2), Some(1));
+}
+
+/// Clears (`evict_all`, a remote flush, a reconnect) empty the window too.
+#[test]
+fn a_clear_empties_the_window() {
+    let r = region();
+    batch_fill(&r, &[(1, 1), (2, 1)]);
+    r.clear();
+    assert_eq!((r.cached_version(&1), r.cached_version(&2)), (None, None));
+    assert_eq!(r.snapshot("rows").window_entries, 0);
+}
+
+/// The window takes a tenth of the bound and the two stores together stay within it;
+/// a batch as large as the window fits whole, however its keys fall into shards; the
+/// oldest rows are pushed out first, and count as evictions. Regions with a ttl, small
+/// regions, and regions that turn it off have none.
+#[test]
+fn the_window_shares_the_region_bound() {
+    let r = Region::<Row>::new(RegionConfig::new("rows").max_entries(10_000));
+    batch_fill(&r, &(1..=1_000).map(|id| (id, 1)).collect::<Vec<_>>());
+    assert!(
+        (1..=1_000).all(|id| in_window(&r, id)),
+        "a row of the first batch is missing"
+    );
+    let rows: Vec<(i64, i64)> = (1_001..=50_000).map(|id| (id, 1)).collect();
+    for chunk in rows.chunks(500) {
+        batch_fill(&r, chunk);
+    }
+    r.cache.run_pending_tasks();
+    let stats = r.snapshot("rows");
+    assert_eq!(stats.window_entries, 1_000);
+    assert!(stats.entries <= 10_000, "{} entries", stats.entries);
+    assert_eq!(stats.evicted_size, 49_000);
+    // The oldest rows went first, whatever their shards: the newest 1,000 stayed.
+    let newest = (49_001..=50_000).filter(|&id| in_window(&r, id)).count();
+    assert_eq!(newest, 1_000, "the newest rows were pushed out");
+
+    for config in [
+        RegionConfig::new("rows").ttl(Duration::from_secs(60)),
+        RegionConfig::new("rows").max_entries(1_000),
+        RegionConfig::new("rows").batch_window(false),
+    ] {
+        let r = Region::<Row>::new(config.clone());
+        batch_fill(&r, &[(1, 1)]);
+        assert!(!in_window(&r, 1), "{config:?}");
+        assert_eq!(r.cached_version(&1), Some(1));
+    }
+}
+
+/// A single-key load that puts a newer row in the main cache while a batch that missed
+/// the key is loading (another process's commit whose notification has not arrived yet)
+/// makes the batch compare versions with it: the batch's older row never lands in the
+/// window beside it, where it would be served once the newer row is evicted.
+#[test]
+fn a_batch_row_older_than_a_fill_that_overtook_it_is_refused() {
+    let r = region();
+    let mut batch = BatchLoad::new(&r, FillMode::Fill);
+    assert!(matches!(r.lookup_main(&1), Lookup::Miss));
+    assert!(batch.begin(&1).is_none());
+    assert!(r.fill_main(&1, &Some(Arc::new(row(1, 2)))));
+    let found = HashMap::from([(1, Arc::new(row(1, 1)))]);
+    batch.finish(&found);
+    assert!(
+        !in_window(&r, 1),
+        "the older batch row landed in the window"
+    );
+    r.cache.invalidate(&1);
+    assert_eq!(r.cached_version(&1), None);
 }
