@@ -1360,7 +1360,16 @@ where
     }
 }
 
-/// Bytes per cached entry at scale, and the two capacity bounds.
+/// Reads each of `ids` by id after a batch read them: the batch left its rows in the batch
+/// window, a read by id moves each to the main cache (or loads it, if it was pushed out).
+fn admit(db: &Db<diesel::sqlite::SqliteConnection>, ids: &[i64]) {
+    for id in ids {
+        black_box(db.find::<BenchRow>(*id).expect("find"));
+    }
+}
+
+/// Bytes per cached entry at scale (main cache and batch window), and the two capacity
+/// bounds.
 fn memory_section(cfg: &Cfg, report: &mut Report) {
     let n = cfg.memory_entries;
     let bdb = support::sqlite(n);
@@ -1383,6 +1392,7 @@ fn memory_section(cfg: &Cfg, report: &mut Report) {
         {
             row_bytes += 16 + row.approx_bytes(); // Arc header + struct + string capacity
         }
+        admit(&db, chunk);
     }
     let entries = db.stats().regions[0].entries;
     let ours = (live_bytes() - before) as f64 / entries as f64;
@@ -1413,6 +1423,26 @@ fn memory_section(cfg: &Cfg, report: &mut Report) {
         check: None,
     });
 
+    // The batch window: rows `find_many` read and nobody read by id since.
+    let before = live_bytes();
+    let db = Db::builder(pool.clone())
+        .cache::<BenchRow>()
+        .build()
+        .expect("window db");
+    for chunk in all.chunks(10_000) {
+        black_box(db.find_many::<BenchRow>(chunk).expect("fill"));
+    }
+    let held = db.stats().regions[0].window_entries;
+    let window = (live_bytes() - before) as f64 / held as f64;
+    drop(db);
+    lines.push(Line {
+        op: format!("bytes per row in the batch window at {held} rows"),
+        ours: format!("{window:.0} B (row itself {row:.0} B)"),
+        base: format!("{ours:.0} B (the main cache, above)"),
+        ratio: format!("{:.2}x (window/main)", window / ours),
+        check: None,
+    });
+
     // max_entries: fill 10x the bound.
     let bound = (n / 10).min(100_000);
     let fill = (bound * 10).min(n);
@@ -1423,6 +1453,7 @@ fn memory_section(cfg: &Cfg, report: &mut Report) {
         .expect("bounded db");
     for chunk in all[..fill as usize].chunks(10_000) {
         black_box(db.find_many::<BenchRow>(chunk).expect("fill"));
+        admit(&db, chunk);
     }
     let held = db.stats().regions[0].entries;
     let heap = live_bytes() - before;
@@ -1454,6 +1485,7 @@ fn memory_section(cfg: &Cfg, report: &mut Report) {
             weight += 8 + row.approx_bytes() as u64;
             weighed += 1;
         }
+        admit(&db, chunk);
     }
     let held = db.stats().regions[0].entries;
     let heap = live_bytes() - before;

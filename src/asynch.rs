@@ -3,7 +3,9 @@
 //! The diesel-l2 API is synchronous: a miss or a transaction holds a pooled connection
 //! and blocks on the database. In an async handler (axum, actix-web, …) that work belongs
 //! on a blocking pool, but a hit is a lock-free moka lookup and an `Arc` clone — sending it
-//! to another thread costs more than the hit itself.
+//! to another thread costs more than the hit itself. (The first read of a row a batch
+//! loaded also moves it from the batch window to the main cache, under its shard's mutex,
+//! held for about a microsecond: never across a query.)
 //!
 //! - [`Db::find_cached`] (always available) asks the cache only: [`CacheLookup::Hit`],
 //!   [`CacheLookup::NegativeHit`] or [`CacheLookup::Miss`], without SQL, without a

@@ -30,15 +30,21 @@ pub struct RegionConfig {
     /// default; turning it off saves about 0.3 µs per cache write, because moka then skips
     /// its per-key removal notifications.
     pub track_evictions: bool,
-    /// Rows read by a batch ([`Db::find_many`](crate::Db::find_many), the members of a
-    /// list) wait in a small first-in-first-out window, a tenth of the region's bound,
-    /// instead of the main cache; the first read of one by id moves it to the main cache,
-    /// and rows nobody reads leave the window unread. On by default: a batch of cold rows
-    /// then costs a hash-map insert per row instead of a moka insert (about 1 µs each,
-    /// a third of reading the row from SQLite), and cannot push hot rows out of the main
-    /// cache. Regions with a ttl or tti, or bounded below 160 entries or 640 KiB, have no
-    /// window. Turn it off to put batch rows in the main cache directly.
-    pub batch_window: bool,
+    /// The batch window's room, taken from the bound: rows read by a batch
+    /// ([`Db::find_many`](crate::Db::find_many), the members of a list) wait in a small
+    /// first-in-first-out window instead of the main cache; the first read of one by id
+    /// moves it to the main cache, and rows nobody reads are pushed out unread. A batch of
+    /// cold rows then costs a hash-map insert per row instead of a moka insert (about
+    /// 1 µs each on 2 cores, a third of reading the row from SQLite), and cannot push hot
+    /// rows out of the main cache.
+    ///
+    /// `None` (the default): a tenth of the bound, for regions bounded at 2,560 entries or
+    /// more (or about 3.4 MiB with `max_bytes`) and without a ttl or tti; smaller regions
+    /// and regions with a ttl or tti have none. `Some(n)`: `n` entries, or `n` bytes in a
+    /// byte-budgeted region (smaller than the bound; not with a ttl or tti, since a row's
+    /// lifetime would start again when it moves). `Some(0)`: no window, batch rows go to
+    /// the main cache.
+    pub batch_window: Option<u64>,
     /// How the database compares the values of this region's unique keys, which decides
     /// whether [`Db::find_by`](crate::Db::find_by) may cache "no row has this key".
     pub key_compare: KeyCompare,
@@ -89,7 +95,7 @@ impl RegionConfig {
             max_bytes: None,
             negative_ttl: Some(Self::DEFAULT_NEGATIVE_TTL),
             track_evictions: true,
-            batch_window: true,
+            batch_window: None,
             key_compare: KeyCompare::BackendDefault,
         }
     }
@@ -101,10 +107,11 @@ impl RegionConfig {
         self
     }
 
-    /// Turn the batch window on or off (see [`RegionConfig::batch_window`]).
+    /// Size the batch window: `n` entries, or `n` bytes in a byte-budgeted region, taken
+    /// from the bound; 0 turns it off (see [`RegionConfig::batch_window`]).
     #[must_use]
-    pub fn batch_window(mut self, on: bool) -> Self {
-        self.batch_window = on;
+    pub fn batch_window(mut self, n: u64) -> Self {
+        self.batch_window = Some(n);
         self
     }
 

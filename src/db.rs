@@ -458,6 +458,18 @@ fn validate(c: &RegionConfig, type_name: &str) -> Result<()> {
                 .into(),
         );
     }
+    if let (Some(n @ 1..), Some(bound)) = (c.batch_window, c.max_entries.or(c.max_bytes)) {
+        if n >= bound {
+            return fail(format!(
+                "batch_window ({n}) is not smaller than the bound ({bound}): its room is taken from the bound; make it smaller, or 0 for no window"
+            ));
+        }
+        if c.ttl.is_some() || c.tti.is_some() {
+            return fail(format!(
+                "batch_window ({n}) is set with a ttl or tti: a row's lifetime would start again when it leaves the window; drop one of them (regions with a ttl have no window by default)"
+            ));
+        }
+    }
     match (c.max_entries, c.max_bytes) {
         (Some(0), _) => fail("max_entries is 0; a region needs room for at least one entry".into()),
         (_, Some(0)) => fail("max_bytes is 0; give a byte budget of at least a few KiB".into()),
@@ -1144,9 +1156,9 @@ impl<C: R2D2Connection + 'static> Reader<'_, C> {
         );
         match loaded {
             Ok(found) => {
-                batch.finish(&found);
-                for i in missing {
-                    out[i] = found.get(&ids[i]).cloned();
+                // The registered keys are the missing positions' ids, in order.
+                for (i, row) in missing.into_iter().zip(batch.finish(&found)) {
+                    out[i] = row;
                 }
                 Ok(out)
             }

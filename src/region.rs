@@ -210,12 +210,10 @@ type KeyShard<E> = Mutex<Shard<E>>;
 /// The share of a bounded region's capacity given to its batch window: a tenth, as
 /// S3-FIFO's small queue.
 const WINDOW_SHARE: u64 = 10;
-/// A region whose window would hold fewer entries than this has none.
+/// A region whose window would hold fewer entries than this has none (unless sized).
 const MIN_WINDOW_ENTRIES: u64 = 256;
 /// A byte-budgeted region whose window would hold fewer bytes than this has none.
 const MIN_WINDOW_BYTES: u64 = 256 * 1024;
-/// The window of a region bounded by neither entries nor bytes.
-const UNBOUNDED_WINDOW_ENTRIES: u64 = 10_000;
 
 /// The cache region of entity type `E`.
 pub(crate) struct Region<E: CachedEntity> {
@@ -395,18 +393,21 @@ impl<E: CachedEntity> Region<E> {
         };
         // The batch window takes its share of the bound, so the two stores together stay
         // within it. Regions with a ttl or tti have none: a row's lifetime would start
-        // again when it moves to the main cache.
-        let windowed = config.batch_window && config.ttl.is_none() && config.tti.is_none();
-        let window = match (config.max_bytes, config.max_entries) {
-            (Some(bytes), _) => {
-                let share = (bytes - key_share.unwrap_or(0)) / WINDOW_SHARE;
-                (windowed && share >= MIN_WINDOW_BYTES).then_some(share)
+        // again when it moves to the main cache (`validate` refuses an explicit size).
+        let expiring = config.ttl.is_some() || config.tti.is_some();
+        let bound = match (config.max_bytes, config.max_entries) {
+            (Some(bytes), _) => Some((bytes - key_share.unwrap_or(0), MIN_WINDOW_BYTES)),
+            (None, Some(n)) => Some((n, MIN_WINDOW_ENTRIES)),
+            (None, None) => None,
+        };
+        let window = match (config.batch_window, bound) {
+            (_, None) => None,
+            (Some(0), _) => None,
+            (Some(n), Some((bound, _))) => (!expiring && n < bound).then_some(n),
+            (None, Some((bound, min))) => {
+                let share = bound / WINDOW_SHARE;
+                (!expiring && share >= min).then_some(share)
             }
-            (None, Some(n)) => {
-                let share = n / WINDOW_SHARE;
-                (windowed && share >= MIN_WINDOW_ENTRIES).then_some(share)
-            }
-            (None, None) => windowed.then_some(UNBOUNDED_WINDOW_ENTRIES),
         };
         let main_share = window.unwrap_or(0);
         builder = match (config.max_bytes, config.max_entries) {
@@ -1428,23 +1429,26 @@ impl<'a, E: CachedEntity> BatchLoad<'a, E> {
     }
 
     /// The load returned `found`: fills every registered key (absent ones negatively),
-    /// where the fence allows.
-    pub(crate) fn finish(mut self, found: &HashMap<E::Id, Arc<E>>) {
+    /// where the fence allows, and returns each key's row, in the order registered.
+    pub(crate) fn finish(mut self, found: &HashMap<E::Id, Arc<E>>) -> Vec<Option<Arc<E>>> {
         let (keys, tickets) = self.take();
+        let rows = keys.iter().map(|id| found.get(id).cloned());
         match self.mode {
-            FillMode::Fill => {
-                for id in &keys {
-                    self.region
-                        .fill_batch(id, &found.get(id).cloned(), &self.fence);
-                }
-            }
-            FillMode::Refresh => {
-                for (id, ticket) in keys.iter().zip(&tickets) {
-                    let row = found.get(id).cloned();
+            FillMode::Fill => rows
+                .zip(&keys)
+                .map(|(row, id)| {
+                    self.region.fill_batch(id, &row, &self.fence);
+                    row
+                })
+                .collect(),
+            FillMode::Refresh => rows
+                .zip(keys.iter().zip(&tickets))
+                .map(|(row, (id, ticket))| {
                     self.region.finish_load(id, ticket, Some(&row), None);
-                }
-            }
-            FillMode::NoFill => {}
+                    row
+                })
+                .collect(),
+            FillMode::NoFill => rows.collect(),
         }
     }
 

@@ -85,6 +85,7 @@ impl Counters {
     }
 
     #[inline]
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }

@@ -125,7 +125,11 @@ impl<K: Hash + Eq + Clone, V> Window<K, V> {
         }
         let e = self.rows.remove(key)?;
         budget.removed(e.weight);
-        self.settle(budget);
+        if self.order.front().is_some_and(|(_, s)| *s == e.stamp) {
+            self.settle(budget);
+        } else {
+            self.compact();
+        }
         Some(e.value)
     }
 
@@ -149,6 +153,9 @@ impl<K: Hash + Eq + Clone, V> Window<K, V> {
         );
         let stamp = budget.clock.fetch_add(1, Ordering::Relaxed);
         budget.added(weight);
+        if self.order.is_empty() {
+            budget.fronts[self.index].store(stamp, Ordering::Release);
+        }
         self.order.push_back((key.clone(), stamp));
         self.rows.insert(
             key,
@@ -158,7 +165,8 @@ impl<K: Hash + Eq + Clone, V> Window<K, V> {
                 weight,
             },
         );
-        self.settle(budget);
+        // The front is unchanged (or is this row): only stale places may need dropping.
+        self.compact();
     }
 
     /// Pushes out this shard's oldest row; returns its key, `None` when the shard is empty.
@@ -186,9 +194,8 @@ impl<K: Hash + Eq + Clone, V> Window<K, V> {
         self.settle(budget);
     }
 
-    /// After a change: drops the stale places at the front, publishes the oldest row's
-    /// stamp, and drops every stale place once they outnumber the live rows, so `order`
-    /// stays within a constant factor of the rows held.
+    /// After the oldest row left: drops the stale places at the front, publishes the
+    /// oldest row's stamp, and compacts.
     fn settle(&mut self, budget: &Budget) {
         while let Some((key, stamp)) = self.order.front() {
             if self.rows.get(key).is_some_and(|e| e.stamp == *stamp) {
@@ -196,13 +203,20 @@ impl<K: Hash + Eq + Clone, V> Window<K, V> {
             }
             self.order.pop_front();
         }
+        self.compact();
+        let front = self.order.front().map_or(u64::MAX, |(_, s)| *s);
+        budget.fronts[self.index].store(front, Ordering::Release);
+    }
+
+    /// Drops every stale place once they outnumber the live rows, so `order` stays within
+    /// a constant factor of the rows held. The front place stays (it is live, or `settle`
+    /// runs next).
+    fn compact(&mut self) {
         if self.order.len() > 2 * self.rows.len() + 16 {
             let rows = &self.rows;
             self.order
                 .retain(|(k, s)| rows.get(k).is_some_and(|e| e.stamp == *s));
         }
-        let front = self.order.front().map_or(u64::MAX, |(_, s)| *s);
-        budget.fronts[self.index].store(front, Ordering::Release);
     }
 
     #[cfg(test)]

@@ -92,6 +92,26 @@ backend_tests! {
         assert!(msg.contains("name is empty"), "{msg}");
     }
 
+    fn build_rejects_a_batch_window_that_cannot_be_kept(t) {
+        let msg = config_error(
+            Db::builder(t.pool.clone()).cache_with::<User>(|c| c.max_entries(100).batch_window(100)).build(),
+        );
+        assert!(msg.contains("batch_window (100) is not smaller than the bound (100)"), "{msg}");
+        let msg = config_error(
+            Db::builder(t.pool.clone())
+                .cache_with::<User>(|c| c.max_entries(100).batch_window(10).ttl(Duration::from_secs(60)))
+                .build(),
+        );
+        assert!(msg.contains("set with a ttl or tti"), "{msg}");
+        // Sized explicitly below the automatic threshold, or turned off: both build.
+        let db = Db::builder(t.pool.clone())
+            .cache_with::<User>(|c| c.max_entries(100).batch_window(10))
+            .cache_with::<Product>(|c| c.batch_window(0))
+            .build()
+            .unwrap();
+        assert_eq!(db.region_config::<User>().unwrap().batch_window, Some(10));
+    }
+
     fn build_rejects_a_region_without_bound(t) {
         let mut cfg = RegionConfig::new("users");
         cfg.max_entries = None;

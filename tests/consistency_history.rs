@@ -113,9 +113,12 @@ impl RedisFaults {
     }
 }
 
-/// `users`: 4 entries for 8 hot keys (plus re-inserted ids), so size evictions race with
-/// writes and fills. `tags`: a 30 ms ttl and 6 entries.
+/// `users`: 4 entries for 8 hot keys (plus re-inserted ids) in the main cache, so size
+/// evictions race with writes and fills, and a batch window of 3, so rows read by
+/// `find_many` and lists are pushed out of it, or moved to the main cache by a read, while
+/// writes race with them. `tags`: a 30 ms ttl (so no window) and 6 entries.
 const USERS_MAX: u64 = 4;
+const USERS_WINDOW: u64 = 3;
 const TAGS_MAX: u64 = 6;
 const TAGS_TTL: Duration = Duration::from_millis(30);
 /// `users` in the cross-process run: 16 entries for 24 hot and 4 re-insert keys.
@@ -152,7 +155,10 @@ where
     common::models::UserByEmail: diesel_l2::UniqueOps<C>,
 {
     let db = Db::builder(t.pool.clone())
-        .cache_with::<User>(|c| c.max_entries(USERS_MAX))
+        .cache_with::<User>(|c| {
+            c.max_entries(USERS_MAX + USERS_WINDOW)
+                .batch_window(USERS_WINDOW)
+        })
         .cache_with::<Tag>(|c| c.max_entries(TAGS_MAX).ttl(TAGS_TTL))
         .build()
         .expect("valid regions");
@@ -197,7 +203,10 @@ where
     // live long enough to meet remote re-inserts; tags keep the small, short-lived region.
     #[cfg_attr(not(any(feature = "redis", feature = "test-hooks")), allow(unused_mut))]
     let mut builder = Db::builder(pool)
-        .cache_with::<User>(|c| c.max_entries(LISTENING_USERS_MAX))
+        .cache_with::<User>(|c| {
+            c.max_entries(LISTENING_USERS_MAX + USERS_WINDOW)
+                .batch_window(USERS_WINDOW)
+        })
         .cache_with::<Tag>(|c| c.max_entries(TAGS_MAX).ttl(TAGS_TTL))
         .listen(listen);
     #[cfg(feature = "redis")]
@@ -495,7 +504,7 @@ backend_tests! {
                 .cache_with::<User>(|c| match local_ttl {
                     // Negative entries too: nothing else would drop them here.
                     Some(ttl) => c.max_entries(1_000).ttl(ttl).negative_ttl(Some(ttl)),
-                    None => c.max_entries(1_000),
+                    None => c.max_entries(1_000).batch_window(50),
                 })
                 .cache_with::<Tag>(|c| match local_ttl {
                     Some(ttl) => c.max_entries(TAGS_MAX).ttl(ttl).negative_ttl(Some(ttl)),

@@ -730,7 +730,7 @@ fn the_window_shares_the_region_bound() {
     for config in [
         RegionConfig::new("rows").ttl(Duration::from_secs(60)),
         RegionConfig::new("rows").max_entries(1_000),
-        RegionConfig::new("rows").batch_window(false),
+        RegionConfig::new("rows").batch_window(0),
     ] {
         let r = Region::<Row>::new(config.clone());
         batch_fill(&r, &[(1, 1)]);

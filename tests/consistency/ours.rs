@@ -201,6 +201,7 @@ where
                 out.push(("users.list_hits".into(), r.list_hits));
                 out.push(("users.list_misses".into(), r.list_misses));
                 out.push(("users.list_flight_joins".into(), r.list_flight_joins));
+                out.push(("users.window_admissions".into(), r.window_admissions));
             }
         }
         out
