@@ -395,11 +395,23 @@ fn profile_loop(
     (n, started.elapsed())
 }
 
-/// `DIESEL_L2_BENCH_ONLY=p4`: P4 alone on SQLite, for working on `find_many`
+/// `DIESEL_L2_BENCH_ONLY=p4`: P4 alone on SQLite, and on PostgreSQL too with the
+/// `postgres` feature and `DIESEL_L2_PG_URL`, for working on `find_many`
 /// (`DIESEL_L2_BENCH_P4_ROUNDS` overrides the number of rounds;
 /// `DIESEL_L2_BENCH_P4_TRACK_EVICTIONS=0` turns the region's eviction listener off).
 fn p4_alone(cfg: &Cfg) {
-    let bdb = support::sqlite(cfg.rows);
+    p4_alone_on(&support::sqlite(cfg.rows), "SQLite", cfg);
+    #[cfg(feature = "postgres")]
+    if let Some(bdb) = support::postgres(cfg.rows) {
+        p4_alone_on(&bdb, "PostgreSQL", cfg);
+    }
+}
+
+fn p4_alone_on<C>(bdb: &support::BenchDb<C>, name: &str, cfg: &Cfg)
+where
+    C: Raw,
+    BenchRow: CachedOps<C>,
+{
     let pool = bdb.pool(PoolOptions::default(), None);
     let track = std::env::var("DIESEL_L2_BENCH_P4_TRACK_EVICTIONS").map_or(true, |v| v != "0");
     println!("region: track_evictions = {track}");
@@ -426,7 +438,7 @@ fn p4_alone(cfg: &Cfg) {
     };
     let mut lines = Vec::new();
     p4(&db, &pool, &all, &cfg, &mut lines, &mut |_, _, _| {}, true);
-    print_table("SQLite, P4 alone", &lines);
+    print_table(&format!("{name}, P4 alone"), &lines);
 }
 
 /// An expiry policy that keeps everything (the region's with no ttl set).
