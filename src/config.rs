@@ -39,7 +39,7 @@ pub struct RegionConfig {
     /// rows out of the main cache.
     ///
     /// `None` (the default): a tenth of the bound, for regions bounded at 2,560 entries or
-    /// more (or about 3.4 MiB with `max_bytes`) and without a ttl or tti; smaller regions
+    /// more (or a byte budget of 2.5 MiB for the rows) and without a ttl or tti; smaller regions
     /// and regions with a ttl or tti have none. `Some(n)`: `n` entries, or `n` bytes in a
     /// byte-budgeted region (smaller than the bound; not with a ttl or tti, since a row's
     /// lifetime would start again when it moves). `Some(0)`: no window, batch rows go to
