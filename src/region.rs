@@ -885,40 +885,18 @@ impl<E: CachedEntity> Region<E> {
             None if self.config.negative_ttl.is_some() => Slot::Absent,
             None => return false,
         };
-        if let (Some(budget), Some(old)) = (&self.window, keys.window.get(id)) {
-            // The same checks as for the main cache below: only a newer row replaces it.
-            let Slot::Present(new) = &slot else {
-                return false;
-            };
-            if old.version() > new.version() {
-                Counters::bump(&self.counters.rejected_stale_fills);
-            }
-            if old.version() >= new.version() {
-                return false;
-            }
-            if batch {
-                let weight = self.window_weight(id, new);
-                keys.window.replace(id, Arc::clone(new), weight, budget);
-                return self.make_room(keys, id, budget);
-            } else {
-                keys.window.take(id, budget);
-                self.put_main(keys, id, slot);
-            }
-            return true;
-        }
-        // Most fills find the slot empty; `contains_key` says so without cloning the slot
-        // or recording a read, and the shard lock makes it as atomic as the `get`.
-        if main_missed || !self.cache.contains_key(id) {
-            if let (true, Some(budget), Slot::Present(new)) = (batch, &self.window, &slot) {
-                let weight = self.window_weight(id, new);
-                keys.window
-                    .insert(id.clone(), Arc::clone(new), weight, budget);
-                return self.make_room(keys, id, budget);
-            }
-            self.put_main(keys, id, slot);
-            return true;
-        }
-        let put = match (self.quiet_get(id), &slot) {
+        // The slot as it is, in whichever store holds the key. Most fills find both empty;
+        // `contains_key` says so without cloning the slot or recording a read, and the
+        // shard lock makes it as atomic as the `get`.
+        let windowed = keys.window.get(id).cloned();
+        let in_window = windowed.is_some();
+        let old = match windowed {
+            Some(e) => Some(Slot::Present(e)),
+            None if main_missed || !self.cache.contains_key(id) => None,
+            None => self.quiet_get(id),
+        };
+        let main_empty = old.is_none();
+        let put = match (old, &slot) {
             (None | Some(Slot::Locked), _) => true,
             (Some(Slot::Present(old)), Slot::Present(new)) if old.version() < new.version() => true,
             (Some(Slot::Present(old)), Slot::Present(new)) if old.version() > new.version() => {
@@ -927,10 +905,29 @@ impl<E: CachedEntity> Region<E> {
             }
             _ => false,
         };
-        if put {
-            self.put_main(keys, id, slot);
+        if !put {
+            return false;
         }
-        put
+        // A batch row goes to the window unless the main cache holds the key.
+        match (&self.window, &slot) {
+            (Some(budget), Slot::Present(new)) if batch && (in_window || main_empty) => {
+                let weight = self.window_weight(id, new);
+                if in_window {
+                    keys.window.replace(id, Arc::clone(new), weight, budget);
+                } else {
+                    keys.window
+                        .insert(id.clone(), Arc::clone(new), weight, budget);
+                }
+                self.make_room(keys, id, budget)
+            }
+            _ => {
+                if in_window {
+                    self.forget(keys, id);
+                }
+                self.put_main(keys, id, slot);
+                true
+            }
+        }
     }
 
     /// Pushes the oldest rows out of the batch window until it fits its budget again, after
